@@ -1,0 +1,1 @@
+"""The parts that keep a conversation alive through failures and restarts."""

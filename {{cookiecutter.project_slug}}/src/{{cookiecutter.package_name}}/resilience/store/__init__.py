@@ -1,0 +1,1 @@
+"""Participant session records: in memory by default, Redis for many workers."""

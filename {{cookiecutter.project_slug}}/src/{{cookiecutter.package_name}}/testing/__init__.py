@@ -1,0 +1,1 @@
+"""Offline kit: run the real livekit-agents code without a LiveKit server."""

@@ -1,0 +1,78 @@
+"""Reject bad cookiecutter answers before anything is written.
+
+Cookiecutter renders this file with the answers, then runs it. Everything but the
+rendered literal at the bottom is plain Python, so tests import it and call
+``validate`` directly. Each problem is one line that says what to change.
+"""
+
+from __future__ import annotations
+
+import json
+import keyword
+import re
+import sys
+
+MODEL_STACKS = ("gemini-live", "openai-realtime", "openai-pipeline")
+SESSION_STORES = ("memory", "redis")
+ROOM_MODES = ("one-to-one", "multi-participant")
+PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
+
+SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+PACKAGE_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+AGENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+# Names that would shadow a module the worker imports.
+RESERVED_PACKAGES = {"livekit", "typer", "structlog", "redis", "pydantic", "agent", "test", "tests"}
+
+
+def validate(answers: dict[str, object]) -> list[str]:
+    """Return one message per problem in ``answers`` (empty when all is well)."""
+    problems: list[str] = []
+    slug = str(answers.get("project_slug", ""))
+    package = str(answers.get("package_name", ""))
+    agent_name = str(answers.get("agent_name", ""))
+
+    if not SLUG_RE.match(slug):
+        problems.append(
+            f"project_slug {slug!r} is not a valid project name: use lowercase letters, digits "
+            "and single hyphens, starting with a letter (e.g. 'voice-agent')"
+        )
+    if not PACKAGE_RE.match(package) or keyword.iskeyword(package):
+        problems.append(
+            f"package_name {package!r} is not a Python identifier: use lowercase letters, digits "
+            "and underscores, starting with a letter (e.g. 'voice_agent')"
+        )
+    elif package in RESERVED_PACKAGES:
+        problems.append(
+            f"package_name {package!r} would shadow a module the worker imports: pick another"
+        )
+    if agent_name and not AGENT_NAME_RE.match(agent_name):
+        problems.append(
+            f"agent_name {agent_name!r} is not valid: use up to 64 letters, digits, '-' or '_', "
+            "or leave it empty for automatic dispatch"
+        )
+
+    for key, allowed in (
+        ("model_stack", MODEL_STACKS),
+        ("session_store", SESSION_STORES),
+        ("room_mode", ROOM_MODES),
+        ("python_version", PYTHON_VERSIONS),
+    ):
+        value = answers.get(key)
+        if value not in allowed:
+            problems.append(f"{key} {value!r} is not supported: choose one of {', '.join(allowed)}")
+
+    if not isinstance(answers.get("include_dockerfile"), bool):
+        problems.append("include_dockerfile must be true or false (a JSON boolean)")
+    return problems
+
+
+def main(answers: dict[str, object]) -> int:
+    problems = validate(answers)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(json.loads({{ cookiecutter | jsonify | tojson }})))

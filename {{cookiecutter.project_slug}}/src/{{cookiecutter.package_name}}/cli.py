@@ -1,0 +1,196 @@
+"""The command line behind `python agent.py ...` and the `{{ cookiecutter.project_slug }}` script.
+
+`dev`, `start`, `console` and `download-files` validate the settings, then hand over to
+livekit's supported entry point (`python -m livekit.agents`). `doctor`, `token` and
+`simulate` are this project's own. A problem the user can fix is one line on stderr
+and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="{{ cookiecutter.project_name }}: a LiveKit voice agent worker.",
+    no_args_is_help=True,
+    add_completion=False,
+    # tracebacks with locals would print keys and tokens
+    pretty_exceptions_show_locals=False,
+)
+
+LogLevel = Annotated[
+    str,
+    typer.Option("--log-level", envvar="LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR."),
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print an error line and return the exit to raise."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def settings_or_exit(*, livekit: bool = False, models: bool = False) -> Settings:
+    """Load the settings and check what the command needs; exit 2 with one line per problem."""
+    try:
+        return load_settings().require(livekit=livekit, models=models)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
+        typer.echo("See .env.example for every setting; `doctor` checks them all.", err=True)
+        raise typer.Exit(2) from None
+
+
+def run_livekit(argv: list[str]) -> int:
+    """Run livekit's entry point in this process; non-zero if the worker failed."""
+    from livekit.agents.__main__ import main as livekit_main
+
+    failure = _WorkerFailureWatch()
+    logging.getLogger("livekit.agents").addHandler(failure)
+    try:
+        code = livekit_main(argv)
+    finally:
+        logging.getLogger("livekit.agents").removeHandler(failure)
+    # livekit logs "worker failed" and still returns 0 after its connection retries run out
+    return 1 if failure.failed else code
+
+
+class _WorkerFailureWatch(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "worker failed":
+            self.failed = True
+
+
+def _worker_file() -> str:
+    from . import worker
+
+    return str(Path(worker.__file__))
+
+
+def _run_worker(*, dev: bool, log_level: str, extra: list[str]) -> None:
+    settings = settings_or_exit(livekit=True, models=True)
+    from .checks import preflight
+
+    failed = asyncio.run(preflight(settings))
+    for result in failed:
+        typer.secho(f"error: {result.name}: {result.detail}", fg=typer.colors.RED, err=True)
+        if result.fix:
+            typer.echo(f"  fix: {result.fix}", err=True)
+    if failed:
+        raise typer.Exit(1)
+    argv = ["start", _worker_file(), "--log-level", log_level.upper(), *extra]
+    if dev:
+        argv.append("--dev")
+    raise typer.Exit(run_livekit(argv))
+
+
+@app.command()
+def dev(log_level: LogLevel = "DEBUG") -> None:
+    """Run the worker against LIVEKIT_URL with readable logs (development)."""
+    _run_worker(dev=True, log_level=log_level, extra=[])
+
+
+@app.command()
+def start(
+    log_level: LogLevel = "INFO",
+    log_format: Annotated[
+        str, typer.Option(help="json (default, for log collectors) or colored.")
+    ] = "json",
+) -> None:
+    """Run the worker in production mode (JSON logs, graceful drain)."""
+    if log_format not in ("json", "colored"):
+        raise fail(f"--log-format must be json or colored, not {log_format!r}", 2)
+    _run_worker(dev=False, log_level=log_level, extra=["--log-format", log_format])
+
+
+@app.command()
+def console(
+    connect_addr: Annotated[
+        str | None,
+        typer.Option(help="host:port of the LiveKit CLI's console server (set by `lk`)."),
+    ] = None,
+    record: Annotated[bool, typer.Option(help="Record the session to console-recordings/.")] = False,
+) -> None:
+    """Talk to the agent in your terminal, through the LiveKit CLI (`lk agent console`)."""
+    if not connect_addr:
+        raise fail(
+            "console is driven by the LiveKit CLI: run `lk agent console` in this folder "
+            "(it starts this command with --connect-addr); for an offline text run use "
+            "`python agent.py simulate`",
+            2,
+        )
+    settings_or_exit(models=True)
+    argv = ["console", _worker_file(), "--connect-addr", connect_addr]
+    if record:
+        argv.append("--record")
+    raise typer.Exit(run_livekit(argv))
+
+
+@app.command("download-files")
+def download_files() -> None:
+    """Download the model files the plugins need (run once, e.g. in the Docker build)."""
+    raise typer.Exit(run_livekit(["download-files"]))
+
+
+@app.command()
+def doctor() -> None:
+    """Check every setting and service and say how to fix what fails."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .checks import run_doctor
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        for problem in exc.problems:
+            typer.secho(f"FAIL settings: {problem}", fg=typer.colors.RED)
+        raise typer.Exit(1) from None
+    results = asyncio.run(run_doctor(settings))
+    table = Table(title="doctor")
+    for column in ("check", "result", "detail", "fix"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(r.name, "[green]OK[/]" if r.ok else "[red]FAIL[/]", r.detail, r.fix)
+    Console(width=max(120, Console().width)).print(table)
+    raise typer.Exit(0 if all(r.ok for r in results) else 1)
+
+
+@app.command()
+def token(
+    identity: Annotated[str, typer.Option(help="The participant identity the token grants.")],
+    room: Annotated[str, typer.Option(help="The room to join.")],
+    name: Annotated[str, typer.Option(help="Display name.")] = "",
+    ttl_minutes: Annotated[int, typer.Option(min=1, max=24 * 60, help="Validity.")] = 60,
+) -> None:
+    """Mint a join token (identity set server-side) and print a link to try the agent."""
+    from .tokens import mint_join_token, try_links
+
+    settings = settings_or_exit(livekit=True)
+    try:
+        jwt = mint_join_token(settings, identity=identity, room=room, name=name, ttl_minutes=ttl_minutes)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    typer.echo(jwt)
+    for label, link in try_links(settings, jwt):
+        typer.echo(f"{label}: {link}", err=True)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    from .simulate import register
+
+    register(app)
+    app(prog_name=Path(sys.argv[0]).name if sys.argv else None)

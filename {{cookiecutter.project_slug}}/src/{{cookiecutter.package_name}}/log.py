@@ -1,0 +1,102 @@
+"""Structured logging with structlog, on top of livekit's stdlib logging.
+
+livekit-agents logs through stdlib and, in `dev`/`start`, installs its own root handler
+(coloured in dev, JSON in start); job processes forward stdlib records to the worker
+with their extra attributes. So our loggers render to stdlib keyword arguments: every
+bound field becomes a record attribute that livekit's formatters print and its
+process boundary carries. Outside livekit's runner (CLI commands, `simulate`, tests)
+`configure_logging` installs a structlog-formatted handler itself.
+
+Privacy: never log transcript text or prompts at INFO, and log participants by
+`identity_ref` (a short hash), never by raw identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_configured = False
+
+
+def setup_structlog() -> None:
+    """Route structlog through stdlib; idempotent, safe in every process."""
+    global _configured
+    if _configured:
+        return
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.filter_by_level,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            structlog.stdlib.render_to_log_kwargs,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    _configured = True
+
+
+def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
+    """Install a root handler for commands that run outside livekit's worker runner.
+
+    ``json=None`` picks a readable console format on a terminal and JSON elsewhere.
+    """
+    setup_structlog()
+    if json is None:
+        json = not sys.stderr.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ExtraAdder(),
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    handler.set_name("structlog")
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if existing.get_name() == "structlog":
+            root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # livekit is chatty at INFO outside a worker; its warnings still show.
+    logging.getLogger("livekit").setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A logger named after its module: ``logger = get_logger(__name__)``."""
+    setup_structlog()
+    return structlog.stdlib.get_logger(name)
+
+
+def identity_ref(identity: str) -> str:
+    """A stable, non-reversible reference to a participant identity, for logs."""
+    return "p-" + hashlib.sha256(identity.encode("utf-8")).hexdigest()[:12]
+
+
+def bind_job_context(*, job_id: str, room: str, participant: str | None = None) -> dict[str, str]:
+    """Bind job, room and participant to every log line of the current task and its children.
+
+    Returns the fields, so the caller can hand them to livekit's
+    ``JobContext.log_context_fields`` and livekit's own records carry them too.
+    """
+    fields = {"job_id": job_id, "room": room}
+    if participant is not None:
+        fields["participant"] = identity_ref(participant)
+    structlog.contextvars.bind_contextvars(**fields)
+    return fields

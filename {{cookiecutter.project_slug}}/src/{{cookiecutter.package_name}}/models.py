@@ -1,0 +1,80 @@
+"""Build the model stack the settings choose.
+
+The stack is what an AgentSession needs to hear and speak: a realtime model (Gemini
+Live, OpenAI Realtime) or an STT + LLM + TTS pipeline with a VAD. `simulate` and the
+tests build a scripted stack instead and hand it to the same composition root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from livekit.agents import llm, stt, tts, vad
+
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class ModelStack:
+    """The models for one AgentSession; ``llm`` may be a realtime model."""
+
+    name: str
+    llm: llm.LLM | llm.RealtimeModel
+    stt: stt.STT | None = None
+    tts: tts.TTS | None = None
+    vad: vad.VAD | None = None
+
+
+def build_models(settings: Settings, *, vad_model: vad.VAD | None = None) -> ModelStack:
+    """The model stack for ``settings.model_stack``; keys must already be checked.
+
+    ``vad_model`` is a VAD loaded once per process (see ``worker.prewarm``); the
+    pipeline stack loads one itself when none is given.
+    """
+    if settings.model_stack == "gemini-live":
+        return ModelStack(name="gemini-live", llm=_gemini_live(settings))
+    if settings.model_stack == "openai-realtime":
+        from livekit.plugins import openai
+
+        return ModelStack(
+            name="openai-realtime",
+            llm=openai.realtime.RealtimeModel(
+                model=settings.openai_realtime_model,
+                voice=settings.openai_voice,
+                api_key=_secret(settings.openai_api_key),
+            ),
+        )
+    from livekit.plugins import openai, silero
+
+    api_key = _secret(settings.openai_api_key)
+    return ModelStack(
+        name="openai-pipeline",
+        llm=openai.LLM(model=settings.openai_llm_model, api_key=api_key),
+        stt=openai.STT(model=settings.openai_stt_model, api_key=api_key),
+        tts=openai.TTS(model=settings.openai_tts_model, voice=settings.openai_voice, api_key=api_key),
+        vad=vad_model or silero.VAD.load(),
+    )
+
+
+def _gemini_live(settings: Settings) -> llm.RealtimeModel:
+    from google.genai import types
+    from livekit.plugins import google
+
+    kwargs = {}
+    if settings.gemini_base_url:
+        # A proxy or a local Live-protocol server; TLS trust comes from SSL_CERT_FILE.
+        kwargs["http_options"] = types.HttpOptions(base_url=settings.gemini_base_url)
+    return google.realtime.RealtimeModel(
+        model=settings.gemini_model,
+        voice=settings.gemini_voice,
+        api_key=_secret(settings.google_api_key),
+        # Without compression an audio session ends after about 15 minutes.
+        context_window_compression=types.ContextWindowCompressionConfig(
+            sliding_window=types.SlidingWindow(),
+        ),
+        **kwargs,
+    )
+
+
+def _secret(value: object) -> str | None:
+    return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]

@@ -1,0 +1,183 @@
+"""Every setting the worker reads, typed and validated once at start.
+
+Values come from the environment, then `.env.local` (like LiveKit's starter), then the
+defaults below. A missing or invalid value becomes a `SettingsError` whose lines each
+name the variable and say what to set; the CLI prints them and exits non-zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ModelStack = Literal["gemini-live", "openai-realtime", "openai-pipeline"]
+RoomMode = Literal["one-to-one", "multi-participant"]
+
+ENV_FILE = ".env.local"
+
+
+class SettingsError(Exception):
+    """Settings are missing or invalid; ``problems`` holds one line per variable."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class Settings(BaseSettings):
+    """The worker's configuration. Field names are the environment variables, upper-cased."""
+
+    model_config = SettingsConfigDict(
+        env_file=ENV_FILE,
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # LiveKit: needed to run the worker and to mint tokens, not for `simulate`.
+    livekit_url: str | None = None
+    livekit_api_key: str | None = None
+    livekit_api_secret: SecretStr | None = None
+    agent_name: str = Field(default="{{ cookiecutter.agent_name }}", max_length=64)
+
+    # Models.
+    model_stack: ModelStack = "{{ cookiecutter.model_stack }}"
+    google_api_key: SecretStr | None = None
+    openai_api_key: SecretStr | None = None
+    gemini_model: str = "gemini-2.5-flash-native-audio-preview-12-2025"
+    gemini_voice: str = "Puck"
+    gemini_base_url: str | None = None
+    openai_realtime_model: str = "gpt-realtime"
+    openai_voice: str = "marin"
+    openai_llm_model: str = "gpt-4.1-mini"
+    openai_stt_model: str = "gpt-4o-mini-transcribe"
+    openai_tts_model: str = "gpt-4o-mini-tts"
+
+    # Rooms and sessions.
+    room_mode: RoomMode = "{{ cookiecutter.room_mode }}"
+    redis_url: str | None = None
+    redis_cluster: bool = False
+    session_retention_s: float = Field(default=300.0, gt=0)
+    session_max_records: int = Field(default=10_000, gt=0)
+    session_encryption_keys: SecretStr | None = None
+
+    # Logging: "auto" is readable on a terminal and JSON elsewhere.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("livekit_url")
+    @classmethod
+    def _check_livekit_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in ("ws", "wss", "http", "https") or not parsed.netloc:
+            raise ValueError(
+                "must be a LiveKit server URL such as wss://my-project.livekit.cloud "
+                "or ws://localhost:7880"
+            )
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        scheme = urlparse(value).scheme
+        if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"):
+            raise ValueError(
+                "must be a Redis URL such as redis://localhost:6379/0, rediss://... "
+                "or redis+sentinel://host:26379/service_name; unset it for the in-memory store"
+            )
+        return value
+
+    @field_validator("gemini_base_url")
+    @classmethod
+    def _check_gemini_base_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError("must be an https:// URL of a Gemini Live endpoint")
+        return value.rstrip("/")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    # What each command needs, beyond what every field validates on its own.
+
+    def livekit_problems(self) -> list[str]:
+        """What is missing to talk to a LiveKit server."""
+        problems = []
+        if not self.livekit_url:
+            problems.append(
+                "LIVEKIT_URL is not set: set it to your LiveKit server URL "
+                "(e.g. wss://my-project.livekit.cloud) in .env.local or the environment"
+            )
+        if not self.livekit_api_key:
+            problems.append("LIVEKIT_API_KEY is not set: copy it from your LiveKit project settings")
+        if not self.livekit_api_secret:
+            problems.append(
+                "LIVEKIT_API_SECRET is not set: copy it from your LiveKit project settings"
+            )
+        return problems
+
+    def model_problems(self) -> list[str]:
+        """What is missing to build the chosen model stack."""
+        if self.model_stack == "gemini-live" and not self.google_api_key:
+            return [
+                "GOOGLE_API_KEY is not set: MODEL_STACK=gemini-live needs a Gemini API key "
+                "(https://aistudio.google.com/apikey)"
+            ]
+        if self.model_stack.startswith("openai") and not self.openai_api_key:
+            return [
+                f"OPENAI_API_KEY is not set: MODEL_STACK={self.model_stack} needs an OpenAI "
+                "API key (https://platform.openai.com/api-keys)"
+            ]
+        return []
+
+    def require(self, *, livekit: bool = False, models: bool = False) -> Settings:
+        """Raise `SettingsError` unless what the command needs is present."""
+        problems = (self.livekit_problems() if livekit else []) + (
+            self.model_problems() if models else []
+        )
+        if problems:
+            raise SettingsError(problems)
+        return self
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings once; raise `SettingsError` with one line per problem."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    lines = []
+    for error in exc.errors():
+        variable = "_".join(str(part) for part in error["loc"]).upper() or "SETTINGS"
+        got = error.get("input")
+        shown = "" if isinstance(got, dict) or got is None else f" (got {_redact(variable, got)!r})"
+        lines.append(f"{variable} is invalid: {_reason(error)}{shown}")
+    return lines
+
+
+def _reason(error: dict) -> str:
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _redact(variable: str, value: object) -> object:
+    if any(word in variable for word in ("KEY", "SECRET", "TOKEN", "PASSWORD")):
+        return "***"
+    if isinstance(value, str) and "@" in value:
+        # URLs may carry credentials (redis://user:password@host)
+        return "<url with credentials>"
+    return value

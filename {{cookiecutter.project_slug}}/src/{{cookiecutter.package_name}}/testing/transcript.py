@@ -1,0 +1,82 @@
+"""The conversation as a frontend shows it, rebuilt from the streams a room recorded.
+
+LiveKit frontends (``useTranscriptions`` / ``useSessionMessages`` in components-js) build the
+transcript from text streams: ``lk.transcription`` streams grouped by their ``lk.segment_id``
+attribute (a later stream of the same segment replaces the earlier text, which is how
+non-delta user transcripts update), plus the ``lk.chat`` messages typed by participants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from .records import TextStreamRecord
+
+TOPIC_TRANSCRIPTION = "lk.transcription"
+TOPIC_CHAT = "lk.chat"
+ATTR_SEGMENT_ID = "lk.segment_id"
+ATTR_FINAL = "lk.transcription_final"
+ATTR_TRACK_ID = "lk.transcribed_track_id"
+
+
+@dataclass(frozen=True)
+class TranscriptSegment:
+    """One line of the transcript.
+
+    ``role`` is ``agent`` when the agent itself spoke it, else ``user`` (including user speech
+    the agent transcribed and published on the user's behalf). ``source`` tells a transcribed
+    segment from a typed chat message. ``streams`` counts the streams that carried it.
+    """
+
+    segment_id: str
+    speaker: str
+    role: Literal["agent", "user"]
+    source: Literal["transcription", "chat"]
+    text: str
+    final: bool
+    track_id: str | None
+    started_at: float
+    streams: int
+
+
+def build_transcript(
+    streams: Iterable[TextStreamRecord], agent_identity: str
+) -> list[TranscriptSegment]:
+    """Group ``streams`` (in the order they were opened) into transcript segments."""
+    order: list[str] = []
+    by_segment: dict[str, list[TextStreamRecord]] = {}
+    for record in streams:
+        if record.topic == TOPIC_TRANSCRIPTION:
+            key = "tr:" + record.attributes.get(ATTR_SEGMENT_ID, record.stream_id)
+        elif record.topic == TOPIC_CHAT:
+            key = "chat:" + record.stream_id
+        else:
+            continue
+        if key not in by_segment:
+            order.append(key)
+            by_segment[key] = []
+        by_segment[key].append(record)
+
+    segments = []
+    for key in order:
+        records = by_segment[key]
+        latest, first = records[-1], records[0]
+        is_chat = key.startswith("chat:")
+        attrs = latest.attributes
+        segments.append(
+            TranscriptSegment(
+                segment_id=key.split(":", 1)[1],
+                speaker=latest.sender_identity,
+                role="agent" if latest.sender_identity == agent_identity else "user",
+                source="chat" if is_chat else "transcription",
+                text=latest.text,
+                # a chat message is complete once its stream is closed
+                final=latest.closed if is_chat else attrs.get(ATTR_FINAL) == "true",
+                track_id=attrs.get(ATTR_TRACK_ID),
+                started_at=first.opened_at,
+                streams=len(records),
+            )
+        )
+    return segments

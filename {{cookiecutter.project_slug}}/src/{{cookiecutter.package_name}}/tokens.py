@@ -1,0 +1,49 @@
+"""Join tokens minted server-side: the participant identity is whatever we sign here."""
+
+from __future__ import annotations
+
+import datetime
+from urllib.parse import urlencode
+
+from livekit import api
+
+from .settings import Settings
+
+MAX_IDENTITY_LENGTH = 256
+
+
+def mint_join_token(
+    settings: Settings, *, identity: str, room: str, name: str = "", ttl_minutes: int = 60
+) -> str:
+    """A JWT that lets ``identity`` join ``room`` and dispatches this agent when it has a name."""
+    if not identity.strip() or len(identity) > MAX_IDENTITY_LENGTH:
+        raise ValueError(f"--identity must be 1 to {MAX_IDENTITY_LENGTH} characters, not blank")
+    if not room.strip():
+        raise ValueError("--room must not be blank")
+    assert settings.livekit_api_key and settings.livekit_api_secret  # checked by require()
+    token = (
+        api.AccessToken(settings.livekit_api_key, settings.livekit_api_secret.get_secret_value())
+        .with_identity(identity)
+        .with_name(name or identity)
+        .with_ttl(datetime.timedelta(minutes=ttl_minutes))
+        .with_grants(api.VideoGrants(room_join=True, room=room))
+    )
+    if settings.agent_name:
+        token = token.with_room_config(
+            api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name=settings.agent_name)])
+        )
+    return token.to_jwt()
+
+
+def try_links(settings: Settings, jwt: str) -> list[tuple[str, str]]:
+    """Where to use the token: LiveKit Meet joins at once; the Agents Playground takes it
+    under "Manual" with the server URL."""
+    assert settings.livekit_url
+    meet = "https://meet.livekit.io/custom?" + urlencode(
+        {"liveKitUrl": settings.livekit_url, "token": jwt}
+    )
+    return [
+        ("Join now (LiveKit Meet)", meet),
+        ("Agents Playground (Manual: paste URL and token)", "https://agents-playground.livekit.io"),
+        ("Server URL", settings.livekit_url),
+    ]

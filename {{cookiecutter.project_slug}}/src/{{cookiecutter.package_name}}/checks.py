@@ -6,7 +6,6 @@ to fix it when it did not. No check raises.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -35,18 +34,18 @@ def livekit_http_url(ws_url: str) -> str:
     return parsed._replace(scheme=scheme).geturl()
 
 
-async def check_livekit_reachable(settings: Settings, timeout: float = TIMEOUT_S) -> CheckResult:
+async def check_livekit_reachable(settings: Settings) -> CheckResult:
     name = "LiveKit server reachable"
     if not settings.livekit_url:
         return CheckResult(name, False, "LIVEKIT_URL is not set", "set LIVEKIT_URL in .env.local")
     url = livekit_http_url(settings.livekit_url)
     try:
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http,
             http.get(url) as response,
         ):
             status = response.status
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         return CheckResult(
             name,
             False,
@@ -54,11 +53,13 @@ async def check_livekit_reachable(settings: Settings, timeout: float = TIMEOUT_S
             "check LIVEKIT_URL and your network; for a local server run `livekit-server --dev`",
         )
     if status >= 500:
-        return CheckResult(name, False, f"{url} answered HTTP {status}", "check the server's health")
+        return CheckResult(
+            name, False, f"{url} answered HTTP {status}", "check the server's health"
+        )
     return CheckResult(name, True, f"{url} answered HTTP {status}")
 
 
-async def check_livekit_credentials(settings: Settings, timeout: float = TIMEOUT_S) -> CheckResult:
+async def check_livekit_credentials(settings: Settings) -> CheckResult:
     from livekit import api
 
     name = "LiveKit API key and secret"
@@ -73,7 +74,7 @@ async def check_livekit_credentials(settings: Settings, timeout: float = TIMEOUT
         livekit_http_url(settings.livekit_url),
         settings.livekit_api_key,
         settings.livekit_api_secret.get_secret_value(),
-        timeout=aiohttp.ClientTimeout(total=timeout),
+        timeout=aiohttp.ClientTimeout(total=TIMEOUT_S),
     )
     try:
         await lk.room.list_rooms(api.ListRoomsRequest())
@@ -84,7 +85,7 @@ async def check_livekit_credentials(settings: Settings, timeout: float = TIMEOUT
             f"the server refused them ({exc.code}: {exc.message})",
             "check LIVEKIT_API_KEY and LIVEKIT_API_SECRET belong to the project of LIVEKIT_URL",
         )
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         return CheckResult(name, False, f"request failed: {_reason(exc)}", "check LIVEKIT_URL")
     finally:
         await lk.aclose()
@@ -115,14 +116,14 @@ def check_plugins(settings: Settings) -> CheckResult:
     return CheckResult(name, True, ", ".join(modules))
 
 
-async def check_redis(settings: Settings, timeout: float = TIMEOUT_S) -> CheckResult:
+async def check_redis(settings: Settings) -> CheckResult:
     name = "Redis reachable"
     if not settings.redis_url:
         return CheckResult(name, True, "REDIS_URL not set: in-memory session store (one worker)")
     import redis.asyncio as redis
 
     client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        settings.redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
     )
     try:
         await client.ping()

@@ -121,7 +121,9 @@ def console(
         str | None,
         typer.Option(help="host:port of the LiveKit CLI's console server (set by `lk`)."),
     ] = None,
-    record: Annotated[bool, typer.Option(help="Record the session to console-recordings/.")] = False,
+    record: Annotated[
+        bool, typer.Option(help="Record the session to console-recordings/.")
+    ] = False,
 ) -> None:
     """Talk to the agent in your terminal, through the LiveKit CLI (`lk agent console`)."""
     if not connect_addr:
@@ -180,7 +182,9 @@ def token(
 
     settings = settings_or_exit(livekit=True)
     try:
-        jwt = mint_join_token(settings, identity=identity, room=room, name=name, ttl_minutes=ttl_minutes)
+        jwt = mint_join_token(
+            settings, identity=identity, room=room, name=name, ttl_minutes=ttl_minutes
+        )
     except ValueError as exc:
         raise fail(str(exc), 2) from None
     typer.echo(jwt)

@@ -51,7 +51,9 @@ def build_models(settings: Settings, *, vad_model: vad.VAD | None = None) -> Mod
         name="openai-pipeline",
         llm=openai.LLM(model=settings.openai_llm_model, api_key=api_key),
         stt=openai.STT(model=settings.openai_stt_model, api_key=api_key),
-        tts=openai.TTS(model=settings.openai_tts_model, voice=settings.openai_voice, api_key=api_key),
+        tts=openai.TTS(
+            model=settings.openai_tts_model, voice=settings.openai_voice, api_key=api_key
+        ),
         vad=vad_model or silero.VAD.load(),
     )
 

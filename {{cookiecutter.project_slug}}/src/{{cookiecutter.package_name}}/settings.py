@@ -120,7 +120,9 @@ class Settings(BaseSettings):
                 "(e.g. wss://my-project.livekit.cloud) in .env.local or the environment"
             )
         if not self.livekit_api_key:
-            problems.append("LIVEKIT_API_KEY is not set: copy it from your LiveKit project settings")
+            problems.append(
+                "LIVEKIT_API_KEY is not set: copy it from your LiveKit project settings"
+            )
         if not self.livekit_api_secret:
             problems.append(
                 "LIVEKIT_API_SECRET is not set: copy it from your LiveKit project settings"

@@ -41,7 +41,9 @@ async def entrypoint(ctx: JobContext) -> None:
     """A job: one room, one conversation."""
     settings = load_settings()
     vad_model = ctx.proc.userdata.get("vad")
-    await run_job(ctx, settings=settings, models=lambda: build_models(settings, vad_model=vad_model))
+    await run_job(
+        ctx, settings=settings, models=lambda: build_models(settings, vad_model=vad_model)
+    )
 
 
 async def run_job(ctx: JobContext, *, settings: Settings, models: ModelFactory) -> AgentSession:
@@ -50,6 +52,7 @@ async def run_job(ctx: JobContext, *, settings: Settings, models: ModelFactory) 
     Returns the running session; the job ends when the session closes.
     """
     ctx.log_context_fields = bind_job_context(job_id=ctx.job.id, room=ctx.room.name)
+    logger.info("job started", agent_name=ctx.job.agent_name or None)
     await ctx.connect()
     participant = await ctx.wait_for_participant()
     ctx.log_context_fields = bind_job_context(

@@ -1,0 +1,45 @@
+"""Bake helpers shared by the template tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from cookiecutter.main import cookiecutter
+
+TEMPLATE = Path(__file__).resolve().parents[1]
+DEFAULTS = json.loads((TEMPLATE / "cookiecutter.json").read_text())
+
+
+def bake(tmp_path: Path, **answers: object) -> Path:
+    """Generate a project from the template with ``answers``; return its directory."""
+    out = cookiecutter(
+        str(TEMPLATE),
+        no_input=True,
+        extra_context=answers,
+        output_dir=str(tmp_path),
+        overwrite_if_exists=False,
+    )
+    return Path(out)
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run a command, failing the test with its output when it does not exit 0."""
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{' '.join(cmd)} exited {proc.returncode} in {cwd}\n"
+            f"--- stdout ---\n{proc.stdout[-8000:]}\n--- stderr ---\n{proc.stderr[-8000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session")
+def ruff() -> str:
+    path = shutil.which("ruff")
+    if path is None:
+        pytest.fail("ruff is not installed in the template's dev environment: run `uv sync`")
+    return path

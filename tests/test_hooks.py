@@ -1,0 +1,88 @@
+"""The hooks are plain modules: test their logic without baking."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+HOOKS = Path(__file__).resolve().parents[1] / "hooks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, HOOKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pre = load("pre_gen_project")
+post = load("post_gen_project")
+
+GOOD = {
+    "project_slug": "voice-agent",
+    "package_name": "voice_agent",
+    "agent_name": "",
+    "model_stack": "gemini-live",
+    "session_store": "memory",
+    "room_mode": "one-to-one",
+    "python_version": "3.11",
+    "include_dockerfile": True,
+}
+
+
+def test_defaults_are_valid() -> None:
+    assert pre.validate(GOOD) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("project_slug", "Voice Agent", "project_slug"),
+        ("project_slug", "9lives", "project_slug"),
+        ("project_slug", "a--b", "project_slug"),
+        ("package_name", "voice-agent", "not a Python identifier"),
+        ("package_name", "class", "not a Python identifier"),
+        ("package_name", "livekit", "shadow"),
+        ("agent_name", "my agent", "agent_name"),
+        ("agent_name", "x" * 65, "agent_name"),
+        ("model_stack", "claude-live", "model_stack"),
+        ("session_store", "postgres", "session_store"),
+        ("room_mode", "broadcast", "room_mode"),
+        ("python_version", "3.10", "python_version"),
+        ("include_dockerfile", "yes", "include_dockerfile"),
+    ],
+)
+def test_bad_answers_are_named(key: str, value: object, says: str) -> None:
+    problems = pre.validate({**GOOD, key: value})
+    assert len(problems) == 1
+    assert says in problems[0]
+    assert "\n" not in problems[0]
+
+
+def test_main_prints_one_line_per_problem_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    code = pre.main({**GOOD, "package_name": "1x", "model_stack": "nope"})
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 2
+    assert all(line.startswith("error: ") for line in err)
+
+
+def test_post_gen_prunes_docker_files_and_writes_answers(tmp_path: Path) -> None:
+    for name in ("Dockerfile", ".dockerignore", "compose.yaml", "agent.py"):
+        (tmp_path / name).write_text("x")
+    answers = {**GOOD, "include_dockerfile": False, "_output_dir": "/home/me", "_template": "gh:x"}
+    post.finish(tmp_path, answers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cookiecutter.json", "agent.py"]
+    saved = json.loads((tmp_path / ".cookiecutter.json").read_text())
+    assert saved["include_dockerfile"] is False
+    assert saved["_template"] == "gh:x"
+    assert "_output_dir" not in saved
+
+
+def test_post_gen_keeps_compose_for_redis(tmp_path: Path) -> None:
+    (tmp_path / "compose.yaml").write_text("x")
+    post.finish(tmp_path, {**GOOD, "session_store": "redis"})
+    assert (tmp_path / "compose.yaml").exists()

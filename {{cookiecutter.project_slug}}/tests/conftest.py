@@ -1,0 +1,33 @@
+"""Shared fixtures: every test runs with a clean environment in an empty folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Settings the worker reads; a developer's shell or .env.local must not leak into tests.
+SETTING_PREFIXES = (
+    "LIVEKIT_",
+    "GOOGLE_",
+    "OPENAI_",
+    "GEMINI_",
+    "REDIS_",
+    "SESSION_",
+    "MODEL_STACK",
+    "AGENT_NAME",
+    "ROOM_MODE",
+    "LOG_LEVEL",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    for name in list(os.environ):
+        if name.startswith(SETTING_PREFIXES):
+            monkeypatch.delenv(name)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    return workdir

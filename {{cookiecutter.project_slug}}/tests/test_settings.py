@@ -1,0 +1,82 @@
+"""Settings: read once, every problem named with what to set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from {{ cookiecutter.package_name }}.settings import SettingsError, load_settings
+
+
+def test_defaults_need_nothing_to_load() -> None:
+    settings = load_settings()
+    assert settings.model_stack == "{{ cookiecutter.model_stack }}"
+    assert settings.redis_url is None
+    assert settings.session_retention_s == 300
+
+
+def test_missing_livekit_settings_are_each_named() -> None:
+    with pytest.raises(SettingsError) as exc:
+        load_settings().require(livekit=True)
+    problems = exc.value.problems
+    assert [p.split(" ", 1)[0] for p in problems] == [
+        "LIVEKIT_URL",
+        "LIVEKIT_API_KEY",
+        "LIVEKIT_API_SECRET",
+    ]
+    assert all("\n" not in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("stack", "variable"),
+    [("gemini-live", "GOOGLE_API_KEY"), ("openai-realtime", "OPENAI_API_KEY")],
+)
+def test_model_key_required_for_the_chosen_stack(
+    monkeypatch: pytest.MonkeyPatch, stack: str, variable: str
+) -> None:
+    monkeypatch.setenv("MODEL_STACK", stack)
+    with pytest.raises(SettingsError) as exc:
+        load_settings().require(models=True)
+    assert exc.value.problems[0].startswith(f"{variable} is not set")
+    monkeypatch.setenv(variable, "k")
+    load_settings().require(models=True)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("LIVEKIT_URL", "localhost:7880", "LIVEKIT_URL is invalid: must be a LiveKit server URL"),
+        ("MODEL_STACK", "gpt-voice", "MODEL_STACK is invalid"),
+        ("REDIS_URL", "http://cache:6379", "REDIS_URL is invalid: must be a Redis URL"),
+        ("SESSION_RETENTION_S", "-5", "SESSION_RETENTION_S is invalid"),
+        ("LOG_LEVEL", "loud", "LOG_LEVEL is invalid"),
+    ],
+)
+def test_invalid_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as exc:
+        load_settings()
+    assert len(exc.value.problems) == 1
+    assert exc.value.problems[0].startswith(says)
+
+
+def test_credentials_never_appear_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "http://user:hunter2@cache:6379")
+    with pytest.raises(SettingsError) as exc:
+        load_settings()
+    assert "hunter2" not in str(exc.value)
+
+
+def test_env_local_is_read_and_the_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, clean_settings: Path
+) -> None:
+    (clean_settings / ".env.local").write_text(
+        "LIVEKIT_URL=wss://from-file.livekit.cloud\nLIVEKIT_API_KEY=file-key\n"
+    )
+    monkeypatch.setenv("LIVEKIT_API_KEY", "env-key")
+    settings = load_settings()
+    assert settings.livekit_url == "wss://from-file.livekit.cloud"
+    assert settings.livekit_api_key == "env-key"

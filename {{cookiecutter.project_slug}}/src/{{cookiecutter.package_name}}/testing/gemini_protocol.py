@@ -124,7 +124,9 @@ def parse_setup(message: dict[str, Any]) -> Setup:
     instruction = setup.get("system_instruction")
     return Setup(
         model=setup["model"],
-        response_modalities=tuple(str(m).upper() for m in generation.get("response_modalities", ())),
+        response_modalities=tuple(
+            str(m).upper() for m in generation.get("response_modalities", ())
+        ),
         resumption_requested=resumption is not None,
         handle=(resumption or {}).get("handle") or None,
         input_transcription=setup.get("input_audio_transcription") is not None,

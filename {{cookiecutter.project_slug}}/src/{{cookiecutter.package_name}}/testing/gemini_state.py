@@ -96,9 +96,12 @@ class FaultPlan:
         self.log: list[FaultRecord] = []
         self._on_change = on_change
 
-    def arm(self, fault: Fault) -> None:
-        """Queue a fault; it is used once, at the first point where it applies."""
-        self._armed.append(fault)
+    def arm(self, fault: Fault, *, first: bool = False) -> None:
+        """Queue a fault (at the front when ``first``); it is used once, where it applies."""
+        if first:
+            self._armed.insert(0, fault)
+        else:
+            self._armed.append(fault)
 
     @property
     def armed(self) -> tuple[Fault, ...]:

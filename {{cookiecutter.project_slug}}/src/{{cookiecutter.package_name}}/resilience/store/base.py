@@ -8,9 +8,12 @@ what lets the worker call them from event handlers that may fire twice or race.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .records import SessionRecord
@@ -223,7 +226,13 @@ class SessionStore(Protocol):
         ...
 
 
-def summary_fields(room: str, identity_hash: str, **extra: Any) -> dict[str, Any]:
-    """Log fields that name a participant without revealing who it is."""
-    return {"room": room, "participant": identity_hash, **extra}
-
+def retention_for(policy: RetentionPolicy | None, default: float, info: LeaveInfo) -> float:
+    """Ask the policy (if any) how long to keep a record; a failing policy keeps the default."""
+    if policy is None:
+        return default
+    try:
+        seconds = float(policy(info))
+    except Exception:
+        logger.exception("retention policy failed; using the default retention")
+        return default
+    return seconds if seconds > 0 else default

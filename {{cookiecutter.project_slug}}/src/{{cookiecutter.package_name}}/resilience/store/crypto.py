@@ -48,10 +48,12 @@ class KeyRing:
 
     @classmethod
     def parse(cls, spec: str) -> KeyRing:
-        """Parse ``keyid:base64key[,keyid:base64key...]``; raise KeyRingError saying what is wrong."""
+        """Parse ``keyid:base64key[,...]``; raise KeyRingError saying what is wrong."""
         entries = [e.strip() for e in spec.split(",") if e.strip()]
         if not entries:
-            raise KeyRingError("SESSION_ENCRYPTION_KEYS is set but holds no 'keyid:base64key' entry")
+            raise KeyRingError(
+                "SESSION_ENCRYPTION_KEYS is set but holds no 'keyid:base64key' entry"
+            )
         keys: list[tuple[str, bytes]] = []
         for position, entry in enumerate(entries, start=1):
             key_id, sep, encoded = entry.partition(":")

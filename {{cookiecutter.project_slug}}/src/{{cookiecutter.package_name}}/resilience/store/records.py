@@ -1,0 +1,361 @@
+"""The session record: its schema, its stored form, validation and (de)serialisation.
+
+Both stores keep a record in the same stored form, the one that maps onto Redis:
+
+* ``fields``: a flat map of short names to bytes. Bookkeeping (timestamps in integer
+  milliseconds, counters, the active session id) is plaintext so Redis scripts can update it;
+  what a participant said or is (``who``, ``lang``, ``meta``, ``gem``) is a JSON blob, sealed
+  when a key ring is configured.
+* ``items`` / ``transcript``: ordered lists of JSON blobs, one per conversation item or
+  transcript segment, so an append writes only the new ones.
+
+Item ids are kept in plaintext (they are opaque ids like ``item_3f2a``) because deduplication
+runs inside Redis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base import CorruptRecordError, DecryptionError, InvalidInputError
+from .crypto import MAGIC, KeyRing, associated_data
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "GeminiHandle",
+    "RecordCodec",
+    "SessionRecord",
+    "identity_hash",
+    "participant_hash",
+]
+
+SCHEMA_VERSION = 1
+
+# stored field names (short: they are repeated in every Redis hash)
+F_VERSION = "v"
+F_JOINED = "joined"
+F_SEEN = "seen"
+F_RECONNECTS = "reconnects"
+F_ACTIVE = "active"
+F_LEFT = "left"
+F_REV = "rev"
+F_WHO = "who"
+F_LANG = "lang"
+F_META = "meta"
+F_GEMINI = "gem"
+F_GEMINI_AT = "gem_at"
+
+# the field tag each blob is sealed under (part of the associated data)
+TAG_ITEM = b"item"
+TAG_SEGMENT = b"seg"
+
+
+@dataclass(frozen=True, slots=True)
+class GeminiHandle:
+    """A Gemini Live resumption handle, the conversation item ids the server holds, and when."""
+
+    handle: str
+    covered_item_ids: tuple[str, ...]
+    issued_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One participant's session in one room, as the store last saw it.
+
+    Timestamps are epoch seconds from the store's clock. ``active_session`` is the session id
+    of the last join that has not left yet (None after leave).
+    """
+
+    room: str
+    identity: str
+    schema_version: int
+    joined_at: float
+    last_seen: float
+    reconnect_count: int
+    active_session: str | None
+    left_at: float | None = None
+    language: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    items: tuple[dict[str, Any], ...] = ()
+    transcript: tuple[dict[str, Any], ...] = ()
+    gemini: GeminiHandle | None = None
+
+    @property
+    def item_ids(self) -> list[str]:
+        """Conversation item ids in order."""
+        return [item["id"] for item in self.items]
+
+
+def participant_hash(room: str, identity: str) -> str:
+    """128-bit key for (room, identity); length prefixes make every pair distinct."""
+    data = b"lk-session"
+    for part in (room.encode(), identity.encode()):
+        data += len(part).to_bytes(8, "big") + part
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def identity_hash(identity: str) -> str:
+    """Short hash of an identity for logs and events (never log the identity itself)."""
+    return hashlib.sha256(identity.encode()).hexdigest()[:12]
+
+
+def ms(seconds: float) -> int:
+    return int(round(seconds * 1000))
+
+
+def encode_json(value: Any, what: str) -> bytes:
+    """Serialise JSON data, refusing anything that would not come back equal."""
+    try:
+        raw = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        same = json.loads(raw) == value
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidInputError(f"{what} is not JSON data: {exc}") from None
+    if not same:
+        raise InvalidInputError(
+            f"{what} does not survive JSON (use dict/list/str/int/float/bool/None, "
+            "string keys, no tuples)"
+        )
+    return raw.encode()
+
+
+def validate_entries(
+    entries: Iterable[Mapping[str, Any]], what: str
+) -> list[tuple[str, bytes, dict[str, Any]]]:
+    """Check items/segments and return (id, json bytes, copy) for each, in order."""
+    out: list[tuple[str, bytes, dict[str, Any]]] = []
+    for index, entry in enumerate(entries):
+        label = f"{what}[{index}]"
+        if not isinstance(entry, Mapping):
+            raise InvalidInputError(f"{label} must be a dict, not {type(entry).__name__}")
+        entry_id = entry.get("id")
+        if not isinstance(entry_id, str) or not entry_id:
+            raise InvalidInputError(f"{label} needs a non-empty string 'id'")
+        copy = dict(entry)
+        raw = encode_json(copy, label)
+        out.append((entry_id, raw, json.loads(raw)))
+    return out
+
+
+def validate_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Metadata is a JSON object; return a private copy."""
+    if not isinstance(metadata, Mapping):
+        raise InvalidInputError(f"metadata must be a dict, not {type(metadata).__name__}")
+    return json.loads(encode_json(dict(metadata), "metadata"))
+
+
+def validate_names(room: str, identity: str) -> None:
+    """Room and identity may hold any characters (even none) but must be strings."""
+    for name, value in (("room", room), ("identity", identity)):
+        if not isinstance(value, str):
+            raise InvalidInputError(f"{name} must be a str, not {type(value).__name__}")
+
+
+class RecordCodec:
+    """Turns values into stored blobs and stored forms back into records (sealing if keyed)."""
+
+    def __init__(self, keyring: KeyRing | None = None) -> None:
+        self.keyring = keyring
+
+    def seal(self, room: str, identity: str, tag: bytes, raw_json: bytes) -> bytes:
+        if self.keyring is None:
+            return raw_json
+        return self.keyring.seal(raw_json, associated_data(room, identity, tag))
+
+    def seal_value(self, room: str, identity: str, tag: str, value: Any) -> bytes:
+        return self.seal(room, identity, tag.encode(), encode_json(value, tag))
+
+    def seal_who(self, key_hash: str, room: str, identity: str) -> bytes:
+        # bound to the key hash (not room/identity) so list_records can open it unaided
+        raw = encode_json({"room": room, "identity": identity}, "who")
+        if self.keyring is None:
+            return raw
+        return self.keyring.seal(raw, associated_data("", key_hash, F_WHO.encode()))
+
+    def open(self, room: str, identity: str, tag: bytes, blob: bytes) -> Any:
+        """Decode a blob; raise CorruptRecordError with the reason when it cannot be read."""
+        if blob.startswith(MAGIC):
+            if self.keyring is None:
+                raise CorruptRecordError(
+                    "record is encrypted but SESSION_ENCRYPTION_KEYS is not set"
+                )
+            try:
+                blob = self.keyring.open(blob, associated_data(room, identity, tag))
+            except DecryptionError as exc:
+                raise CorruptRecordError(f"{tag.decode()}: {exc}") from None
+        try:
+            return json.loads(blob)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptRecordError(f"{tag.decode()}: not valid JSON ({exc})") from None
+
+    def open_who(self, key_hash: str, blob: bytes) -> tuple[str, str]:
+        """Room and identity of a stored record, checked against the key it was found under."""
+        who = self.open("", key_hash, F_WHO.encode(), blob)
+        if not isinstance(who, dict):
+            raise CorruptRecordError("who: not an object")
+        room, identity = who.get("room"), who.get("identity")
+        if not isinstance(room, str) or not isinstance(identity, str):
+            raise CorruptRecordError("who: room/identity missing")
+        if participant_hash(room, identity) != key_hash:
+            raise CorruptRecordError("who: names another participant than its key")
+        return room, identity
+
+    def decode(
+        self,
+        room: str,
+        identity: str,
+        fields: Mapping[str, bytes],
+        items: Sequence[bytes],
+        transcript: Sequence[bytes],
+    ) -> SessionRecord:
+        """Build a record from its stored form; raise CorruptRecordError if any part is bad."""
+        version = _int_field(fields, F_VERSION)
+        if not 1 <= version <= SCHEMA_VERSION:
+            raise CorruptRecordError(
+                f"unknown schema version {version} (this worker reads 1..{SCHEMA_VERSION})"
+            )
+        key_hash = participant_hash(room, identity)
+        who_blob = fields.get(F_WHO)
+        if who_blob is not None and self.open_who(key_hash, who_blob) != (room, identity):
+            raise CorruptRecordError("who: names another participant")
+        decoded_items = tuple(self._entries(room, identity, TAG_ITEM, items))
+        decoded_segments = tuple(self._entries(room, identity, TAG_SEGMENT, transcript))
+        metadata: dict[str, Any] = {}
+        if (blob := fields.get(F_META)) is not None:
+            metadata = self.open(room, identity, F_META.encode(), blob)
+            if not isinstance(metadata, dict):
+                raise CorruptRecordError("meta: not an object")
+        language = None
+        if (blob := fields.get(F_LANG)) is not None:
+            language = self.open(room, identity, F_LANG.encode(), blob)
+            if language is not None and not isinstance(language, str):
+                raise CorruptRecordError("lang: not a string")
+        gemini = None
+        if (blob := fields.get(F_GEMINI)) is not None:
+            gemini = self._gemini(room, identity, blob, _int_field(fields, F_GEMINI_AT))
+        active = fields.get(F_ACTIVE) or b""
+        left = fields.get(F_LEFT) or b""
+        return SessionRecord(
+            room=room,
+            identity=identity,
+            schema_version=version,
+            joined_at=_int_field(fields, F_JOINED) / 1000,
+            last_seen=_int_field(fields, F_SEEN) / 1000,
+            reconnect_count=_int_field(fields, F_RECONNECTS),
+            active_session=active.decode() if active else None,
+            left_at=_int_field(fields, F_LEFT) / 1000 if left else None,
+            language=language,
+            metadata=metadata,
+            items=decoded_items,
+            transcript=decoded_segments,
+            gemini=gemini,
+        )
+
+    def encode(self, record: SessionRecord) -> tuple[dict[str, bytes], list[bytes], list[bytes]]:
+        """The stored form of a record (used to keep a copy of a record read elsewhere)."""
+        room, identity = record.room, record.identity
+        fields = {
+            F_VERSION: str(SCHEMA_VERSION).encode(),
+            F_JOINED: str(ms(record.joined_at)).encode(),
+            F_SEEN: str(ms(record.last_seen)).encode(),
+            F_RECONNECTS: str(record.reconnect_count).encode(),
+            F_ACTIVE: (record.active_session or "").encode(),
+            F_REV: b"1",
+            F_WHO: self.seal_who(participant_hash(room, identity), room, identity),
+            F_META: self.seal_value(room, identity, F_META, record.metadata),
+        }
+        if record.left_at is not None:
+            fields[F_LEFT] = str(ms(record.left_at)).encode()
+        if record.language is not None:
+            fields[F_LANG] = self.seal_value(room, identity, F_LANG, record.language)
+        if record.gemini is not None:
+            fields[F_GEMINI] = self.seal_value(
+                room, identity, F_GEMINI, gemini_value(record.gemini)
+            )
+            fields[F_GEMINI_AT] = str(ms(record.gemini.issued_at)).encode()
+        items = [self.seal(room, identity, TAG_ITEM, encode_json(i, "item")) for i in record.items]
+        segments = [
+            self.seal(room, identity, TAG_SEGMENT, encode_json(s, "segment"))
+            for s in record.transcript
+        ]
+        return fields, items, segments
+
+    def _entries(
+        self, room: str, identity: str, tag: bytes, blobs: Sequence[bytes]
+    ) -> Iterable[dict[str, Any]]:
+        for blob in blobs:
+            entry = self.open(room, identity, tag, blob)
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                raise CorruptRecordError(f"{tag.decode()}: entry without an id")
+            yield entry
+
+    def _gemini(self, room: str, identity: str, blob: bytes, issued_ms: int) -> GeminiHandle:
+        value = self.open(room, identity, F_GEMINI.encode(), blob)
+        if not isinstance(value, dict) or not isinstance(value.get("handle"), str):
+            raise CorruptRecordError("gem: no handle")
+        covered = value.get("covered", [])
+        if not isinstance(covered, list) or not all(isinstance(i, str) for i in covered):
+            raise CorruptRecordError("gem: covered ids are not strings")
+        return GeminiHandle(value["handle"], tuple(covered), issued_ms / 1000)
+
+
+def gemini_value(gemini: GeminiHandle) -> dict[str, Any]:
+    """The sealed part of a Gemini handle (its issue time is kept by the store clock)."""
+    return {"handle": gemini.handle, "covered": list(gemini.covered_item_ids)}
+
+
+def _int_field(fields: Mapping[str, bytes], name: str) -> int:
+    raw = fields.get(name)
+    try:
+        return int(raw) if raw is not None else 0
+    except ValueError:
+        raise CorruptRecordError(f"{name}: not an integer") from None
+
+
+def profile_updates(
+    codec: RecordCodec,
+    room: str,
+    identity: str,
+    language: str | None,
+    metadata: Mapping[str, Any] | None,
+) -> dict[str, bytes]:
+    """Sealed fields for update_profile (only those given)."""
+    validate_names(room, identity)
+    updates: dict[str, bytes] = {}
+    if language is not None:
+        if not isinstance(language, str):
+            raise InvalidInputError("language must be a str such as 'en-US'")
+        updates[F_LANG] = codec.seal_value(room, identity, F_LANG, language)
+    if metadata is not None:
+        updates[F_META] = codec.seal_value(room, identity, F_META, validate_metadata(metadata))
+    return updates
+
+
+def gemini_input(handle: str, covered_item_ids: Sequence[str]) -> dict[str, Any]:
+    """Validate a Gemini handle and covered ids; return the value to seal."""
+    if not isinstance(handle, str) or not handle:
+        raise InvalidInputError("the Gemini resumption handle must be a non-empty str")
+    covered = list(covered_item_ids)
+    if not all(isinstance(i, str) for i in covered):
+        raise InvalidInputError("covered_item_ids must be strings")
+    return {"handle": handle, "covered": covered}
+
+
+def check_session_id(session_id: str) -> None:
+    """Session ids are the non-empty strings the worker makes up per AgentSession."""
+    if not isinstance(session_id, str) or not session_id:
+        raise InvalidInputError("session_id must be a non-empty str")
+
+
+def make_event(
+    event_type: str, room: str, identity: str, at: float, **fields: Any
+) -> dict[str, Any]:
+    """An operator event; carries the identity's hash, never the identity."""
+    event = {"type": event_type, "room": room, "participant": identity_hash(identity), "at": at}
+    event.update(fields)
+    json.dumps(event)  # refuse non-JSON fields here rather than in a subscriber
+    return event

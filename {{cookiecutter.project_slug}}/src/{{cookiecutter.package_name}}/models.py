@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from livekit.agents import llm, stt, tts, vad
+from livekit.agents.voice.turn import TurnDetectionMode
 
 from .settings import Settings
 
@@ -23,6 +24,8 @@ class ModelStack:
     stt: stt.STT | None = None
     tts: tts.TTS | None = None
     vad: vad.VAD | None = None
+    turn_detection: TurnDetectionMode | None = None
+    """None lets livekit choose (the realtime model's own, or VAD-based for a pipeline)."""
 
 
 def build_models(settings: Settings, *, vad_model: vad.VAD | None = None) -> ModelStack:

@@ -61,7 +61,10 @@ async def run_job(ctx: JobContext, *, settings: Settings, models: ModelFactory) 
     logger.info("participant joined", kind=rtc.ParticipantKind.Name(participant.kind))
 
     stack = models()
-    session = AgentSession(llm=stack.llm, stt=stack.stt, tts=stack.tts, vad=stack.vad)
+    turn_handling = {"turn_detection": stack.turn_detection} if stack.turn_detection else {}
+    session = AgentSession(
+        llm=stack.llm, stt=stack.stt, tts=stack.tts, vad=stack.vad, turn_handling=turn_handling
+    )
 
     @session.on("close")
     def _on_close(event: object) -> None:

@@ -1,0 +1,12 @@
+"""`simulate`: run the real job entrypoint offline, with a scripted user, and check it.
+
+A scenario drives a scripted participant through a `SimulatedRoom` while `worker.run_job`
+(the same composition root `dev` uses) runs the agent with scripted models. The harness
+prints the conversation as a frontend shows it, records what a frontend and the model saw,
+and checks the invariants every conversation must keep; a scenario adds its own.
+"""
+
+from .harness import Observations, ScenarioFn, Simulation, run_scenario
+from .scenarios import SCENARIOS, Scenario
+
+__all__ = ["SCENARIOS", "Observations", "Scenario", "ScenarioFn", "Simulation", "run_scenario"]

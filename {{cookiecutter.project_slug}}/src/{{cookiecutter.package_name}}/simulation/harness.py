@@ -1,0 +1,174 @@
+"""The simulation harness: a room, scripted models, the real job wiring, and observations."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from livekit.agents import AgentSession
+from livekit.agents.testing import fake_job_context
+
+from ..models import ModelStack
+from ..settings import Settings
+from ..testing import ScriptedLLM, ScriptedTTS, SimulatedRoom, TimelineEvent
+from ..testing.transcript import TOPIC_TRANSCRIPTION
+from ..worker import run_job
+from .invariants import check_conversation
+
+AGENT_IDENTITY = "agent"
+REPLY_TIMEOUT_S = 30.0
+
+Printer = Callable[[str], None]
+
+
+@dataclass
+class Observations:
+    """What the simulation saw; `to_json()` is what `simulate --json` writes."""
+
+    scenario: str
+    tracks: list[dict[str, Any]] = field(default_factory=list)
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    transcription_streams: list[dict[str, Any]] = field(default_factory=list)
+    model_requests: list[list[dict[str, str]]] = field(default_factory=list)
+    timings: dict[str, Any] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, **asdict(self)}
+
+
+class Simulation:
+    """What a scenario uses to act as the user and wait for the agent."""
+
+    def __init__(self, room: SimulatedRoom, llm: ScriptedLLM, printer: Printer) -> None:
+        self.room = room
+        self.llm = llm
+        self.session: AgentSession | None = None
+        self.user_lines: list[str] = []
+        self.timings: dict[str, Any] = {"turns_s": []}
+        self._print = printer
+        self._started = time.monotonic()
+
+    def progress(self, message: str) -> None:
+        """Print a progress line (not part of the transcript)."""
+        self._print(f"  .. {message}")
+
+    def agent_replies(self) -> int:
+        """Agent transcript segments finalised so far."""
+        return sum(1 for s in self.room.transcript() if s.role == "agent" and s.final)
+
+    async def wait_for_agent_replies(self, count: int) -> None:
+        await self.room.wait_until(lambda _: self.agent_replies() >= count, REPLY_TIMEOUT_S)
+
+    async def join(self, identity: str, **kwargs: Any) -> None:
+        """A participant joins (a frontend connecting with auto-subscribe)."""
+        self.progress(f"{identity} joins")
+        self.room.add_participant(identity, **kwargs)
+
+    async def say(self, identity: str, text: str) -> None:
+        """The participant types ``text`` and the agent answers it."""
+        before = self.agent_replies()
+        started = time.monotonic()
+        self.user_lines.append(text)
+        await self.room.send_chat(identity, text)
+        await self.wait_for_agent_replies(before + 1)
+        self.timings["turns_s"].append(round(time.monotonic() - started, 3))
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self._started, 3)
+
+
+ScenarioFn = Callable[[Simulation], Awaitable[None]]
+
+
+async def run_scenario(
+    name: str,
+    scenario: ScenarioFn,
+    *,
+    settings: Settings,
+    llm: ScriptedLLM,
+    printer: Printer = print,
+) -> Observations:
+    """Run ``scenario`` against the real job wiring and return what was observed."""
+    room = SimulatedRoom(name=f"sim-{name}", agent_identity=AGENT_IDENTITY)
+    room.add_observer(_transcript_printer(room, printer))
+    sim = Simulation(room, llm, printer)
+    # the scripted user types, so user turns are committed by the text input, not detected
+    stack = ModelStack(name="scripted", llm=llm, tts=ScriptedTTS(), turn_detection="manual")
+    observations = Observations(scenario=name)
+    with fake_job_context(room=room, agent_identity=AGENT_IDENTITY) as ctx:
+        job = asyncio.create_task(run_job(ctx, settings=settings, models=lambda: stack))
+        try:
+            await scenario_with_job(sim, scenario, job)
+        except TimeoutError as exc:
+            observations.violations.append(f"the agent stopped answering: {exc}")
+        finally:
+            if not job.done():
+                job.cancel()
+            if sim.session is not None:
+                await sim.session.aclose()
+            await room.disconnect()
+    sim.timings["total_s"] = sim.elapsed()
+    _observe(observations, room, llm, sim)
+    observations.violations.extend(check_conversation(observations, sim.user_lines))
+    return observations
+
+
+async def scenario_with_job(sim: Simulation, scenario: ScenarioFn, job: asyncio.Task) -> None:
+    """Run the scenario; the job's session becomes available once a participant joined."""
+
+    def _on_job_done(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is None:
+            sim.session = task.result()
+
+    job.add_done_callback(_on_job_done)
+    await scenario(sim)
+    if job.done() and not job.cancelled() and job.exception() is not None:
+        raise job.exception()  # type: ignore[misc]
+
+
+def _transcript_printer(room: SimulatedRoom, printer: Printer) -> Callable[[TimelineEvent], None]:
+    """Print each line of the conversation once it is final, as a frontend shows it."""
+    agent = room.local_participant.identity
+
+    def observe(event: TimelineEvent) -> None:
+        record = event.record
+        if event.kind == "text_stream_received" and record.topic == "lk.chat":
+            printer(f"[{record.sender_identity}] {record.text}")
+        elif (
+            event.kind == "text_stream_closed"
+            and record.topic == TOPIC_TRANSCRIPTION
+            and record.sender_identity == agent
+            and record.attributes.get("lk.transcription_final") == "true"
+        ):
+            printer(f"[{agent}] {record.text}")
+
+    return observe
+
+
+def _observe(obs: Observations, room: SimulatedRoom, llm: ScriptedLLM, sim: Simulation) -> None:
+    obs.tracks = [asdict(t) for t in room.published_tracks]
+    obs.segments = [asdict(s) for s in room.transcript()]
+    obs.transcription_streams = [
+        {
+            "stream_id": s.stream_id,
+            "sender": s.sender_identity,
+            "attributes": s.attributes,
+            "closed": s.closed,
+            "text": s.text,
+        }
+        for s in room.text_streams
+        if s.topic == TOPIC_TRANSCRIPTION
+    ]
+    obs.model_requests = [
+        [{"id": i.id, "role": i.role, "text": i.text} for i in request.items]
+        for request in llm.requests
+    ]
+    obs.timings = sim.timings

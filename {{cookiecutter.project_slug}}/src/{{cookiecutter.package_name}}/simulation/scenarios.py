@@ -1,0 +1,59 @@
+"""Scenarios for `simulate`: each drives the scripted user; add one with `@scenario`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..testing import ScriptedLLM
+from .harness import ScenarioFn, Simulation
+
+
+class Scenario:
+    """A named scenario: what the user does, and the model's scripted replies."""
+
+    def __init__(self, name: str, run: ScenarioFn, replies: list[str], summary: str) -> None:
+        self.name = name
+        self.run = run
+        self.replies = replies
+        self.summary = summary
+
+    def scripted_llm(self) -> ScriptedLLM:
+        return ScriptedLLM(self.replies)
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+USER = "user-1"
+
+
+def scenario(name: str, *, replies: list[str], summary: str) -> Callable[[ScenarioFn], ScenarioFn]:
+    def register(fn: ScenarioFn) -> ScenarioFn:
+        SCENARIOS[name] = Scenario(name, fn, replies, summary)
+        return fn
+
+    return register
+
+
+BASIC_TURNS = [
+    "Hi, can you hear me?",
+    "What can you help me with?",
+    "Great, thanks. That's all for now.",
+]
+
+
+@scenario(
+    "basic",
+    summary="a participant joins, is greeted once and has three turns",
+    replies=[
+        "Hello! I'm your voice assistant. How can I help you today?",
+        "Yes, I can hear you clearly.",
+        "I can answer questions and tell you the time anywhere in the world.",
+        "You're welcome. Have a great day!",
+    ],
+)
+async def basic(sim: Simulation) -> None:
+    await sim.join(USER, name="Simulated User")
+    await sim.wait_for_agent_replies(1)
+    sim.timings["greeting_s"] = sim.elapsed()
+    for line in BASIC_TURNS:
+        await sim.say(USER, line)

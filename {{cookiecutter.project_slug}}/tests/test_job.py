@@ -1,0 +1,95 @@
+"""A full job on the simulated room, through the worker's real composition root."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from {{ cookiecutter.package_name }}.cli import app
+from {{ cookiecutter.package_name }}.models import build_models
+from {{ cookiecutter.package_name }}.settings import load_settings
+from {{ cookiecutter.package_name }}.simulation import SCENARIOS, Simulation, run_scenario
+from {{ cookiecutter.package_name }}.simulation.scenarios import BASIC_TURNS
+from {{ cookiecutter.package_name }}.testing import ScriptedLLM
+
+
+async def test_participant_is_greeted_once_and_three_turns_are_answered() -> None:
+    basic = SCENARIOS["basic"]
+    lines: list[str] = []
+    obs = await run_scenario(
+        "basic", basic.run, settings=load_settings(), llm=basic.scripted_llm(), printer=lines.append
+    )
+    assert obs.violations == []
+
+    transcript = [(s["role"], s["text"]) for s in obs.segments if s["final"]]
+    assert transcript == [
+        ("agent", basic.replies[0]),
+        *[
+            pair
+            for turn in zip(BASIC_TURNS, basic.replies[1:])
+            for pair in (("user", turn[0]), ("agent", turn[1]))
+        ],
+    ]
+    agent_tracks = [t for t in obs.tracks if t["participant_identity"] == "agent"]
+    assert len(agent_tracks) == 1
+    assert {s["track_id"] for s in obs.segments if s["role"] == "agent"} == {agent_tracks[0]["sid"]}
+    # the model answered each turn seeing every earlier one
+    last_request = [(i["role"], i["text"]) for i in obs.model_requests[-1] if i["role"] != "system"]
+    assert [text for role, text in last_request if role == "user"] == BASIC_TURNS
+    # progress was printed as it happened, in conversation order
+    assert lines[-1] == f"[agent] {basic.replies[-1]}"
+
+
+async def test_a_second_greeting_breaks_the_invariants() -> None:
+    """The checks can fail: an agent that speaks twice before the user is caught."""
+
+    async def greets_twice(sim: Simulation) -> None:
+        await sim.join("user-1")
+        await sim.wait_for_agent_replies(1)
+        assert sim.session is not None
+        sim.session.generate_reply(instructions="greet again")
+        await sim.wait_for_agent_replies(2)
+
+    obs = await run_scenario(
+        "twice",
+        greets_twice,
+        settings=load_settings(),
+        llm=ScriptedLLM(["Hello!", "Hello again!"]),
+        printer=lambda _: None,
+    )
+    assert obs.violations == ["expected turns agent, saw agent/agent"]
+
+
+def test_simulate_command_prints_the_conversation_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "sim.json"
+    result = CliRunner().invoke(app, ["simulate", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "[user-1] Hi, can you hear me?" in result.stdout
+    assert "ok: basic kept every invariant" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["ok"] is True
+    assert len({t["sid"] for t in data["tracks"]}) == 1
+    assert all(set(s) >= {"segment_id", "final", "track_id", "text"} for s in data["segments"])
+    assert data["timings"]["turns_s"] and data["timings"]["total_s"] > 0
+
+
+def test_simulate_rejects_an_unknown_scenario() -> None:
+    result = CliRunner().invoke(app, ["simulate", "--scenario", "nope"])
+    assert result.exit_code == 2
+    assert "--scenario must be one of" in result.stderr
+
+
+@pytest.mark.parametrize("stack", ["gemini-live", "openai-realtime", "openai-pipeline"])
+def test_every_model_stack_builds_offline(monkeypatch: pytest.MonkeyPatch, stack: str) -> None:
+    monkeypatch.setenv("MODEL_STACK", stack)
+    monkeypatch.setenv("GOOGLE_API_KEY", "g")
+    monkeypatch.setenv("OPENAI_API_KEY", "o")
+    monkeypatch.setenv("GEMINI_BASE_URL", "https://127.0.0.1:8443/")
+    models = build_models(load_settings())
+    assert models.name == stack
+    assert (models.stt is None) is (stack != "openai-pipeline")
+    if stack == "gemini-live":
+        assert models.llm._opts.http_options.base_url == "https://127.0.0.1:8443"

@@ -40,6 +40,17 @@ def prune(project: Path, answers: dict[str, object]) -> list[str]:
     return removed
 
 
+# Caches a developer's tools may have left in the template folder; never part of a project.
+CACHE_DIRS = ("__pycache__", ".pytest_cache", ".ruff_cache")
+
+
+def remove_caches(project: Path) -> None:
+    """Remove tool caches copied from a working copy of the template."""
+    for name in CACHE_DIRS:
+        for path in sorted(project.rglob(name), reverse=True):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def write_answers(project: Path, answers: dict[str, object]) -> Path:
     """Write the answers file that lets tools like cruft update the project later."""
     kept = {k: v for k, v in answers.items() if k not in MACHINE_LOCAL_KEYS}
@@ -49,6 +60,7 @@ def write_answers(project: Path, answers: dict[str, object]) -> Path:
 
 
 def finish(project: Path, answers: dict[str, object]) -> None:
+    remove_caches(project)
     prune(project, answers)
     write_answers(project, answers)
 

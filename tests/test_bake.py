@@ -45,7 +45,7 @@ ALWAYS = [
     "src/{pkg}/models.py",
     "src/{pkg}/worker.py",
     "src/{pkg}/cli.py",
-    "src/{pkg}/simulate.py",
+    "src/{pkg}/simulation/__init__.py",
     "src/{pkg}/testing/__init__.py",
     "tests/conftest.py",
 ]
@@ -86,6 +86,7 @@ def test_custom_names_flow_everywhere(tmp_path: Path, ruff: str) -> None:
         project / "src/front_desk_bot/settings.py"
     ).read_text()
     run([ruff, "check", "--no-cache", "."], cwd=project)
+    run([ruff, "format", "--check", "--no-cache", "."], cwd=project)
 
 
 @pytest.mark.parametrize(

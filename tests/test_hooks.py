@@ -86,3 +86,12 @@ def test_post_gen_keeps_compose_for_redis(tmp_path: Path) -> None:
     (tmp_path / "compose.yaml").write_text("x")
     post.finish(tmp_path, {**GOOD, "session_store": "redis"})
     assert (tmp_path / "compose.yaml").exists()
+
+
+def test_post_gen_removes_tool_caches(tmp_path: Path) -> None:
+    cache = tmp_path / "src" / "pkg" / "__pycache__"
+    cache.mkdir(parents=True)
+    (cache / "mod.cpython-311.pyc").write_bytes(b"\x8b")
+    post.finish(tmp_path, GOOD)
+    assert not cache.exists()
+    assert (tmp_path / "src" / "pkg").is_dir()

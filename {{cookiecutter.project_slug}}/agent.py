@@ -1,4 +1,4 @@
-"""Entry point: `python agent.py dev | start | console | download-files | doctor | token | simulate`.
+"""Entry point: `python agent.py COMMAND`; run `python agent.py --help` for the commands.
 
 `python -m livekit.agents start agent.py` also works: it finds `server` here.
 """

@@ -11,7 +11,11 @@ from typer.testing import CliRunner
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.models import build_models
 from {{ cookiecutter.package_name }}.settings import load_settings
-from {{ cookiecutter.package_name }}.simulation import SCENARIOS, Simulation, run_scenario
+from {{ cookiecutter.package_name }}.simulation import (
+    SCENARIOS,
+    Simulation,
+    run_scenario,
+)
 from {{ cookiecutter.package_name }}.simulation.scenarios import BASIC_TURNS
 from {{ cookiecutter.package_name }}.testing import ScriptedLLM
 
@@ -29,8 +33,8 @@ async def test_participant_is_greeted_once_and_three_turns_are_answered() -> Non
         ("agent", basic.replies[0]),
         *[
             pair
-            for turn in zip(BASIC_TURNS, basic.replies[1:])
-            for pair in (("user", turn[0]), ("agent", turn[1]))
+            for question, answer in zip(BASIC_TURNS, basic.replies[1:], strict=True)
+            for pair in (("user", question), ("agent", answer))
         ],
     ]
     agent_tracks = [t for t in obs.tracks if t["participant_identity"] == "agent"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -45,12 +46,12 @@ class Assistant(Agent):
 
 @contextlib.asynccontextmanager
 async def running_session(
-    room: SimulatedRoom, model: ScriptedLLM, **start_kwargs: object
+    room: SimulatedRoom, model: ScriptedLLM, voice: ScriptedTTS | None = None
 ) -> AsyncIterator[AgentSession]:
     """An AgentSession started on ``room`` inside a fake job, closed afterwards."""
     with fake_job_context(room=room, agent_identity=room.local_participant.identity):
-        session = AgentSession(llm=model, tts=ScriptedTTS())
-        await session.start(agent=Assistant(), room=room, record=False, **start_kwargs)
+        session = AgentSession(llm=model, tts=voice or ScriptedTTS())
+        await session.start(agent=Assistant(), room=room, record=False)
         try:
             yield session
         finally:
@@ -66,7 +67,14 @@ async def wait_for_agent_segments(room: SimulatedRoom, count: int) -> None:
     await room.wait_until(lambda r: agent_final_segments(r) >= count, timeout=10)
 
 
-async def test_greeting_and_three_turns_reach_the_frontend() -> None:
+def sdk_problems(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Warnings and errors the SDK logged (a simulated call it did not expect shows here)."""
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_greeting_and_three_turns_reach_the_frontend(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     room = SimulatedRoom(agent_identity="agent")
     model = ScriptedLLM([GREETING, *(answer for _, answer in TURNS)])
     room.add_participant(USER, name="Test User")
@@ -114,13 +122,39 @@ async def test_greeting_and_three_turns_reach_the_frontend() -> None:
     expected_seen.append(("user", TURNS[-1][0]))
     assert conversation == expected_seen
     assert len(model.requests) == 1 + len(TURNS)
+    assert sdk_problems(caplog) == []
+
+
+def agent_words(room: SimulatedRoom) -> list[str]:
+    return " ".join(s.text for s in room.transcript() if s.role == "agent").split()
+
+
+async def test_typing_over_the_agent_interrupts_it() -> None:
+    room = SimulatedRoom()
+    long_answer = "This answer goes on for a good while so that the user can cut it short."
+    model = ScriptedLLM([long_answer, "Sure, I will stop."])
+    room.add_participant(USER)
+    # 20 ms of audio per character: about 1.5 s, played out in real time
+    async with running_session(room, model, ScriptedTTS(ms_per_char=20)):
+        await room.send_chat(USER, "Tell me something long.")
+        # interrupt once the frontend shows a few words: the user has heard the start
+        await room.wait_until(lambda r: len(agent_words(r)) >= 4)
+        await room.send_chat(USER, "Stop.")
+        await wait_for_agent_segments(room, 2)
+
+    first, stop, second = [s for s in room.transcript()][1:]
+    assert (first.role, first.final) == ("agent", True)
+    assert first.text and long_answer.startswith(first.text) and first.text != long_answer
+    assert (stop.text, second.text) == ("Stop.", "Sure, I will stop.")
+    # the model is told what the user heard before cutting in, not the whole scripted answer
+    heard = [text for role, text in model.requests[-1].messages if role == "assistant"]
+    assert len(heard) == 1
+    assert heard[0] and long_answer.startswith(heard[0]) and heard[0] != long_answer
 
 
 async def test_tool_call_runs_and_its_follow_up_is_spoken() -> None:
     room = SimulatedRoom()
-    model = ScriptedLLM(
-        [ToolCall("lookup_weather", {"city": "Oslo"}, then="It is sunny in Oslo.")]
-    )
+    model = ScriptedLLM([ToolCall("lookup_weather", {"city": "Oslo"}, then="It is sunny in Oslo.")])
     room.add_participant(USER)
     async with running_session(room, model):
         await room.send_chat(USER, "Weather in Oslo?")
@@ -174,13 +208,15 @@ async def test_rpc_from_participant_reaches_registered_method() -> None:
     ]
 
 
-async def test_participant_leaving_closes_the_session() -> None:
+async def test_participant_joining_late_then_leaving_closes_the_session() -> None:
     room = SimulatedRoom()
-    room.add_participant(USER)
     async with running_session(room, ScriptedLLM()) as session:
         closed: asyncio.Future[CloseReason] = asyncio.get_running_loop().create_future()
         session.on("close", lambda ev: closed.done() or closed.set_result(ev.reason))
+        assert room.published_tracks == []  # RoomIO publishes once someone is there to hear
 
+        room.add_participant(USER)
+        await room.wait_until(lambda r: any(t.subscribed_at for t in r.published_tracks))
         room.remove_participant(USER, reason=rtc.DisconnectReason.CLIENT_INITIATED)
         assert await asyncio.wait_for(closed, 5) == CloseReason.PARTICIPANT_DISCONNECTED
 
@@ -235,7 +271,11 @@ async def test_room_scripting_rejects_bad_input_and_records_everything() -> None
     with pytest.raises(RuntimeError):
         await writer.aclose()
     custom = room.text_streams[-1]
-    assert (custom.text, custom.attributes, custom.closed) == ("part one, part two", {"a": "1", "b": "2"}, True)
+    assert (custom.text, custom.attributes, custom.closed) == (
+        "part one, part two",
+        {"a": "1", "b": "2"},
+        True,
+    )
 
     await room.local_participant.set_attributes({"lk.agent.state": "listening"})
     assert room.local_participant.attributes["lk.agent.state"] == "listening"

@@ -1,4 +1,4 @@
-"""The agent's local participant, and the remote participants a test scripts.
+"""The agent's local participant in a :class:`SimulatedRoom`.
 
 ``SimulatedLocalParticipant`` subclasses ``rtc.LocalParticipant`` and overrides only the calls
 that send a request to the SFU through the FFI: track (un)publication, text/byte streams, data
@@ -7,92 +7,35 @@ packets, DTMF, legacy transcriptions, attribute/metadata/name updates, RPC metho
 chain (``perform_rpc`` and the incoming ``_run_incoming_chain``), ``track_publications``,
 identity and attribute accessors.
 
-Participants are built from the same ``ParticipantInfo`` protobuf the FFI sends, with an
-invalid (0) handle, which ``FfiHandle`` never drops.
+It is built from the same ``ParticipantInfo`` protobuf the FFI sends (see :mod:`.protos`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import mimetypes
 import os
-import secrets
-import string
 import time
-from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from livekit import rtc
 from livekit.rtc._proto import participant_pb2 as proto_participant
-from livekit.rtc._proto import track_pb2 as proto_track
+from livekit.rtc.participant import (
+    PublishDataError,
+    PublishDataTrackError,
+    PublishDTMFError,
+    PublishTrackError,
+    PublishTranscriptionError,
+    UnpublishTrackError,
+)
 
-from .records import AttributeChange, DataPacketRecord, RpcMethodRecord, TrackRecord
+from .protos import track_publication_info, track_record
+from .records import AttributeChange, DataPacketRecord, RpcMethodRecord
 from .streams import SimulatedByteStreamWriter, SimulatedTextStreamWriter
 
 if TYPE_CHECKING:
     from .room import SimulatedRoom
-
-_SID_ALPHABET = string.ascii_letters + string.digits
-
-# the SFU's limit on RPC payloads, enforced by the SDK's native side
-MAX_RPC_PAYLOAD_BYTES = 15_360
-
-RemoteRpcHandler = Callable[[rtc.RpcInvocationData], Awaitable[str] | str]
-
-
-def new_sid(prefix: str) -> str:
-    """A server id in LiveKit's format: ``PREFIX_`` and 12 base62 characters."""
-    return prefix + "".join(secrets.choice(_SID_ALPHABET) for _ in range(12))
-
-
-def participant_info(
-    identity: str,
-    *,
-    name: str = "",
-    metadata: str = "",
-    attributes: dict[str, str] | None = None,
-    kind: int = rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
-    client_protocol: int = 0,
-) -> proto_participant.OwnedParticipant:
-    """The protobuf a participant is built from, as the FFI would send it."""
-    info = proto_participant.ParticipantInfo(
-        sid=new_sid("PA_"),
-        identity=identity,
-        name=name,
-        metadata=metadata,
-        kind=kind,
-        state=proto_participant.PARTICIPANT_STATE_ACTIVE,
-        joined_at=int(time.time() * 1000),
-        client_protocol=client_protocol,
-    )
-    info.attributes.update(attributes or {})
-    return proto_participant.OwnedParticipant(info=info)
-
-
-def track_publication_info(
-    *, name: str, kind: int, source: int, remote: bool, muted: bool = False
-) -> proto_track.OwnedTrackPublication:
-    """The protobuf a track publication is built from, with a fresh ``TR_`` sid."""
-    info = proto_track.TrackPublicationInfo(
-        sid=new_sid("TR_"),
-        name=name,
-        kind=kind,
-        source=source,
-        mime_type="audio/opus" if kind == rtc.TrackKind.KIND_AUDIO else "video/vp8",
-        muted=muted,
-        remote=remote,
-    )
-    return proto_track.OwnedTrackPublication(info=info)
-
-
-def track_record(publication: rtc.TrackPublication, identity: str) -> TrackRecord:
-    """A fresh record of a publication."""
-    return TrackRecord(
-        sid=publication.sid,
-        name=publication.name,
-        kind=rtc.TrackKind.Name(publication.kind).removeprefix("KIND_").lower(),
-        source=rtc.TrackSource.Name(publication.source).removeprefix("SOURCE_").lower(),
-        participant_identity=identity,
-        published_at=time.time(),
-    )
 
 
 class SimulatedLocalParticipant(rtc.LocalParticipant):
@@ -114,9 +57,9 @@ class SimulatedLocalParticipant(rtc.LocalParticipant):
     ) -> rtc.LocalTrackPublication:
         """Publish ``track``: a new ``TR_`` sid, recorded, then ``local_track_published``."""
         options = options if options is not None else rtc.TrackPublishOptions()
-        self._check_connected(rtc.participant.PublishTrackError)
+        self._check_connected(PublishTrackError)
         if any(pub.track is track for pub in self._track_publications.values()):
-            raise rtc.participant.PublishTrackError("track already published")
+            raise PublishTrackError("track already published")
         owned = track_publication_info(
             name=track.name, kind=track.kind, source=options.source, remote=False
         )
@@ -134,10 +77,10 @@ class SimulatedLocalParticipant(rtc.LocalParticipant):
 
     async def unpublish_track(self, track_sid: str) -> None:
         """Unpublish a track: recorded, then ``local_track_unpublished``."""
-        self._check_connected(rtc.participant.UnpublishTrackError)
+        self._check_connected(UnpublishTrackError)
         publication = self._track_publications.pop(track_sid, None)
         if publication is None:
-            raise rtc.participant.UnpublishTrackError(f"track {track_sid} is not published")
+            raise UnpublishTrackError(f"track {track_sid} is not published")
         for record in self._recorder.tracks:
             if record.sid == track_sid:
                 record.unpublished_at = time.time()
@@ -263,10 +206,7 @@ class SimulatedLocalParticipant(rtc.LocalParticipant):
         compress: bool = True,
     ) -> rtc.ByteStreamInfo:
         """Send a file as a byte stream (recorded like ``stream_bytes``)."""
-        import mimetypes
-
-        with open(file_path, "rb") as f:
-            data = f.read()
+        data = await asyncio.to_thread(Path(file_path).read_bytes)
         return await self.send_bytes(
             data,
             topic=topic,
@@ -300,18 +240,18 @@ class SimulatedLocalParticipant(rtc.LocalParticipant):
         topic: str = "",
     ) -> None:
         """Record a data packet."""
-        self._check_connected(rtc.participant.PublishDataError)
+        self._check_connected(PublishDataError)
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
         self._record_packet("data", topic, data, destination_identities or [])
 
     async def publish_dtmf(self, *, code: int, digit: str) -> None:
         """Record a SIP DTMF tone."""
-        self._check_connected(rtc.participant.PublishDTMFError)
+        self._check_connected(PublishDTMFError)
         self._record_packet("dtmf", "", {"code": code, "digit": digit}, [])
 
     async def publish_transcription(self, transcription: rtc.Transcription) -> None:
         """Record a legacy transcription packet (sent only to old frontends)."""
-        self._check_connected(rtc.participant.PublishTranscriptionError)
+        self._check_connected(PublishTranscriptionError)
         payload = {
             "participant_identity": transcription.participant_identity,
             "track_sid": transcription.track_sid,
@@ -321,7 +261,7 @@ class SimulatedLocalParticipant(rtc.LocalParticipant):
 
     async def publish_data_track(self, *, name: str) -> Any:
         """Data tracks need the SFU's data-track transport, which is not simulated."""
-        raise rtc.participant.PublishDataTrackError("data tracks are not simulated")
+        raise PublishDataTrackError("data tracks are not simulated")
 
     # -- attributes ----------------------------------------------------------------------
 

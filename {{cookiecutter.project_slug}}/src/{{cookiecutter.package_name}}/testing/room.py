@@ -26,36 +26,44 @@ the agent's audio plays out in real time exactly as in production. Not simulated
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-import uuid
 from collections.abc import Callable
 
 from livekit import rtc
 from livekit.rtc._proto import room_pb2 as proto_room
+from livekit.rtc.room import RtcStats
 
-from .participants import (
-    MAX_RPC_PAYLOAD_BYTES,
-    RemoteRpcHandler,
-    SimulatedLocalParticipant,
+from .inbound import InboundStreamsMixin
+from .participants import SimulatedLocalParticipant
+from .protos import (
     new_sid,
     participant_info,
+    require_participant,
     track_publication_info,
     track_record,
 )
-from .records import ParticipantRecord, RoomRecorder, RpcCallRecord
-from .streams import SimulatedByteStreamReader, SimulatedTextStreamReader, new_stream_id
-from .transcript import TOPIC_CHAT, TranscriptSegment, build_transcript
-
-logger = logging.getLogger(__name__)
+from .records import (
+    AttributeChange,
+    ByteStreamRecord,
+    DataPacketRecord,
+    Observer,
+    ParticipantRecord,
+    RoomRecorder,
+    RpcCallRecord,
+    RpcMethodRecord,
+    TextStreamRecord,
+    TimelineEvent,
+    TrackRecord,
+)
+from .rpc import RemoteRpcHandler, RpcMixin
+from .transcript import TranscriptSegment, build_transcript
 
 # what a current frontend advertises: it reads transcripts from lk.transcription streams, so
 # the agent sends no legacy transcription packets (livekit.agents.types)
 CLIENT_PROTOCOL_TRANSCRIPTION_STREAMS = 3
-_RPC_DEFAULT_TIMEOUT = 15.0
 
 
-class SimulatedRoom(rtc.Room):
+class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
     """An ``rtc.Room`` connected from construction, with scripted participants.
 
     Every publication, stream, attribute change and RPC is recorded (``published_tracks``,
@@ -100,9 +108,7 @@ class SimulatedRoom(rtc.Room):
         """Refused: a simulated room is connected from construction and has no server."""
         raise RuntimeError("SimulatedRoom is connected at construction; it has no server")
 
-    async def disconnect(
-        self, *, reason: int = rtc.DisconnectReason.CLIENT_INITIATED
-    ) -> None:
+    async def disconnect(self, *, reason: int = rtc.DisconnectReason.CLIENT_INITIATED) -> None:
         """Leave the room: the SDK's clean-up (pending RPCs, open readers), then the events."""
         if not self.isconnected():
             return
@@ -115,9 +121,9 @@ class SimulatedRoom(rtc.Room):
         self.emit("connection_state_changed", self._connection_state)
         self.emit("disconnected", reason)
 
-    async def get_rtc_stats(self) -> rtc.room.RtcStats:
+    async def get_rtc_stats(self) -> RtcStats:
         """No transport, so no statistics."""
-        return rtc.room.RtcStats(publisher_stats=[], subscriber_stats=[])
+        return RtcStats(publisher_stats=[], subscriber_stats=[])
 
     async def simulate_scenario(self, scenario: int) -> None:
         """Refused: reconnection scenarios need the SFU."""
@@ -126,50 +132,50 @@ class SimulatedRoom(rtc.Room):
     # -- records -------------------------------------------------------------------------
 
     @property
-    def published_tracks(self):  # noqa: ANN201 - list[TrackRecord]
+    def published_tracks(self) -> list[TrackRecord]:
         """Every track published in the room, the agent's and the participants'."""
         return self.recorder.tracks
 
     @property
-    def text_streams(self):  # noqa: ANN201
+    def text_streams(self) -> list[TextStreamRecord]:
         """Every text stream, outgoing (the agent's) and incoming (participants')."""
         return self.recorder.text_streams
 
     @property
-    def byte_streams(self):  # noqa: ANN201
+    def byte_streams(self) -> list[ByteStreamRecord]:
         """Every byte stream, outgoing and incoming."""
         return self.recorder.byte_streams
 
     @property
-    def attribute_changes(self):  # noqa: ANN201
+    def attribute_changes(self) -> list[AttributeChange]:
         """Attribute, metadata and name changes, the agent's and the participants'."""
         return self.recorder.attribute_changes
 
     @property
-    def rpc_methods(self):  # noqa: ANN201
+    def rpc_methods(self) -> list[RpcMethodRecord]:
         """RPC methods the agent registered (with unregistration time, if any)."""
         return self.recorder.rpc_methods
 
     @property
-    def rpc_calls(self):  # noqa: ANN201
+    def rpc_calls(self) -> list[RpcCallRecord]:
         """RPC invocations in both directions, with their outcome."""
         return self.recorder.rpc_calls
 
     @property
-    def data_packets(self):  # noqa: ANN201
+    def data_packets(self) -> list[DataPacketRecord]:
         """Data packets, DTMF tones and legacy transcription packets the agent sent."""
         return self.recorder.data_packets
 
     @property
-    def timeline(self):  # noqa: ANN201
+    def timeline(self) -> list[TimelineEvent]:
         """Every event above, in the order it happened."""
         return self.recorder.timeline
 
-    def add_observer(self, observer: Callable) -> None:
+    def add_observer(self, observer: Observer) -> None:
         """Call ``observer(event)`` with each new :class:`TimelineEvent`."""
         self.recorder.add_observer(observer)
 
-    def remove_observer(self, observer: Callable) -> None:
+    def remove_observer(self, observer: Observer) -> None:
         """Stop calling ``observer``."""
         self.recorder.remove_observer(observer)
 
@@ -177,7 +183,11 @@ class SimulatedRoom(rtc.Room):
         """The conversation as a frontend shows it (see :mod:`.transcript`)."""
         return build_transcript(self.recorder.text_streams, self.local_participant.identity)
 
-    async def wait_until(self, predicate: Callable[[SimulatedRoom], bool], timeout: float = 10.0):
+    async def wait_until(
+        self,
+        predicate: Callable[[SimulatedRoom], bool],
+        timeout: float = 10.0,  # noqa: ASYNC109 - a default deadline keeps a stuck test from hanging
+    ) -> None:
         """Wait until ``predicate(room)`` holds, re-checked on every timeline event.
 
         Raises ``TimeoutError`` naming the last event seen, so a stuck test says where it was.
@@ -193,7 +203,7 @@ class SimulatedRoom(rtc.Room):
         self.add_observer(check)
         try:
             await asyncio.wait_for(done, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             last = self.timeline[-1].kind if self.timeline else "nothing"
             raise TimeoutError(
                 f"condition not met within {timeout}s; last room event: {last}"
@@ -276,7 +286,7 @@ class SimulatedRoom(rtc.Room):
         source: int = rtc.TrackSource.SOURCE_MICROPHONE,
     ) -> rtc.RemoteTrackPublication:
         """The participant publishes an audio track: ``track_published`` (no media flows)."""
-        participant = self._require_participant(identity)
+        participant = require_participant(self, identity)
         owned = track_publication_info(
             name=name, kind=rtc.TrackKind.KIND_AUDIO, source=source, remote=True
         )
@@ -290,7 +300,7 @@ class SimulatedRoom(rtc.Room):
 
     def unpublish_participant_track(self, identity: str, sid: str) -> None:
         """The participant unpublishes a track: ``track_unpublished``."""
-        participant = self._require_participant(identity)
+        participant = require_participant(self, identity)
         publication = participant._track_publications.pop(sid, None)
         if publication is None:
             raise ValueError(f"participant {identity!r} has no track {sid!r}")
@@ -302,20 +312,12 @@ class SimulatedRoom(rtc.Room):
 
     def set_participant_attributes(self, identity: str, attributes: dict[str, str]) -> None:
         """The participant updates its attributes: ``participant_attributes_changed``."""
-        from .records import AttributeChange
-
-        participant = self._require_participant(identity)
+        participant = require_participant(self, identity)
         participant._info.attributes.update(attributes)
         record = AttributeChange(identity, dict(attributes), time.time())
         self.recorder.attribute_changes.append(record)
         self.recorder.emit("attributes_changed", record)
         self.emit("participant_attributes_changed", dict(attributes), participant)
-
-    def _require_participant(self, identity: str) -> rtc.RemoteParticipant:
-        participant = self._remote_participants.get(identity)
-        if participant is None:
-            raise ValueError(f"participant {identity!r} is not in the room")
-        return participant
 
     # -- agent tracks --------------------------------------------------------------------
 
@@ -339,245 +341,3 @@ class SimulatedRoom(rtc.Room):
                 record.subscribed_at = time.time()
                 self.recorder.emit("track_subscribed", record)
         self.emit("local_track_subscribed", publication.track)
-
-    # -- streams to the agent ------------------------------------------------------------
-
-    async def send_chat(self, identity: str, text: str) -> rtc.TextStreamInfo:
-        """The participant types ``text``: a ``lk.chat`` text stream, as a frontend sends it."""
-        return await self.send_text_as(identity, text, topic=TOPIC_CHAT)
-
-    async def send_text_as(
-        self,
-        identity: str,
-        text: str,
-        *,
-        topic: str,
-        attributes: dict[str, str] | None = None,
-    ) -> rtc.TextStreamInfo:
-        """The participant sends a text stream; the handler registered for ``topic`` gets it."""
-        from .records import TextStreamRecord
-
-        self._require_participant(identity)
-        now = time.time()
-        info = rtc.TextStreamInfo(
-            stream_id=new_stream_id(),
-            mime_type="text/plain",
-            topic=topic,
-            timestamp=int(now * 1000),
-            size=len(text.encode()),
-            attributes=dict(attributes or {}),
-            attachments=[],
-        )
-        record = TextStreamRecord(
-            stream_id=info.stream_id,
-            topic=topic,
-            sender_identity=identity,
-            direction="incoming",
-            header_attributes=dict(attributes or {}),
-            destination_identities=[self.local_participant.identity],
-            opened_at=now,
-            chunks=[text],
-            closed_at=now,
-        )
-        self.recorder.text_streams.append(record)
-        self.recorder.emit("text_stream_received", record)
-        handler = self._text_stream_handlers.get(topic)
-        if handler is None:
-            logger.info("ignoring text stream, no handler", extra={"topic": topic})
-            return info
-        key = id(record)
-        reader = SimulatedTextStreamReader(
-            info, on_close=lambda: self._text_stream_readers.pop(key, None)
-        )
-        self._text_stream_readers[key] = reader
-        reader.deliver_chunk(text)
-        reader.deliver_end()
-        handler(reader, identity)
-        return info
-
-    async def send_bytes_as(
-        self,
-        identity: str,
-        data: bytes,
-        *,
-        topic: str,
-        name: str = "unknown",
-        mime_type: str = "application/octet-stream",
-        attributes: dict[str, str] | None = None,
-    ) -> rtc.ByteStreamInfo:
-        """The participant sends a byte stream; the handler registered for ``topic`` gets it."""
-        from .records import ByteStreamRecord
-
-        self._require_participant(identity)
-        now = time.time()
-        info = rtc.ByteStreamInfo(
-            stream_id=new_stream_id(),
-            mime_type=mime_type,
-            topic=topic,
-            timestamp=int(now * 1000),
-            size=len(data),
-            attributes=dict(attributes or {}),
-            name=name,
-        )
-        record = ByteStreamRecord(
-            stream_id=info.stream_id,
-            topic=topic,
-            name=name,
-            mime_type=mime_type,
-            sender_identity=identity,
-            direction="incoming",
-            header_attributes=dict(attributes or {}),
-            destination_identities=[self.local_participant.identity],
-            opened_at=now,
-            chunks=[bytes(data)],
-            closed_at=now,
-        )
-        self.recorder.byte_streams.append(record)
-        self.recorder.emit("byte_stream_received", record)
-        handler = self._byte_stream_handlers.get(topic)
-        if handler is None:
-            logger.info("ignoring byte stream, no handler", extra={"topic": topic})
-            return info
-        key = id(record)
-        reader = SimulatedByteStreamReader(
-            info, on_close=lambda: self._byte_stream_readers.pop(key, None)
-        )
-        self._byte_stream_readers[key] = reader
-        reader.deliver_chunk(bytes(data))
-        reader.deliver_end()
-        handler(reader, identity)
-        return info
-
-    # -- RPC -----------------------------------------------------------------------------
-
-    async def perform_rpc_as(
-        self,
-        identity: str,
-        method: str,
-        payload: str = "",
-        *,
-        response_timeout: float = _RPC_DEFAULT_TIMEOUT,
-    ) -> str:
-        """The participant calls the agent's RPC ``method``; returns the response payload.
-
-        Runs the SDK's incoming chain (interceptors, deadline), so errors are the SDK's:
-        ``rtc.RpcError`` with ``UNSUPPORTED_METHOD`` for an unknown method,
-        ``APPLICATION_ERROR`` for a handler that raised, ``RESPONSE_TIMEOUT`` past the deadline.
-        """
-        self._require_participant(identity)
-        record = RpcCallRecord(
-            caller_identity=identity,
-            destination_identity=self.local_participant.identity,
-            method=method,
-            payload=payload,
-            at=time.time(),
-        )
-        self.recorder.rpc_calls.append(record)
-        self.recorder.emit("rpc_call_started", record)
-        try:
-            response = await self._invoke_agent_rpc(identity, method, payload, response_timeout)
-        except rtc.RpcError as e:
-            record.error_code, record.error_message = e.code, e.message
-            raise
-        finally:
-            record.finished_at = time.time()
-            self.recorder.emit("rpc_call_finished", record)
-        record.response = response
-        return response
-
-    async def _invoke_agent_rpc(
-        self, identity: str, method: str, payload: str, response_timeout: float
-    ) -> str:
-        Code = rtc.RpcError.ErrorCode
-        if not self.isconnected():
-            raise rtc.RpcError._built_in(Code.RECIPIENT_NOT_FOUND)
-        if len(payload.encode()) > MAX_RPC_PAYLOAD_BYTES:
-            raise rtc.RpcError._built_in(Code.REQUEST_PAYLOAD_TOO_LARGE)
-        invocation = rtc.RpcInvocationData(
-            request_id=str(uuid.uuid4()),
-            caller_identity=identity,
-            payload=payload,
-            response_timeout=response_timeout,
-            method=method,
-        )
-
-        async def run_chain() -> str:
-            # the SDK's _handle_rpc_method_invocation, minus sending the answer through the FFI
-            try:
-                result = await self.local_participant._run_incoming_chain(invocation)
-            except rtc.RpcError:
-                raise
-            except Exception:
-                logger.exception("RPC handler raised", extra={"method": method})
-                raise rtc.RpcError._built_in(Code.APPLICATION_ERROR) from None
-            response = result or ""
-            if len(response.encode()) > MAX_RPC_PAYLOAD_BYTES:
-                raise rtc.RpcError._built_in(Code.RESPONSE_PAYLOAD_TOO_LARGE)
-            return response
-
-        # tracked like the SDK's invocations, so disconnect() cancels it (RECIPIENT_DISCONNECTED)
-        task = self._loop.create_task(run_chain())
-        self._rpc_invocation_tasks.add(task)
-        task.add_done_callback(self._rpc_invocation_tasks.discard)
-        return await task
-
-    def set_participant_rpc_handler(
-        self, identity: str, method: str, handler: RemoteRpcHandler | None
-    ) -> None:
-        """Answer the agent's ``perform_rpc(destination_identity=identity, method=...)``.
-
-        ``handler`` gets an ``rtc.RpcInvocationData`` and returns the payload (sync or async);
-        ``None`` removes it. Unanswered methods raise ``UNSUPPORTED_METHOD`` for the agent.
-        """
-        self._require_participant(identity)
-        if handler is None:
-            self._participant_rpc.pop((identity, method), None)
-        else:
-            self._participant_rpc[(identity, method)] = handler
-
-    async def _deliver_agent_rpc(self, call: rtc.RpcCallInfo) -> str:
-        Code = rtc.RpcError.ErrorCode
-        record = RpcCallRecord(
-            caller_identity=self.local_participant.identity,
-            destination_identity=call.destination_identity,
-            method=call.method,
-            payload=call.payload,
-            at=time.time(),
-        )
-        self.recorder.rpc_calls.append(record)
-        self.recorder.emit("rpc_call_started", record)
-        try:
-            if call.destination_identity not in self._remote_participants:
-                raise rtc.RpcError._built_in(Code.RECIPIENT_NOT_FOUND)
-            if len(call.payload.encode()) > MAX_RPC_PAYLOAD_BYTES:
-                raise rtc.RpcError._built_in(Code.REQUEST_PAYLOAD_TOO_LARGE)
-            handler = self._participant_rpc.get((call.destination_identity, call.method))
-            if handler is None:
-                raise rtc.RpcError._built_in(Code.UNSUPPORTED_METHOD)
-            timeout = call.response_timeout or _RPC_DEFAULT_TIMEOUT
-            invocation = rtc.RpcInvocationData(
-                request_id=str(uuid.uuid4()),
-                caller_identity=self.local_participant.identity,
-                payload=call.payload,
-                response_timeout=timeout,
-                method=call.method,
-            )
-            try:
-                result = handler(invocation)
-                if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-                    result = await asyncio.wait_for(result, timeout)
-            except asyncio.TimeoutError:
-                raise rtc.RpcError._built_in(Code.RESPONSE_TIMEOUT) from None
-            except rtc.RpcError:
-                raise
-            except Exception:
-                logger.exception("scripted RPC handler raised", extra={"method": call.method})
-                raise rtc.RpcError._built_in(Code.APPLICATION_ERROR) from None
-            record.response = result or ""
-            return record.response
-        except rtc.RpcError as e:
-            record.error_code, record.error_message = e.code, e.message
-            raise
-        finally:
-            record.finished_at = time.time()
-            self.recorder.emit("rpc_call_finished", record)

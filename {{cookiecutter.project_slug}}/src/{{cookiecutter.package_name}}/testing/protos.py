@@ -1,0 +1,85 @@
+"""SDK objects built from the protobufs the FFI would send, for a room with no server.
+
+Participants and track publications are constructed from ``ParticipantInfo`` /
+``TrackPublicationInfo`` with an invalid (0) handle, which ``FfiHandle`` never drops, so the
+SDK's own ``rtc.RemoteParticipant`` / ``rtc.LocalTrackPublication`` classes are used unchanged.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+
+from livekit import rtc
+from livekit.rtc._proto import participant_pb2 as proto_participant
+from livekit.rtc._proto import track_pb2 as proto_track
+
+from .records import TrackRecord
+
+_SID_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_sid(prefix: str) -> str:
+    """A server id in LiveKit's format: ``PREFIX_`` and 12 base62 characters."""
+    return prefix + "".join(secrets.choice(_SID_ALPHABET) for _ in range(12))
+
+
+def participant_info(
+    identity: str,
+    *,
+    name: str = "",
+    metadata: str = "",
+    attributes: dict[str, str] | None = None,
+    kind: int = rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
+    client_protocol: int = 0,
+) -> proto_participant.OwnedParticipant:
+    """The protobuf a participant is built from, as the FFI would send it."""
+    info = proto_participant.ParticipantInfo(
+        sid=new_sid("PA_"),
+        identity=identity,
+        name=name,
+        metadata=metadata,
+        kind=kind,
+        state=proto_participant.PARTICIPANT_STATE_ACTIVE,
+        joined_at=int(time.time() * 1000),
+        client_protocol=client_protocol,
+    )
+    info.attributes.update(attributes or {})
+    return proto_participant.OwnedParticipant(info=info)
+
+
+def track_publication_info(
+    *, name: str, kind: int, source: int, remote: bool, muted: bool = False
+) -> proto_track.OwnedTrackPublication:
+    """The protobuf a track publication is built from, with a fresh ``TR_`` sid."""
+    info = proto_track.TrackPublicationInfo(
+        sid=new_sid("TR_"),
+        name=name,
+        kind=kind,
+        source=source,
+        mime_type="audio/opus" if kind == rtc.TrackKind.KIND_AUDIO else "video/vp8",
+        muted=muted,
+        remote=remote,
+    )
+    return proto_track.OwnedTrackPublication(info=info)
+
+
+def track_record(publication: rtc.TrackPublication, identity: str) -> TrackRecord:
+    """A fresh record of a publication."""
+    return TrackRecord(
+        sid=publication.sid,
+        name=publication.name,
+        kind=rtc.TrackKind.Name(publication.kind).removeprefix("KIND_").lower(),
+        source=rtc.TrackSource.Name(publication.source).removeprefix("SOURCE_").lower(),
+        participant_identity=identity,
+        published_at=time.time(),
+    )
+
+
+def require_participant(room: rtc.Room, identity: str) -> rtc.RemoteParticipant:
+    """The remote participant ``identity``, or a ``ValueError`` saying it is not there."""
+    participant = room.remote_participants.get(identity)
+    if participant is None:
+        raise ValueError(f"participant {identity!r} is not in the room")
+    return participant

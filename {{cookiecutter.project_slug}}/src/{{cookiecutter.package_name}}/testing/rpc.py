@@ -1,0 +1,172 @@
+"""RPC between the agent and scripted participants.
+
+A mixin of :class:`SimulatedRoom`. Calls *to* the agent run the SDK's own incoming chain
+(``LocalParticipant._run_incoming_chain``: interceptors, response deadline), tracked in the
+room's invocation set so ``disconnect()`` cancels them as the SDK does; only answering through
+the FFI is left out. Calls *from* the agent (``perform_rpc``) run the SDK's outgoing interceptor
+chain and reach handlers scripted with :meth:`set_participant_rpc_handler`. Both directions
+raise ``rtc.RpcError`` with the SDK's built-in codes and are recorded in ``rpc_calls``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from livekit import rtc
+
+from .protos import require_participant
+from .records import RoomRecorder, RpcCallRecord
+
+logger = logging.getLogger(__name__)
+
+# the SFU's limit on RPC payloads, enforced by the SDK's native side
+MAX_RPC_PAYLOAD_BYTES = 15_360
+
+RemoteRpcHandler = Callable[[rtc.RpcInvocationData], Awaitable[str] | str]
+"""A scripted participant's RPC handler: gets the invocation, returns the payload."""
+
+# the SDK's default response timeout for perform_rpc
+_RPC_DEFAULT_TIMEOUT = 15.0
+
+
+class RpcMixin(rtc.Room):
+    """``perform_rpc_as`` / ``set_participant_rpc_handler`` for :class:`SimulatedRoom`."""
+
+    recorder: RoomRecorder
+    _participant_rpc: dict[tuple[str, str], RemoteRpcHandler]
+
+    async def perform_rpc_as(
+        self,
+        identity: str,
+        method: str,
+        payload: str = "",
+        *,
+        response_timeout: float = _RPC_DEFAULT_TIMEOUT,
+    ) -> str:
+        """The participant calls the agent's RPC ``method``; returns the response payload.
+
+        Runs the SDK's incoming chain (interceptors, deadline), so errors are the SDK's:
+        ``rtc.RpcError`` with ``UNSUPPORTED_METHOD`` for an unknown method,
+        ``APPLICATION_ERROR`` for a handler that raised, ``RESPONSE_TIMEOUT`` past the deadline.
+        """
+        require_participant(self, identity)
+        record = RpcCallRecord(
+            caller_identity=identity,
+            destination_identity=self.local_participant.identity,
+            method=method,
+            payload=payload,
+            at=time.time(),
+        )
+        self.recorder.rpc_calls.append(record)
+        self.recorder.emit("rpc_call_started", record)
+        try:
+            response = await self._invoke_agent_rpc(identity, method, payload, response_timeout)
+        except rtc.RpcError as e:
+            record.error_code, record.error_message = e.code, e.message
+            raise
+        finally:
+            record.finished_at = time.time()
+            self.recorder.emit("rpc_call_finished", record)
+        record.response = response
+        return response
+
+    async def _invoke_agent_rpc(
+        self, identity: str, method: str, payload: str, response_timeout: float
+    ) -> str:
+        Code = rtc.RpcError.ErrorCode
+        if not self.isconnected():
+            raise rtc.RpcError._built_in(Code.RECIPIENT_NOT_FOUND)
+        if len(payload.encode()) > MAX_RPC_PAYLOAD_BYTES:
+            raise rtc.RpcError._built_in(Code.REQUEST_PAYLOAD_TOO_LARGE)
+        invocation = rtc.RpcInvocationData(
+            request_id=str(uuid.uuid4()),
+            caller_identity=identity,
+            payload=payload,
+            response_timeout=response_timeout,
+            method=method,
+        )
+
+        async def run_chain() -> str:
+            # the SDK's _handle_rpc_method_invocation, minus sending the answer through the FFI
+            try:
+                result = await self.local_participant._run_incoming_chain(invocation)
+            except rtc.RpcError:
+                raise
+            except Exception:
+                logger.exception("RPC handler raised", extra={"method": method})
+                raise rtc.RpcError._built_in(Code.APPLICATION_ERROR) from None
+            response = result or ""
+            if len(response.encode()) > MAX_RPC_PAYLOAD_BYTES:
+                raise rtc.RpcError._built_in(Code.RESPONSE_PAYLOAD_TOO_LARGE)
+            return response
+
+        # tracked like the SDK's invocations, so disconnect() cancels it (RECIPIENT_DISCONNECTED)
+        task = self._loop.create_task(run_chain())
+        self._rpc_invocation_tasks.add(task)
+        task.add_done_callback(self._rpc_invocation_tasks.discard)
+        return await task
+
+    def set_participant_rpc_handler(
+        self, identity: str, method: str, handler: RemoteRpcHandler | None
+    ) -> None:
+        """Answer the agent's ``perform_rpc(destination_identity=identity, method=...)``.
+
+        ``handler`` gets an ``rtc.RpcInvocationData`` and returns the payload (sync or async);
+        ``None`` removes it. Unanswered methods raise ``UNSUPPORTED_METHOD`` for the agent.
+        """
+        require_participant(self, identity)
+        if handler is None:
+            self._participant_rpc.pop((identity, method), None)
+        else:
+            self._participant_rpc[(identity, method)] = handler
+
+    async def _deliver_agent_rpc(self, call: rtc.RpcCallInfo) -> str:
+        Code = rtc.RpcError.ErrorCode
+        record = RpcCallRecord(
+            caller_identity=self.local_participant.identity,
+            destination_identity=call.destination_identity,
+            method=call.method,
+            payload=call.payload,
+            at=time.time(),
+        )
+        self.recorder.rpc_calls.append(record)
+        self.recorder.emit("rpc_call_started", record)
+        try:
+            if call.destination_identity not in self._remote_participants:
+                raise rtc.RpcError._built_in(Code.RECIPIENT_NOT_FOUND)
+            if len(call.payload.encode()) > MAX_RPC_PAYLOAD_BYTES:
+                raise rtc.RpcError._built_in(Code.REQUEST_PAYLOAD_TOO_LARGE)
+            handler = self._participant_rpc.get((call.destination_identity, call.method))
+            if handler is None:
+                raise rtc.RpcError._built_in(Code.UNSUPPORTED_METHOD)
+            timeout = call.response_timeout or _RPC_DEFAULT_TIMEOUT
+            invocation = rtc.RpcInvocationData(
+                request_id=str(uuid.uuid4()),
+                caller_identity=self.local_participant.identity,
+                payload=call.payload,
+                response_timeout=timeout,
+                method=call.method,
+            )
+            try:
+                result = handler(invocation)
+                if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                    result = await asyncio.wait_for(result, timeout)
+            except TimeoutError:
+                raise rtc.RpcError._built_in(Code.RESPONSE_TIMEOUT) from None
+            except rtc.RpcError:
+                raise
+            except Exception:
+                logger.exception("scripted RPC handler raised", extra={"method": call.method})
+                raise rtc.RpcError._built_in(Code.APPLICATION_ERROR) from None
+            record.response = result or ""
+            return record.response
+        except rtc.RpcError as e:
+            record.error_code, record.error_message = e.code, e.message
+            raise
+        finally:
+            record.finished_at = time.time()
+            self.recorder.emit("rpc_call_finished", record)

@@ -28,7 +28,7 @@ app = typer.Typer(
 )
 
 # the scenario names, without importing livekit before a command needs it
-SCENARIO_NAMES = ("basic",)
+SCENARIO_NAMES = ("basic", "refresh")
 
 LogLevel = Annotated[
     str,

@@ -104,6 +104,16 @@ class Settings(BaseSettings):
             raise ValueError("must be an https:// URL of a Gemini Live endpoint")
         return value.rstrip("/")
 
+    @field_validator("session_encryption_keys")
+    @classmethod
+    def _check_encryption_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        from .resilience.store.crypto import KeyRing
+
+        KeyRing.parse(value.get_secret_value())  # raises KeyRingError (a ValueError) saying why
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:

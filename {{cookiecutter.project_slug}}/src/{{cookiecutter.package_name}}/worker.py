@@ -9,13 +9,17 @@ model stack, so they exercise exactly this wiring.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from livekit import rtc
-from livekit.agents import AgentServer, AgentSession, JobContext, JobProcess, room_io
+from livekit.agents import AgentServer, AgentSession, CloseEvent, JobContext, JobProcess, room_io
 
-from .assistant import GREETING, Assistant
+from .assistant import GREETING, WELCOME_BACK, Assistant
 from .log import bind_job_context, get_logger, setup_structlog
 from .models import ModelStack, build_models
+from .resilience.persistence import ConversationRecorder, chat_ctx_from_record
+from .resilience.presence import ParticipantPresence
+from .resilience.store import JoinKind, SessionStore, open_store
 from .settings import Settings, load_settings
 
 logger = get_logger(__name__)
@@ -46,38 +50,104 @@ async def entrypoint(ctx: JobContext) -> None:
     )
 
 
-async def run_job(ctx: JobContext, *, settings: Settings, models: ModelFactory) -> AgentSession:
-    """Wire one job: wait for the participant, start the session, greet once.
+@dataclass
+class Conversation:
+    """What one job runs for its participant; ``aclose`` ends it and saves what is pending."""
 
-    Returns the running session; the job ends when the session closes.
+    session: AgentSession
+    store: SessionStore
+    recorder: ConversationRecorder
+    presence: ParticipantPresence
+    owns_store: bool
+
+    async def aclose(self, reason: str = "job ended") -> None:
+        self.presence.close()
+        await self.session.aclose()
+        await self.recorder.aclose()
+        if self.owns_store:
+            await self.store.aclose()
+        logger.info("conversation closed", reason=reason)
+
+
+def open_session_store(settings: Settings) -> SessionStore:
+    """The store the settings choose: Redis when REDIS_URL is set, else in memory."""
+    return open_store(
+        redis_url=settings.redis_url,
+        redis_cluster=settings.redis_cluster,
+        retention=settings.session_retention_s,
+        encryption_keys=(
+            settings.session_encryption_keys.get_secret_value()
+            if settings.session_encryption_keys
+            else None
+        ),
+        max_records=settings.session_max_records,
+    )
+
+
+async def run_job(
+    ctx: JobContext,
+    *,
+    settings: Settings,
+    models: ModelFactory,
+    store: SessionStore | None = None,
+) -> Conversation:
+    """Wire one job: wait for the participant, restore their conversation, greet once.
+
+    A participant the store knows is welcomed back with their earlier turns in context;
+    one who leaves is waited for (the retention period) and welcomed back on return.
+    Returns the running conversation; the job ends when its session closes.
     """
     ctx.log_context_fields = bind_job_context(job_id=ctx.job.id, room=ctx.room.name)
     logger.info("job started", agent_name=ctx.job.agent_name or None)
     await ctx.connect()
     participant = await ctx.wait_for_participant()
+    identity = participant.identity
     ctx.log_context_fields = bind_job_context(
-        job_id=ctx.job.id, room=ctx.room.name, participant=participant.identity
+        job_id=ctx.job.id, room=ctx.room.name, participant=identity
     )
     logger.info("participant joined", kind=rtc.ParticipantKind.Name(participant.kind))
+
+    owns_store = store is None
+    store = store if store is not None else open_session_store(settings)
+    presence = ParticipantPresence(
+        ctx.room, store, identity, job_id=ctx.job.id, wait_s=settings.session_retention_s
+    )
+    outcome = await presence.join(participant)
+    returning = outcome is not None and outcome.kind is JoinKind.RETURNING
+    chat_ctx = chat_ctx_from_record(outcome.record) if returning and outcome else None
 
     stack = models()
     turn_handling = {"turn_detection": stack.turn_detection} if stack.turn_detection else {}
     session = AgentSession(
         llm=stack.llm, stt=stack.stt, tts=stack.tts, vad=stack.vad, turn_handling=turn_handling
     )
+    recorder = ConversationRecorder(store, ctx.room.name, identity)
+    recorder.attach(session)
+    conversation = Conversation(session, store, recorder, presence, owns_store)
 
     @session.on("close")
-    def _on_close(event: object) -> None:
-        reason = getattr(event, "reason", None)
-        error = getattr(event, "error", None)
-        logger.info("session closed", reason=str(reason), error=repr(error) if error else None)
-        ctx.shutdown(reason=f"session closed: {reason}")
+    def _on_close(event: CloseEvent) -> None:
+        logger.info(
+            "session closed",
+            reason=str(event.reason),
+            error=repr(event.error) if event.error else None,
+        )
+        ctx.shutdown(reason=f"session closed: {event.reason}")
 
+    ctx.add_shutdown_callback(conversation.aclose)
     await session.start(
-        agent=Assistant(),
+        agent=Assistant(chat_ctx=chat_ctx),
         room=ctx.room,
-        room_options=room_io.RoomOptions(participant_identity=participant.identity),
+        room_options=room_io.RoomOptions(
+            participant_identity=identity,
+            # a refresh or network drop is not the end: presence waits for the return
+            close_on_disconnect=False,
+        ),
     )
-    logger.info("session started", model_stack=stack.name)
-    session.generate_reply(instructions=GREETING)
-    return session
+    logger.info("session started", model_stack=stack.name, returning=returning)
+    presence.follow(
+        on_return=lambda _outcome: session.generate_reply(instructions=WELCOME_BACK),
+        on_gone=lambda: ctx.shutdown(reason="participant did not return"),
+    )
+    session.generate_reply(instructions=WELCOME_BACK if returning else GREETING)
+    return conversation

@@ -12,10 +12,11 @@ from livekit.agents import AgentSession
 from livekit.agents.testing import fake_job_context
 
 from ..models import ModelStack
+from ..resilience.store import SessionStore
 from ..settings import Settings
 from ..testing import ScriptedLLM, ScriptedTTS, SimulatedRoom, TimelineEvent
 from ..testing.transcript import TOPIC_TRANSCRIPTION
-from ..worker import run_job
+from ..worker import Conversation, run_job
 from .invariants import check_conversation
 
 AGENT_IDENTITY = "agent"
@@ -45,16 +46,27 @@ class Observations:
 
 
 class Simulation:
-    """What a scenario uses to act as the user and wait for the agent."""
+    """What a scenario uses to act as the user and wait for the agent.
+
+    ``expected_roles`` is the transcript a frontend should end up showing, role by role:
+    `say` adds the user's line and the agent's answer; a scenario adds the turns the agent
+    starts itself (the greeting, a welcome back) with `expect_agent_turn`.
+    """
 
     def __init__(self, room: SimulatedRoom, llm: ScriptedLLM, printer: Printer) -> None:
         self.room = room
         self.llm = llm
-        self.session: AgentSession | None = None
+        self.conversation: Conversation | None = None
         self.user_lines: list[str] = []
+        self.expected_roles: list[str] = []
         self.timings: dict[str, Any] = {"turns_s": []}
         self._print = printer
         self._started = time.monotonic()
+
+    @property
+    def session(self) -> AgentSession | None:
+        """The running AgentSession, once the job started it."""
+        return self.conversation.session if self.conversation else None
 
     def progress(self, message: str) -> None:
         """Print a progress line (not part of the transcript)."""
@@ -67,16 +79,27 @@ class Simulation:
     async def wait_for_agent_replies(self, count: int) -> None:
         await self.room.wait_until(lambda _: self.agent_replies() >= count, REPLY_TIMEOUT_S)
 
+    def expect_agent_turn(self, what: str) -> None:
+        """The agent should speak once now, unprompted (``what`` names it in progress)."""
+        self.expected_roles.append("agent")
+        self.progress(f"expecting the agent's {what}")
+
     async def join(self, identity: str, **kwargs: Any) -> None:
         """A participant joins (a frontend connecting with auto-subscribe)."""
         self.progress(f"{identity} joins")
         self.room.add_participant(identity, **kwargs)
+
+    async def leave(self, identity: str) -> None:
+        """The participant's connection ends (a browser refresh, a network drop)."""
+        self.progress(f"{identity} leaves")
+        self.room.remove_participant(identity)
 
     async def say(self, identity: str, text: str) -> None:
         """The participant types ``text`` and the agent answers it."""
         before = self.agent_replies()
         started = time.monotonic()
         self.user_lines.append(text)
+        self.expected_roles += ["user", "agent"]
         await self.room.send_chat(identity, text)
         await self.wait_for_agent_replies(before + 1)
         self.timings["turns_s"].append(round(time.monotonic() - started, 3))
@@ -94,6 +117,7 @@ async def run_scenario(
     *,
     settings: Settings,
     llm: ScriptedLLM,
+    store: SessionStore | None = None,
     printer: Printer = print,
 ) -> Observations:
     """Run ``scenario`` against the real job wiring and return what was observed."""
@@ -104,7 +128,9 @@ async def run_scenario(
     stack = ModelStack(name="scripted", llm=llm, tts=ScriptedTTS(), turn_detection="manual")
     observations = Observations(scenario=name)
     with fake_job_context(room=room, agent_identity=AGENT_IDENTITY) as ctx:
-        job = asyncio.create_task(run_job(ctx, settings=settings, models=lambda: stack))
+        job = asyncio.create_task(
+            run_job(ctx, settings=settings, models=lambda: stack, store=store)
+        )
         try:
             await scenario_with_job(sim, scenario, job)
         except TimeoutError as exc:
@@ -112,12 +138,14 @@ async def run_scenario(
         finally:
             if not job.done():
                 job.cancel()
-            if sim.session is not None:
-                await sim.session.aclose()
+            if sim.conversation is not None:
+                await sim.conversation.aclose("simulation ended")
             await room.disconnect()
     sim.timings["total_s"] = sim.elapsed()
     _observe(observations, room, llm, sim)
-    observations.violations.extend(check_conversation(observations, sim.user_lines))
+    observations.violations.extend(
+        check_conversation(observations, sim.user_lines, sim.expected_roles)
+    )
     return observations
 
 
@@ -126,7 +154,7 @@ async def scenario_with_job(sim: Simulation, scenario: ScenarioFn, job: asyncio.
 
     def _on_job_done(task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is None:
-            sim.session = task.result()
+            sim.conversation = task.result()
 
     job.add_done_callback(_on_job_done)
     await scenario(sim)

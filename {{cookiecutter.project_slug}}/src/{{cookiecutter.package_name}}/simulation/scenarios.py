@@ -53,7 +53,39 @@ BASIC_TURNS = [
 )
 async def basic(sim: Simulation) -> None:
     await sim.join(USER, name="Simulated User")
+    sim.expect_agent_turn("greeting")
     await sim.wait_for_agent_replies(1)
     sim.timings["greeting_s"] = sim.elapsed()
     for line in BASIC_TURNS:
+        await sim.say(USER, line)
+
+
+REFRESH_BEFORE = ["My name is Ada and I'm planning a trip to Lisbon.", "What should I pack?"]
+REFRESH_AFTER = ["Sorry, my page reloaded. Where were we?"]
+
+
+@scenario(
+    "refresh",
+    summary="the participant refreshes the page mid-conversation and comes back",
+    replies=[
+        "Hello! I'm your voice assistant. How can I help you today?",
+        "Nice to meet you, Ada. Lisbon is lovely.",
+        "Light layers and comfortable shoes for the hills.",
+        "Welcome back, Ada! We were talking about your trip to Lisbon.",
+        "You asked what to pack: light layers and comfortable shoes.",
+    ],
+)
+async def refresh(sim: Simulation) -> None:
+    await sim.join(USER, name="Simulated User")
+    sim.expect_agent_turn("greeting")
+    await sim.wait_for_agent_replies(1)
+    for line in REFRESH_BEFORE:
+        await sim.say(USER, line)
+    await sim.leave(USER)
+    before = sim.agent_replies()
+    await sim.join(USER, name="Simulated User")
+    sim.expect_agent_turn("welcome back")
+    await sim.wait_for_agent_replies(before + 1)
+    sim.timings["welcome_back_s"] = sim.elapsed()
+    for line in REFRESH_AFTER:
         await sim.say(USER, line)

@@ -152,11 +152,13 @@ async def test_typing_over_the_agent_interrupts_it() -> None:
     assert heard[0] and long_answer.startswith(heard[0]) and heard[0] != long_answer
 
 
-async def test_tool_call_runs_and_its_follow_up_is_spoken() -> None:
+@pytest.mark.parametrize("streaming_tts", [True, False], ids=["streaming", "chunked"])
+async def test_tool_call_runs_and_its_follow_up_is_spoken(streaming_tts: bool) -> None:
     room = SimulatedRoom()
     model = ScriptedLLM([ToolCall("lookup_weather", {"city": "Oslo"}, then="It is sunny in Oslo.")])
+    voice = ScriptedTTS(streaming=streaming_tts)
     room.add_participant(USER)
-    async with running_session(room, model):
+    async with running_session(room, model, voice):
         await room.send_chat(USER, "Weather in Oslo?")
         await wait_for_agent_segments(room, 1)
 
@@ -170,6 +172,7 @@ async def test_tool_call_runs_and_its_follow_up_is_spoken() -> None:
         ("function_call_output", "sunny in Oslo"),
     ]
     assert "lookup_weather" in model.requests[0].tools
+    assert voice.texts == ["It is sunny in Oslo."]
 
 
 async def test_rpc_from_participant_reaches_registered_method() -> None:
@@ -277,13 +280,18 @@ async def test_room_scripting_rejects_bad_input_and_records_everything() -> None
         True,
     )
 
-    await room.local_participant.set_attributes({"lk.agent.state": "listening"})
-    assert room.local_participant.attributes["lk.agent.state"] == "listening"
+    await room.local_participant.set_attributes({"lk.agent.state": "listening", "x": "1"})
+    await room.local_participant.set_attributes({"x": ""})  # an empty value deletes the key
+    assert room.local_participant.attributes == {"lk.agent.state": "listening"}
+    with pytest.raises(TimeoutError, match="last room event: attributes_changed"):
+        await room.wait_until(lambda r: False, timeout=0.05)
 
     await room.disconnect()
     assert not room.isconnected()
     with pytest.raises(rtc.StreamError):
         await room.local_participant.stream_text(topic="late")
+    with pytest.raises(RuntimeError, match="disconnected"):
+        room.add_participant("latecomer")
     assert events[:3] == ["participant_connected", "track_published", "text_stream_received"]
     assert events[-1] == "room_disconnected"
 

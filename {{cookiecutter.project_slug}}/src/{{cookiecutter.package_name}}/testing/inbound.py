@@ -13,7 +13,7 @@ import time
 
 from livekit import rtc
 
-from .protos import require_participant
+from .protos import require_connected, require_participant
 from .records import ByteStreamRecord, RoomRecorder, TextStreamRecord
 from .streams import SimulatedByteStreamReader, SimulatedTextStreamReader, new_stream_id
 from .transcript import TOPIC_CHAT
@@ -39,6 +39,7 @@ class InboundStreamsMixin(rtc.Room):
         attributes: dict[str, str] | None = None,
     ) -> rtc.TextStreamInfo:
         """The participant sends a text stream; the handler registered for ``topic`` gets it."""
+        require_connected(self)
         require_participant(self, identity)
         now = time.time()
         info = rtc.TextStreamInfo(
@@ -88,6 +89,7 @@ class InboundStreamsMixin(rtc.Room):
         attributes: dict[str, str] | None = None,
     ) -> rtc.ByteStreamInfo:
         """The participant sends a byte stream; the handler registered for ``topic`` gets it."""
+        require_connected(self)
         require_participant(self, identity)
         now = time.time()
         info = rtc.ByteStreamInfo(

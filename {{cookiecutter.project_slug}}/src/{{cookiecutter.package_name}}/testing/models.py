@@ -181,15 +181,18 @@ class ScriptedLLM(llm.LLM):
             return self._pending_then.popleft()
         if self._responder is not None:
             reply = self._responder(request)
-            return await reply if inspect.isawaitable(reply) else reply
-        if self._script:
+            reply = await reply if inspect.isawaitable(reply) else reply
+            if not isinstance(reply, str | ToolCall):
+                raise TypeError(f"the responder returned {reply!r}, not a str or a ToolCall")
+        elif self._script:
             reply = self._script.popleft()
-            if isinstance(reply, ToolCall) and reply.then is not None:
-                self._pending_then.append(reply.then)
-            return reply
-        if self._on_exhausted == "echo":
-            return _echo(request)
-        raise ScriptExhaustedError(request.index, self._scripted)
+        elif self._on_exhausted == "echo":
+            reply = _echo(request)
+        else:
+            raise ScriptExhaustedError(request.index, self._scripted)
+        if isinstance(reply, ToolCall) and reply.then is not None:
+            self._pending_then.append(reply.then)
+        return reply
 
 
 class _ScriptedLLMStream(llm.LLMStream):

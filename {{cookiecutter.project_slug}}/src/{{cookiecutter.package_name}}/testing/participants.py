@@ -30,7 +30,7 @@ from livekit.rtc.participant import (
     UnpublishTrackError,
 )
 
-from .protos import track_publication_info, track_record
+from .protos import apply_attributes, track_publication_info, track_record
 from .records import AttributeChange, DataPacketRecord, RpcMethodRecord
 from .streams import SimulatedByteStreamWriter, SimulatedTextStreamWriter
 
@@ -271,9 +271,10 @@ class SimulatedLocalParticipant(rtc.LocalParticipant):
         self._recorder.emit("attributes_changed", record)
 
     async def set_attributes(self, attributes: dict[str, str]) -> None:
-        """Merge ``attributes`` (the server echoes ``participant_attributes_changed``)."""
-        changed = {k: v for k, v in attributes.items() if self._info.attributes.get(k) != v}
-        self._info.attributes.update(attributes)
+        """Merge ``attributes``; an empty value deletes a key. The server echoes
+        ``participant_attributes_changed`` for what changed."""
+        changed = {k: v for k, v in attributes.items() if self._info.attributes.get(k, "") != v}
+        apply_attributes(self._info.attributes, attributes)
         self._record_change(attributes, "attributes")
         if changed:
             self._sim_room.emit("participant_attributes_changed", changed, self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import string
 import time
+from collections.abc import Mapping, MutableMapping
 
 from livekit import rtc
 from livekit.rtc._proto import participant_pb2 as proto_participant
@@ -75,6 +76,21 @@ def track_record(publication: rtc.TrackPublication, identity: str) -> TrackRecor
         participant_identity=identity,
         published_at=time.time(),
     )
+
+
+def require_connected(room: rtc.Room) -> None:
+    """A ``RuntimeError`` if ``room`` has been disconnected: nobody can join or send any more."""
+    if not room.isconnected():
+        raise RuntimeError("the simulated room is disconnected")
+
+
+def apply_attributes(current: MutableMapping[str, str], update: Mapping[str, str]) -> None:
+    """Merge ``update`` into ``current``; an empty value deletes the key, as in LiveKit."""
+    for key, value in update.items():
+        if value:
+            current[key] = value
+        else:
+            current.pop(key, None)
 
 
 def require_participant(room: rtc.Room, identity: str) -> rtc.RemoteParticipant:

@@ -36,8 +36,10 @@ from livekit.rtc.room import RtcStats
 from .inbound import InboundStreamsMixin
 from .participants import SimulatedLocalParticipant
 from .protos import (
+    apply_attributes,
     new_sid,
     participant_info,
+    require_connected,
     require_participant,
     track_publication_info,
     track_record,
@@ -194,11 +196,17 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
         """
         if predicate(self):
             return
-        done = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def check(_event: object) -> None:
-            if not done.done() and predicate(self):
-                done.set_result(None)
+            if done.done():
+                return
+            try:
+                if predicate(self):
+                    done.set_result(None)
+            except Exception as e:
+                # a broken predicate fails the wait, rather than being logged as an observer
+                done.set_exception(e)
 
         self.add_observer(check)
         try:
@@ -232,6 +240,7 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
         """
         if not identity:
             raise ValueError("a participant needs an identity")
+        require_connected(self)
         if identity in self._remote_participants or identity == self.local_participant.identity:
             raise ValueError(f"participant {identity!r} is already in the room")
         owned = participant_info(
@@ -313,7 +322,7 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
     def set_participant_attributes(self, identity: str, attributes: dict[str, str]) -> None:
         """The participant updates its attributes: ``participant_attributes_changed``."""
         participant = require_participant(self, identity)
-        participant._info.attributes.update(attributes)
+        apply_attributes(participant._info.attributes, attributes)
         record = AttributeChange(identity, dict(attributes), time.time())
         self.recorder.attribute_changes.append(record)
         self.recorder.emit("attributes_changed", record)

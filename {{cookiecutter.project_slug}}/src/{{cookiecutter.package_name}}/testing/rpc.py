@@ -136,6 +136,8 @@ class RpcMixin(rtc.Room):
         self.recorder.rpc_calls.append(record)
         self.recorder.emit("rpc_call_started", record)
         try:
+            if not self.isconnected():
+                raise rtc.RpcError._built_in(Code.SEND_FAILED)
             if call.destination_identity not in self._remote_participants:
                 raise rtc.RpcError._built_in(Code.RECIPIENT_NOT_FOUND)
             if len(call.payload.encode()) > MAX_RPC_PAYLOAD_BYTES:

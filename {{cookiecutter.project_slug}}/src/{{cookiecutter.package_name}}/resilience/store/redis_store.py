@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -95,8 +96,7 @@ class RedisStore:
             retention=retention,
             active_ttl=active_ttl,
             max_records=cache_records,
-            retention_policy=retention_policy,
-            as_cache=True,
+            as_cache=True,  # no retention policy: Redis applies it when the leave lands
         )
         unavailable = (*UNAVAILABLE, rex.OutOfMemoryError)
         self._unavailable = unavailable
@@ -359,8 +359,7 @@ class RedisStore:
 
     async def publish_event(self, event_type: str, room: str, identity: str, **fields: Any) -> None:
         """See ``SessionStore.publish_event``; an unreachable Redis loses the event (logged)."""
-        event = make_event(event_type, room, identity, 0.0, **fields)
-        event["at"] = None  # stamped by the subscriber's receipt; workers' clocks are not trusted
+        event = make_event(event_type, room, identity, time.time(), **fields)
         try:
             await self._client.publish(self.channel, json.dumps(event))
         except self._unavailable as exc:

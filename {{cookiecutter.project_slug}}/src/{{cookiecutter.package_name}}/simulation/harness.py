@@ -119,9 +119,14 @@ async def run_scenario(
     llm: ScriptedLLM,
     store: SessionStore | None = None,
     printer: Printer = print,
+    room_name: str = "sim-room",
 ) -> Observations:
-    """Run ``scenario`` against the real job wiring and return what was observed."""
-    room = SimulatedRoom(name=f"sim-{name}", agent_identity=AGENT_IDENTITY)
+    """Run ``scenario`` against the real job wiring and return what was observed.
+
+    With a ``store`` the job uses it (and leaves it open), so several runs can share one:
+    a second run in the same room is a worker that picks the conversation up.
+    """
+    room = SimulatedRoom(name=room_name, agent_identity=AGENT_IDENTITY)
     room.add_observer(_transcript_printer(room, printer))
     sim = Simulation(room, llm, printer)
     # the scripted user types, so user turns are committed by the text input, not detected

@@ -52,9 +52,12 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process with its own temp dir; ``cluster=True`` makes a 1-node cluster."""
 
-    def __init__(self, *, port: int | None = None, cluster: bool = False) -> None:
+    def __init__(
+        self, *, port: int | None = None, cluster: bool = False, durable: bool = True
+    ) -> None:
         self.port = port or free_port()
         self.cluster = cluster
+        self.durable = durable  # False: no append-only file (benchmarks; data lost on kill)
         self._dir = tempfile.mkdtemp(prefix="redis-test-")
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -78,7 +81,7 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", self._dir,
-            "--appendonly", "yes",
+            "--appendonly", "yes" if self.durable else "no",
             "--appendfsync", "always",
             "--save", "",
             "--protected-mode", "no",

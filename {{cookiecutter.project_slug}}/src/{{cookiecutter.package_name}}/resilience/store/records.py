@@ -113,6 +113,7 @@ def encode_json(value: Any, what: str) -> bytes:
     try:
         raw = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         same = json.loads(raw) == value
+        data = raw.encode()  # lone surrogates fail here
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidInputError(f"{what} is not JSON data: {exc}") from None
     if not same:
@@ -120,7 +121,7 @@ def encode_json(value: Any, what: str) -> bytes:
             f"{what} does not survive JSON (use dict/list/str/int/float/bool/None, "
             "string keys, no tuples)"
         )
-    return raw.encode()
+    return data
 
 
 def validate_entries(
@@ -149,10 +150,14 @@ def validate_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def validate_names(room: str, identity: str) -> None:
-    """Room and identity may hold any characters (even none) but must be strings."""
+    """Room and identity may hold any characters (even none) but must be valid Unicode."""
     for name, value in (("room", room), ("identity", identity)):
         if not isinstance(value, str):
             raise InvalidInputError(f"{name} must be a str, not {type(value).__name__}")
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidInputError(f"{name} is not valid Unicode (lone surrogate)") from None
 
 
 class RecordCodec:

@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 
+from .session_commands import sessions_app, transcript
 from .settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -266,6 +267,10 @@ def simulation_store(settings: Settings, store: str | None) -> Iterator[Settings
             server.stop()
     else:
         yield settings
+
+
+app.add_typer(sessions_app, name="sessions")
+app.command()(transcript)
 
 
 def main() -> None:

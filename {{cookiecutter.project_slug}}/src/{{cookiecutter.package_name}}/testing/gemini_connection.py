@@ -314,8 +314,10 @@ class LiveConnection:
         except asyncio.CancelledError:
             self._cut(record, pieces)
             if not self.server_closed:
+                # Gemini ends a barged-in turn with interrupted, then turnComplete
                 with contextlib.suppress(ConnectionClosed):
                     await self._send(proto.interrupted())
+                    await self._send(proto.turn_complete())
             raise
 
     def _cut(self, record: ReplyRecord, pieces: list[str]) -> None:

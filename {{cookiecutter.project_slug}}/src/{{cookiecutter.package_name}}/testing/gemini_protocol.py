@@ -43,6 +43,7 @@ _PATH_RE = re.compile(
 )
 # user payloads whose keys belong to the user (tool arguments and results): never renamed
 _OPAQUE_KEYS = frozenset({"args", "response", "parameters", "parameters_json_schema"})
+_URLSAFE = str.maketrans("-_", "+/")
 _CAMEL_RE = re.compile(r"(?<!^)(?=[A-Z])")
 
 
@@ -232,6 +233,14 @@ def parse_client_message(message: dict[str, Any]) -> list[ClientEvent]:
     return events
 
 
+def decode_base64(data: str) -> bytes:
+    """Decode standard or URL-safe base64 (google-genai sends the URL-safe alphabet)."""
+    try:
+        return base64.b64decode(data.translate(_URLSAFE) + "=" * (-len(data) % 4), validate=True)
+    except (ValueError, TypeError, AttributeError):
+        raise ProtocolError("inline data is not base64") from None
+
+
 def _parse_realtime(realtime: dict[str, Any]) -> list[ClientEvent]:
     events: list[ClientEvent] = []
     if realtime.get("activity_start") is not None:
@@ -241,10 +250,7 @@ def _parse_realtime(realtime: dict[str, Any]) -> list[ClientEvent]:
     blobs += realtime.get("media_chunks") or []
     for blob in blobs:
         if str(blob.get("mime_type", "")).startswith("audio/"):
-            try:
-                pcm = base64.b64decode(blob.get("data", ""), validate=True)
-            except ValueError:
-                raise ProtocolError("audio data is not base64") from None
+            pcm = decode_base64(blob.get("data", ""))
             events.append(RealtimeAudio(pcm=pcm, sample_rate=_rate(blob["mime_type"])))
     if realtime.get("text"):
         events.append(RealtimeText(text=realtime["text"]))
@@ -384,6 +390,6 @@ def summarize_received(message: dict[str, Any]) -> dict[str, Any]:
     if not realtime or not realtime.get("audio"):
         return message
     audio = realtime["audio"]
-    size = len(base64.b64decode(audio.get("data", ""), validate=False))
+    size = len(decode_base64(audio.get("data", "")))
     summary = {"mime_type": audio.get("mime_type"), "bytes": size}
     return {**message, "realtime_input": {**realtime, "audio": summary}}

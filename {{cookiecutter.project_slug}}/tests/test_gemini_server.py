@@ -1,0 +1,315 @@
+"""The local Gemini Live server, proven with the real google-genai client and livekit plugin.
+
+The first half drives ``client.aio.live.connect`` directly; the second runs livekit's
+``google.realtime.RealtimeModel`` inside a headless ``AgentSession`` and records how the
+plugin (livekit-plugins-google 1.8.9) behaves under each fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+import websockets
+from google import genai
+from google.genai import errors, types
+from livekit.agents import Agent, AgentSession, APIConnectOptions, llm
+from livekit.agents.voice.events import CloseEvent
+from livekit.plugins import google
+
+from {{ cookiecutter.package_name }}.testing.gemini_audio import tone
+from {{ cookiecutter.package_name }}.testing.gemini_faults import (
+    Drop,
+    GoAway,
+    NoSetupComplete,
+    RefuseHandle,
+    ResumableFalse,
+    SlowSetup,
+)
+from {{ cookiecutter.package_name }}.testing.gemini_protocol import FunctionCall, HistoryItem, Reply
+from {{ cookiecutter.package_name }}.testing.gemini_server import LocalGeminiLiveServer
+
+MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
+TEXT_CONFIG = types.LiveConnectConfig(
+    response_modalities=[types.Modality.TEXT],
+    session_resumption=types.SessionResumptionConfig(),
+)
+
+
+def texts(items: Sequence[HistoryItem]) -> list[tuple[str, str]]:
+    """The conversation as (role, text) pairs, livekit's "." reply placeholder left out."""
+    return [(i.role, i.text) for i in items if i.text != "."]
+
+
+@pytest.fixture
+async def srv() -> AsyncIterator[LocalGeminiLiveServer]:
+    async with LocalGeminiLiveServer() as server:
+        yield server
+
+
+async def say(session: genai.live.AsyncSession, text: str) -> list[types.LiveServerMessage]:
+    """Send a user turn and collect the model's turn (google-genai stops at turnComplete)."""
+    user = types.Content(role="user", parts=[types.Part(text=text)])
+    await session.send_client_content(turns=[user], turn_complete=True)
+    return [msg async for msg in session.receive()]
+
+
+# -- the real google-genai client ----------------------------------------------------------
+
+
+async def test_genai_client_gets_a_streamed_reply_over_tls(srv: LocalGeminiLiveServer) -> None:
+    client = genai.Client(api_key="local-test-key", http_options=srv.http_options())
+    async with client.aio.live.connect(model=MODEL, config=TEXT_CONFIG) as session:
+        assert session.setup_complete is not None
+        messages = await say(session, "what is the weather like")
+    chunks = [m.text for m in messages if m.text]
+    assert "".join(chunks) == "reply to: what is the weather like"
+    assert len(chunks) > 1, "the reply is streamed in pieces so faults can land mid-reply"
+    assert texts(srv.history()) == [
+        ("user", "what is the weather like"),
+        ("model", "reply to: what is the weather like"),
+    ]
+    conn = srv.connections[0]
+    assert conn.api_key_sent and conn.setup and conn.setup.model == f"models/{MODEL}"
+    assert conn.handles_issued, "a setup asking for resumption gets handles"
+
+
+async def test_client_that_does_not_trust_the_certificate_is_refused(
+    srv: LocalGeminiLiveServer,
+) -> None:
+    client = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=srv.base_url))
+    with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):
+        async with client.aio.live.connect(model=MODEL, config=TEXT_CONFIG):
+            pass
+
+
+async def test_environment_alone_points_genai_at_the_server(
+    srv: LocalGeminiLiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", srv.base_url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(srv.cert_path))
+    monkeypatch.setenv("GOOGLE_API_KEY", "local-test-key")
+    async with genai.Client().aio.live.connect(model=MODEL, config=TEXT_CONFIG) as session:
+        messages = await say(session, "hi")
+    assert "".join(m.text for m in messages if m.text) == "reply to: hi"
+
+
+async def test_audio_in_is_transcribed_and_answered_with_24khz_audio() -> None:
+    async with LocalGeminiLiveServer(transcriber=lambda pcm, rate: "turn on the lights") as srv:
+        client = genai.Client(api_key="k", http_options=srv.http_options())
+        config = types.LiveConnectConfig(
+            input_audio_transcription=types.AudioTranscriptionConfig(),
+            output_audio_transcription=types.AudioTranscriptionConfig(),
+        )
+        async with client.aio.live.connect(model=MODEL, config=config) as session:
+            speech, silence = tone(300, sample_rate=16000), bytes(16000)  # 0.3 s loud, 0.5 s quiet
+            for pcm in (speech, silence):
+                blob = types.Blob(data=pcm, mime_type="audio/pcm;rate=16000")
+                await session.send_realtime_input(audio=blob)
+            messages = [m async for m in session.receive()]
+    contents = [m.server_content for m in messages if m.server_content]
+    heard = [c.input_transcription.text for c in contents if c.input_transcription]
+    spoken = [c.output_transcription.text for c in contents if c.output_transcription]
+    audio = [p.inline_data for c in contents if c.model_turn for p in c.model_turn.parts or []]
+    assert heard == ["turn on the lights"]
+    assert "".join(spoken) == "reply to: turn on the lights"
+    assert audio and all(a.mime_type == "audio/pcm;rate=24000" and a.data for a in audio)
+    assert texts(srv.history())[0] == ("user", "turn on the lights")
+
+
+async def test_resume_by_handle_continues_the_history_without_replay(
+    srv: LocalGeminiLiveServer,
+) -> None:
+    client = genai.Client(api_key="k", http_options=srv.http_options())
+    async with client.aio.live.connect(model=MODEL, config=TEXT_CONFIG) as session:
+        await say(session, "first")
+        await srv.wait_for(lambda: len(srv.connections[0].handles_issued) == 2, what="handle")
+        handle = srv.connections[0].handles_issued[-1]
+        await srv.inject(Drop())
+        with pytest.raises(errors.APIError) as dropped:
+            while True:  # messages already in flight arrive first
+                await session._receive()
+    assert dropped.value.code == 1006, "an abrupt drop sends no close frame"
+
+    config = TEXT_CONFIG.model_copy(
+        update={"session_resumption": types.SessionResumptionConfig(handle=handle)}
+    )
+    async with client.aio.live.connect(model=MODEL, config=config) as session:
+        await say(session, "second")
+    resumed = srv.connections[1]
+    assert resumed.handle == handle and resumed.replayed_turns == 0
+    assert texts(srv.history()) == [
+        ("user", "first"),
+        ("model", "reply to: first"),
+        ("user", "second"),
+        ("model", "reply to: second"),
+    ]
+
+
+async def test_a_handle_names_the_conversation_as_it_was_when_issued(
+    srv: LocalGeminiLiveServer,
+) -> None:
+    client = genai.Client(api_key="k", http_options=srv.http_options())
+    async with client.aio.live.connect(model=MODEL, config=TEXT_CONFIG) as session:
+        await say(session, "kept")
+        await srv.wait_for(lambda: len(srv.connections[0].handles_issued) == 2, what="handle")
+        handle = srv.connections[0].handles_issued[-1]
+        await say(session, "lost")
+    assert texts(srv.history(handle)) == [("user", "kept"), ("model", "reply to: kept")]
+    assert len(texts(srv.history(connection=0))) == 4, "the old conversation is kept as it was"
+
+
+@pytest.mark.parametrize("code", [1007, 1008, 1011])
+async def test_armed_refusal_closes_a_resuming_setup_before_setup_complete(
+    srv: LocalGeminiLiveServer, code: int
+) -> None:
+    client = genai.Client(api_key="k", http_options=srv.http_options())
+    async with client.aio.live.connect(model=MODEL, config=TEXT_CONFIG):
+        pass  # a fresh setup does not consume the refusal armed below
+    srv.arm(RefuseHandle(code=code))
+    handle = srv.connections[0].handles_issued[0]
+    config = TEXT_CONFIG.model_copy(
+        update={"session_resumption": types.SessionResumptionConfig(handle=handle)}
+    )
+    with pytest.raises(errors.APIError) as refused:
+        async with client.aio.live.connect(model=MODEL, config=config):
+            pass
+    assert refused.value.code == code
+    assert srv.connections[1].refused_with == code
+    assert srv.connections[1].setup_complete_after is None
+
+
+async def test_an_expired_handle_is_refused_with_1008(srv: LocalGeminiLiveServer) -> None:
+    client = genai.Client(api_key="k", http_options=srv.http_options())
+    async with client.aio.live.connect(model=MODEL, config=TEXT_CONFIG):
+        pass
+    handle = srv.connections[0].handles_issued[0]
+    srv.forget_handles()
+    config = TEXT_CONFIG.model_copy(
+        update={"session_resumption": types.SessionResumptionConfig(handle=handle)}
+    )
+    with pytest.raises(errors.APIError, match="session not found"):
+        async with client.aio.live.connect(model=MODEL, config=config):
+            pass
+
+
+async def test_resumable_false_updates_carry_no_handle(srv: LocalGeminiLiveServer) -> None:
+    srv.arm(ResumableFalse(count=2))
+    client = genai.Client(api_key="k", http_options=srv.http_options())
+    async with client.aio.live.connect(model=MODEL, config=TEXT_CONFIG) as session:
+        await say(session, "one")
+        await say(session, "two")
+        while not (last := await session._receive()).session_resumption_update:
+            pass
+    sent = srv.connections[0].sent
+    updates = [m["sessionResumptionUpdate"] for m in sent if "sessionResumptionUpdate" in m]
+    assert updates[:2] == [{"resumable": False}, {"resumable": False}]
+    assert all(u["resumable"] and u["newHandle"] for u in updates[2:])
+    assert last.session_resumption_update.new_handle == updates[-1]["newHandle"]
+    assert len(srv.fault_log) == 2 and not srv.armed
+
+
+async def test_go_away_reaches_the_client_then_the_server_closes(
+    srv: LocalGeminiLiveServer,
+) -> None:
+    client = genai.Client(api_key="k", http_options=srv.http_options())
+    async with client.aio.live.connect(model=MODEL, config=TEXT_CONFIG) as session:
+        await srv.wait_for(lambda: srv.connections[0].handles_issued != [], what="handle")
+        await srv.inject(GoAway(time_left=0.2, close_code=1000))
+        messages = [await session._receive()]
+        with pytest.raises(errors.APIError) as closed:
+            while True:
+                messages.append(await session._receive())
+    go_aways = [m.go_away for m in messages if m.go_away]
+    assert go_aways and go_aways[0].time_left == "0.200s"
+    assert closed.value.code == 1000
+    conn = srv.connections[0]
+    await srv.wait_for(lambda: not conn.open, what="close record")
+    assert conn.closed_by == "server" and conn.close_code == 1000
+
+
+async def test_a_drop_mid_reply_keeps_what_was_said(srv: LocalGeminiLiveServer) -> None:
+    srv.arm(Drop(at="reply", after_chunks=2))
+    client = genai.Client(api_key="k", http_options=srv.http_options())
+    async with client.aio.live.connect(model=MODEL, config=TEXT_CONFIG) as session:
+        with pytest.raises(errors.APIError):
+            await say(session, "tell me a long story please")
+    await srv.wait_for(lambda: not srv.connections[0].open, what="close")
+    reply = srv.history()[-1]
+    assert reply.role == "model" and reply.interrupted
+    assert reply.text == "reply to: tell me "
+    assert srv.connections[0].replies[0].chunks_sent == 2
+
+
+async def test_activity_start_interrupts_the_reply(srv: LocalGeminiLiveServer) -> None:
+    client = genai.Client(api_key="k", http_options=srv.http_options())
+    async with client.aio.live.connect(model=MODEL, config=TEXT_CONFIG) as session:
+        user = types.Content(role="user", parts=[types.Part(text="a b c d e f g h")])
+        await session.send_client_content(turns=[user], turn_complete=True)
+        while not (await session._receive()).text:
+            pass
+        await session.send_realtime_input(activity_start=types.ActivityStart())
+        rest = [m async for m in session.receive()]
+    assert any(m.server_content and m.server_content.interrupted for m in rest)
+    assert srv.history()[-1].interrupted
+
+
+async def test_slow_and_missing_setup_complete(srv: LocalGeminiLiveServer) -> None:
+    client = genai.Client(api_key="k", http_options=srv.http_options())
+    srv.arm(SlowSetup(delay=0.2))
+    async with client.aio.live.connect(model=MODEL, config=TEXT_CONFIG) as session:
+        assert session.setup_complete is not None
+    srv.arm(NoSetupComplete())
+    connecting = asyncio.create_task(_connect_once(client))
+    await srv.wait_for(lambda: len(srv.connections) == 2 and srv.connections[1].setup is not None)
+    assert not connecting.done() and srv.connections[1].setup_complete_after is None
+    connecting.cancel()
+    assert [type(r.fault) for r in srv.fault_log] == [SlowSetup, NoSetupComplete]
+
+
+async def _connect_once(client: genai.Client) -> None:
+    async with client.aio.live.connect(model=MODEL, config=TEXT_CONFIG):
+        pass
+
+
+async def test_scripted_tool_call_round_trip() -> None:
+    def responder(history: Sequence[HistoryItem]) -> str | Reply:
+        if history[-1].role == "tool":
+            return "it is sunny"
+        return Reply(function_calls=(FunctionCall("get_weather", {"city": "Paris"}, id="c1"),))
+
+    async with LocalGeminiLiveServer(responder=responder) as srv:
+        client = genai.Client(api_key="k", http_options=srv.http_options())
+        async with client.aio.live.connect(model=MODEL, config=TEXT_CONFIG) as session:
+            await session.send_client_content(
+                turns=[types.Content(role="user", parts=[types.Part(text="weather?")])]
+            )
+            while not (call := await session._receive()).tool_call:
+                pass
+            assert call.tool_call.function_calls[0].args == {"city": "Paris"}
+            result = types.FunctionResponse(id="c1", name="get_weather", response={"sky": "sun"})
+            await session.send_tool_response(function_responses=[result])
+            answer = [m.text async for m in session.receive() if m.text]
+        assert "".join(answer) == "it is sunny"
+        assert [i.source for i in srv.history()] == ["client_content", "tool_call", "tool_response", "reply"]
+
+
+async def test_bad_requests_get_clear_refusals() -> None:
+    async with LocalGeminiLiveServer(api_key="right") as srv:
+        ws_url = srv.base_url.replace("https", "wss")
+        with pytest.raises(websockets.InvalidStatus, match="404"):
+            await websockets.connect(f"{ws_url}/not/live", ssl=srv.ssl_context())
+        client = genai.Client(api_key="wrong", http_options=srv.http_options())
+        with pytest.raises(websockets.InvalidStatus, match="401"):
+            await _connect_once(client)
+        path = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+        headers = {"x-goog-api-key": "right"}
+        async with websockets.connect(
+            ws_url + path, ssl=srv.ssl_context(), additional_headers=headers
+        ) as ws:
+            await ws.send("not json")
+            with pytest.raises(websockets.ConnectionClosedError) as closed:
+                await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007

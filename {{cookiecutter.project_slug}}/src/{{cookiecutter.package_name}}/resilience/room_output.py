@@ -1,0 +1,359 @@
+"""The agent's voice and transcript in the room, shared by every session of one conversation.
+
+RoomIO builds its outputs per session, so each restart would publish a new agent audio track
+(a new SID) and frontend hooks bound to the track would lose the transcript. ``RoomOutput``
+builds them once: one audio track (published once, same SID for the whole conversation), one
+agent transcription output stamping that SID on every ``lk.transcription`` stream, one
+participant transcription output, and the TranscriptSynchronizer pacing text with audio.
+Each session runs RoomIO for its inputs only (see :meth:`RoomOutput.start_session`).
+
+Every final line of the conversation is kept, in order, in a bounded :class:`TranscriptLog`
+(agent lines as the frontend saw them, participant lines as committed turns), which backs
+the ``transcript.history`` RPC, and is handed to ``on_segment`` for the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from livekit import rtc
+from livekit.agents import AgentSession, llm, utils
+from livekit.agents.voice import Agent, io, room_io
+from livekit.agents.voice.events import UserInputTranscribedEvent
+from livekit.agents.voice.transcription import TranscriptSynchronizer
+
+from ..log import get_logger
+from . import _livekit
+
+logger = get_logger(__name__)
+
+TOPIC_TRANSCRIPTION = "lk.transcription"
+ATTR_SEGMENT_ID = "lk.segment_id"
+ATTR_FINAL = "lk.transcription_final"
+ATTR_TRACK_ID = "lk.transcribed_track_id"
+
+
+@dataclass(frozen=True)
+class TranscriptSegment:
+    """One final line of the conversation.
+
+    ``seq`` orders the conversation from 1 (pagination cursor); ``id`` is the ``lk.segment_id``
+    the frontend saw for agent lines, and the chat item id for participant turns.
+    """
+
+    seq: int
+    id: str
+    role: Literal["agent", "user"]
+    speaker: str
+    text: str
+    at: float
+    track_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the store's transcript entries and the RPC's segments)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TranscriptSegment:
+        """Rebuild a segment kept with :meth:`to_dict`; raises ValueError on a malformed one."""
+        try:
+            role = data["role"]
+            if role not in ("agent", "user"):
+                raise ValueError(f"unknown role {role!r}")
+            return cls(
+                seq=int(data["seq"]),
+                id=str(data["id"]),
+                role=role,
+                speaker=str(data["speaker"]),
+                text=str(data["text"]),
+                at=float(data["at"]),
+                track_id=data.get("track_id"),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a transcript segment: {exc}") from exc
+
+
+class TranscriptLog:
+    """The conversation's final segments in order, keeping the newest ``max_segments``."""
+
+    def __init__(self, max_segments: int = 2000, initial: Iterable[TranscriptSegment] = ()) -> None:
+        if max_segments < 1:
+            raise ValueError("max_segments must be at least 1")
+        self._segments: deque[TranscriptSegment] = deque(maxlen=max_segments)
+        for segment in sorted(initial, key=lambda s: s.seq):
+            self._segments.append(segment)
+        last = self._segments[-1].seq if self._segments else 0
+        self._seq = itertools.count(last + 1)
+
+    def append(
+        self, *, id: str, role: Literal["agent", "user"], speaker: str, text: str, track_id=None
+    ) -> TranscriptSegment:
+        """Add a final segment at the end of the conversation and return it."""
+        segment = TranscriptSegment(
+            seq=next(self._seq),
+            id=id,
+            role=role,
+            speaker=speaker,
+            text=text,
+            at=time.time(),
+            track_id=track_id,
+        )
+        self._segments.append(segment)
+        return segment
+
+    def after(self, seq: int, limit: int) -> list[TranscriptSegment]:
+        """Up to ``limit`` segments with a ``seq`` greater than ``seq``, oldest first."""
+        found = []
+        for segment in self._segments:
+            if segment.seq > seq:
+                found.append(segment)
+                if len(found) == limit:
+                    break
+        return found
+
+    @property
+    def oldest_seq(self) -> int:
+        """The first ``seq`` still kept (older segments were dropped), 0 when empty."""
+        return self._segments[0].seq if self._segments else 0
+
+    @property
+    def latest_seq(self) -> int:
+        """The last ``seq`` so far, 0 when empty."""
+        return self._segments[-1].seq if self._segments else 0
+
+    def __len__(self) -> int:
+        return len(self._segments)
+
+    def __iter__(self):  # noqa: ANN204 - an iterator of segments
+        return iter(list(self._segments))
+
+
+SegmentCallback = Callable[[TranscriptSegment], None]
+
+
+class RoomOutput:
+    """One conversation's audio track and transcription outputs, reused by every session.
+
+    Call :meth:`start` once, then :meth:`start_session` for each AgentSession and
+    :meth:`release` after it closed; :meth:`aclose` at the end of the conversation.
+    """
+
+    def __init__(
+        self,
+        room: rtc.Room,
+        participant_identity: str,
+        *,
+        on_segment: SegmentCallback | None = None,
+        max_segments: int = 2000,
+        initial_transcript: Iterable[TranscriptSegment] = (),
+        sample_rate: int = 24000,
+        num_channels: int = 1,
+        track_name: str = "roomio_audio",
+    ) -> None:
+        self._room = room
+        self._identity = participant_identity
+        self._on_segment = on_segment
+        self.transcript = TranscriptLog(max_segments, initial_transcript)
+        self._audio = _livekit.new_audio_output(
+            room, sample_rate=sample_rate, num_channels=num_channels, track_name=track_name
+        )
+        self._agent_text = _AgentTranscriptOutput(room, self._track_sid, self._agent_line)
+        self._sync = TranscriptSynchronizer(
+            next_in_chain_audio=self._audio, next_in_chain_text=self._agent_text
+        )
+        self._user_text = _livekit.new_user_transcription_output(room, participant_identity)
+        self._user_ch = utils.aio.Chan[UserInputTranscribedEvent]()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._heads: dict[int, io.AudioOutput | None] = {}
+        self._started = False
+
+    @property
+    def track_sid(self) -> str | None:
+        """The SID of the agent's audio track, once published."""
+        return _livekit.published_track_sid(self._audio)
+
+    @property
+    def audio_output(self) -> io.AudioOutput:
+        """What sessions play into (the synchronizer in front of the track)."""
+        return self._sync.audio_output
+
+    async def start(self) -> None:
+        """Publish the track (in the background: it waits for a subscriber, as RoomIO does)."""
+        if self._started:
+            return
+        self._started = True
+        self._tasks.append(asyncio.create_task(self._publish(), name="room_output_publish"))
+        self._tasks.append(asyncio.create_task(self._forward_user_text(), name="room_output_user"))
+
+    async def start_session(
+        self, session: AgentSession, agent: Agent, *, room_options: room_io.RoomOptions, **kwargs
+    ) -> None:
+        """Start ``session`` with RoomIO for input only, speaking through the shared outputs.
+
+        ``room_options`` keep their inputs and participant binding; their audio and text
+        outputs are switched off (and room deletion on close, which a restart must not do).
+        """
+        if not self._started:
+            raise RuntimeError("RoomOutput.start() must run before start_session()")
+        session.output.audio = self._sync.audio_output
+        session.output.transcription = self._sync.text_output
+        session.on("user_input_transcribed", self._on_user_transcribed)
+        options = dataclasses.replace(
+            room_options, audio_output=False, text_output=False, delete_room_on_close=False
+        )
+        await session.start(agent, room=self._room, room_options=options, **kwargs)
+        # a session may wrap the shared sink (RecorderIO does); remember the top to unhook it
+        self._heads[id(session)] = session.output.audio
+
+    async def release(self, session: AgentSession) -> None:
+        """Forget a closed session: its listeners, and its wrappers on the shared sink.
+
+        Waits until the segment the close cut (if any) was finalised, so it is in the log.
+        """
+        session.off("user_input_transcribed", self._on_user_transcribed)
+        head = self._heads.pop(id(session), None)
+        _livekit.unhook_audio_wrappers(head, self._sync.audio_output)
+        await self._sync.barrier()
+        await self._agent_text.drain()
+
+    def add_user_turn(self, item: llm.ChatMessage) -> TranscriptSegment | None:
+        """Log a committed participant turn (typed or spoken); empty turns are skipped."""
+        text = item.text_content
+        if item.role != "user" or not text:
+            return None
+        return self._log(id=item.id, role="user", speaker=self._identity, text=text)
+
+    async def aclose(self) -> None:
+        """Finalise what is open, stop playout; the track is unpublished when the room ends."""
+        await self._sync.aclose()
+        await self._agent_text.aclose()
+        self._user_ch.close()
+        await utils.aio.cancel_and_wait(*self._tasks)
+        await _livekit.close_text_output(self._user_text)
+        await _livekit.close_audio_output(self._audio)
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _publish(self) -> None:
+        try:
+            await _livekit.start_audio_output(self._audio)
+        except Exception:
+            logger.exception("agent audio track could not be published")
+            raise
+        logger.debug("agent audio track published", track_sid=self.track_sid)
+
+    async def _track_sid(self) -> str | None:
+        # text reaches the room paced by audio, which cannot play before the track is
+        # subscribed; unpaced text (audio switched off) waits for it the same way
+        await _livekit.subscribed(self._audio)
+        return self.track_sid
+
+    def _agent_line(self, segment_id: str, text: str, track_id: str | None) -> None:
+        self._log(id=segment_id, role="agent", speaker=self._room.local_participant.identity,
+                  text=text, track_id=track_id)
+
+    def _log(self, **fields: Any) -> TranscriptSegment:
+        segment = self.transcript.append(**fields)
+        if self._on_segment is not None:
+            try:
+                self._on_segment(segment)
+            except Exception:
+                logger.exception("transcript segment callback failed", seq=segment.seq)
+        return segment
+
+    def _on_user_transcribed(self, ev: UserInputTranscribedEvent) -> None:
+        if not self._user_ch.closed:
+            self._user_ch.send_nowait(ev)
+
+    async def _forward_user_text(self) -> None:
+        # one ordered forwarder for every session: a restart never reorders user transcripts
+        async for ev in self._user_ch:
+            await self._user_text.capture_text(ev.transcript)
+            if ev.is_final:
+                self._user_text.flush()
+
+
+class _AgentTranscriptOutput(io.TextOutput):
+    """Agent transcript on ``lk.transcription``: one delta stream per segment, stamped with
+    the shared track's SID, closed with ``lk.transcription_final=true`` exactly once."""
+
+    def __init__(
+        self,
+        room: rtc.Room,
+        track_sid: Callable[[], Any],
+        on_final: Callable[[str, str, str | None], None],
+    ) -> None:
+        super().__init__(label="SharedRoomTranscript", next_in_chain=None)
+        self._room = room
+        self._track_sid = track_sid
+        self._on_final = on_final
+        self._open: _OpenSegment | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def capture_text(self, text: str) -> None:
+        if not text:
+            return
+        segment = self._open
+        if segment is None:
+            segment = self._open = _OpenSegment(utils.shortuuid("SG_"))
+        segment.parts.append(str(text))
+        async with segment.lock:  # FIFO: writes, then the close, in capture order
+            try:
+                if segment.writer is None:
+                    segment.track_id = await self._track_sid()
+                    segment.writer = await self._room.local_participant.stream_text(
+                        topic=TOPIC_TRANSCRIPTION,
+                        attributes=segment.attributes(final=False),
+                    )
+                await segment.writer.write(str(text))
+            except Exception as exc:
+                # the room is gone or refused the stream: the line is still logged on flush
+                logger.warning("agent transcript not sent", error=str(exc))
+
+    def flush(self) -> None:
+        segment, self._open = self._open, None
+        if segment is None:
+            return
+        task = asyncio.create_task(self._finish(segment), name="agent_transcript_final")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _finish(self, segment: _OpenSegment) -> None:
+        async with segment.lock:
+            if segment.writer is not None:
+                try:
+                    await segment.writer.aclose(attributes=segment.attributes(final=True))
+                except Exception as exc:
+                    logger.warning("agent transcript not finalised", error=str(exc))
+        self._on_final(segment.id, "".join(segment.parts), segment.track_id)
+
+    async def drain(self) -> None:
+        """Wait until every flushed segment is finalised."""
+        while self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        self.flush()
+        await self.drain()
+
+
+class _OpenSegment:
+    def __init__(self, segment_id: str) -> None:
+        self.id = segment_id
+        self.parts: list[str] = []
+        self.lock = asyncio.Lock()
+        self.writer: rtc.TextStreamWriter | None = None
+        self.track_id: str | None = None
+
+    def attributes(self, *, final: bool) -> dict[str, str]:
+        attrs = {ATTR_SEGMENT_ID: self.id, ATTR_FINAL: "true" if final else "false"}
+        if self.track_id:
+            attrs[ATTR_TRACK_ID] = self.track_id
+        return attrs

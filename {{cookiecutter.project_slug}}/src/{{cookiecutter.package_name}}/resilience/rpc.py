@@ -1,0 +1,215 @@
+"""The RPC methods a frontend calls on the agent, routed to the caller's own conversation.
+
+A LiveKit participant has one handler per method name, but a room may hold several
+supervised conversations (one per participant), so one :class:`RpcRoutes` per room registers
+the methods once and dispatches each call by ``caller_identity``. A caller with no
+conversation of its own is refused with ``RpcError(4003)``: nobody can restart, or read the
+transcript of, someone else's conversation.
+
+``session.restart``
+    Request: empty, or JSON ``{"reason": "<1-64 chars of a-z 0-9 _ . ->"}``.
+    Response: JSON ``{"ok": true, "restarts": <restarts so far in this conversation>}``,
+    sent once the new session listens. Errors: 4000 bad request, 4003 not your conversation,
+    4009 the conversation is closed or its restart budget is spent (the call is ending).
+
+``transcript.history``
+    Request: empty, or JSON ``{"after": <seq, default 0>, "limit": <1-100, default 50>}``.
+    Response: JSON ``{"segments": [...], "next": <seq or null>, "oldest": <seq>, "latest": <seq>}``.
+    ``segments`` are final lines in conversation order, each ``{"seq", "id", "role"
+    ("agent" | "user"), "speaker", "text", "at" (epoch s), "track_id"}``; agent ``id``s are
+    the ``lk.segment_id`` the live stream carried, so a client can drop duplicates. Pass
+    ``next`` as ``after`` for the following page; ``null`` means nothing more for now.
+    ``oldest`` greater than ``after + 1`` means older lines were dropped (the log is bounded).
+    A page holds at most ``limit`` segments and stays under the 15 KiB RPC payload limit; a
+    single segment too long for a page has its text cut and ``"truncated": true``.
+    Errors: 4000 bad request, 4003 not your conversation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from livekit import rtc
+
+from ..log import get_logger, identity_ref
+from .room_output import TranscriptLog
+
+logger = get_logger(__name__)
+
+METHOD_RESTART = "session.restart"
+METHOD_HISTORY = "transcript.history"
+
+ERROR_INVALID_REQUEST = 4000
+ERROR_FORBIDDEN = 4003
+ERROR_UNAVAILABLE = 4009
+
+HISTORY_DEFAULT_LIMIT = 50
+HISTORY_MAX_LIMIT = 100
+# the SFU refuses payloads over 15 KiB; keep headroom for the RPC envelope
+MAX_RESPONSE_BYTES = 14_000
+
+_REASON = re.compile(r"[a-z0-9_.-]{1,64}")
+
+
+class RestartUnavailableError(Exception):
+    """The conversation cannot restart (closed, or its restart budget is spent)."""
+
+
+RestartHandler = Callable[[str], Awaitable[int]]
+"""Restarts the conversation for the given reason; returns the restarts so far."""
+
+
+class _Route:
+    def __init__(self, restart: RestartHandler, transcript: TranscriptLog) -> None:
+        self.restart = restart
+        self.transcript = transcript
+
+
+class RpcRoutes:
+    """The agent's RPC methods in one room, each call dispatched to the caller's conversation."""
+
+    def __init__(self, local_participant: rtc.LocalParticipant) -> None:
+        self._participant = local_participant
+        self._routes: dict[str, _Route] = {}
+
+    def add(self, identity: str, restart: RestartHandler, transcript: TranscriptLog) -> None:
+        """Route ``identity``'s calls to its conversation (registers the methods on first use)."""
+        if identity in self._routes:
+            raise ValueError(f"participant {identity_ref(identity)} already has a conversation")
+        if not self._routes:
+            self._participant.register_rpc_method(METHOD_RESTART, self._on_restart)
+            self._participant.register_rpc_method(METHOD_HISTORY, self._on_history)
+        self._routes[identity] = _Route(restart, transcript)
+
+    def remove(self, identity: str) -> None:
+        """Stop routing ``identity``'s calls; the methods go when the last conversation does."""
+        if self._routes.pop(identity, None) is not None and not self._routes:
+            self._participant.unregister_rpc_method(METHOD_RESTART)
+            self._participant.unregister_rpc_method(METHOD_HISTORY)
+
+    def _route(self, data: rtc.RpcInvocationData) -> _Route:
+        route = self._routes.get(data.caller_identity)
+        if route is None:
+            logger.warning(
+                "rpc refused: caller has no conversation",
+                method=data.method,
+                caller=identity_ref(data.caller_identity),
+            )
+            raise rtc.RpcError(
+                ERROR_FORBIDDEN, f"{data.method} is only for the participant of this conversation"
+            )
+        return route
+
+    async def _on_restart(self, data: rtc.RpcInvocationData) -> str:
+        route = self._route(data)
+        reason = parse_restart_request(data.payload)
+        try:
+            restarts = await route.restart(reason)
+        except RestartUnavailableError as exc:
+            raise rtc.RpcError(ERROR_UNAVAILABLE, str(exc)) from None
+        return json.dumps({"ok": True, "restarts": restarts})
+
+    async def _on_history(self, data: rtc.RpcInvocationData) -> str:
+        return history_page(self._route(data).transcript, data.payload)
+
+
+_rooms: weakref.WeakKeyDictionary[rtc.Room, RpcRoutes] = weakref.WeakKeyDictionary()
+
+
+def routes_for(room: rtc.Room) -> RpcRoutes:
+    """The room's RPC routes (one per room, made on first use)."""
+    routes = _rooms.get(room)
+    if routes is None:
+        routes = _rooms[room] = RpcRoutes(room.local_participant)
+    return routes
+
+
+def _invalid(message: str) -> rtc.RpcError:
+    return rtc.RpcError(ERROR_INVALID_REQUEST, f"invalid request: {message}")
+
+
+def _request_object(payload: str) -> dict[str, Any]:
+    if not payload.strip():
+        return {}
+    try:
+        request = json.loads(payload)
+    except json.JSONDecodeError:
+        raise _invalid("the payload is not JSON") from None
+    if not isinstance(request, dict):
+        raise _invalid("the payload must be a JSON object")
+    return request
+
+
+def parse_restart_request(payload: str) -> str:
+    """The restart reason a ``session.restart`` payload gives (``"rpc"`` when none)."""
+    request = _request_object(payload)
+    reason = request.get("reason", "rpc")
+    if not isinstance(reason, str) or not _REASON.fullmatch(reason):
+        raise _invalid("reason must be 1-64 characters of a-z 0-9 _ . -")
+    return reason if reason == "rpc" else f"rpc:{reason}"
+
+
+def parse_history_request(payload: str) -> tuple[int, int]:
+    """``(after, limit)`` from a ``transcript.history`` payload."""
+    request = _request_object(payload)
+    after = request.get("after", 0)
+    limit = request.get("limit", HISTORY_DEFAULT_LIMIT)
+    if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+        raise _invalid("after must be an integer >= 0")
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        raise _invalid(f"limit must be an integer from 1 to {HISTORY_MAX_LIMIT}")
+    if not 1 <= limit <= HISTORY_MAX_LIMIT:
+        raise _invalid(f"limit must be an integer from 1 to {HISTORY_MAX_LIMIT}")
+    return after, limit
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False).encode())
+
+
+def history_page(
+    log: TranscriptLog, payload: str, *, max_bytes: int = MAX_RESPONSE_BYTES
+) -> str:
+    """The ``transcript.history`` response for ``payload`` (see the module docstring)."""
+    after, limit = parse_history_request(payload)
+    page: list[dict[str, Any]] = []
+    body: dict[str, Any] = {
+        "segments": page,
+        "next": None,
+        "oldest": log.oldest_seq,
+        "latest": log.latest_seq,
+    }
+    # the cursor fields grow by a few digits at most once filled in
+    size = _size(body) + 16
+    for segment in log.after(after, limit):
+        entry = segment.to_dict()
+        room_left = max_bytes - size - 1  # the separating comma
+        if _size(entry) > room_left:
+            if page:
+                break  # the next page starts here
+            entry = _truncated(entry, room_left)
+        page.append(entry)
+        size += _size(entry) + 1
+    last = page[-1]["seq"] if page else after
+    body["next"] = last if last < log.latest_seq else None
+    return json.dumps(body, ensure_ascii=False)
+
+
+def _truncated(entry: dict[str, Any], room: int) -> dict[str, Any]:
+    raw = str(entry.get("text", "")).encode()
+    entry = {**entry, "text": "", "truncated": True}
+    budget = room - _size(entry)
+    # cut the UTF-8 bytes and drop a partial character; JSON escaping may add bytes, so
+    # shrink until it fits
+    while budget > 0:
+        entry["text"] = raw[:budget].decode("utf-8", errors="ignore")
+        overflow = _size(entry) - room
+        if overflow <= 0:
+            return entry
+        budget -= overflow
+    entry["text"] = ""
+    return entry

@@ -293,7 +293,12 @@ async def test_scripted_tool_call_round_trip() -> None:
             await session.send_tool_response(function_responses=[result])
             answer = [m.text async for m in session.receive() if m.text]
         assert "".join(answer) == "it is sunny"
-        assert [i.source for i in srv.history()] == ["client_content", "tool_call", "tool_response", "reply"]
+        assert [i.source for i in srv.history()] == [
+            "client_content",
+            "tool_call",
+            "tool_response",
+            "reply",
+        ]
 
 
 async def test_bad_requests_get_clear_refusals() -> None:
@@ -313,3 +318,247 @@ async def test_bad_requests_get_clear_refusals() -> None:
             with pytest.raises(websockets.ConnectionClosedError) as closed:
                 await ws.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
+
+
+# -- livekit's Gemini RealtimeModel in a headless AgentSession ------------------------------
+
+# retries a tenth of a second apart keep the fault tests fast; the retry logic is unchanged
+FAST_RETRY = APIConnectOptions(max_retry=3, retry_interval=0.1)
+INSTRUCTIONS = "You are a test agent."
+
+
+def realtime_model(
+    srv: LocalGeminiLiveServer, *, modality: str = "TEXT", handle: str | None = None
+) -> google.realtime.RealtimeModel:
+    """The plugin pointed at the local server: the recipe the kit documents."""
+    extra = {"session_resumption": types.SessionResumptionConfig(handle=handle)} if handle else {}
+    return google.realtime.RealtimeModel(
+        model=MODEL,
+        api_key="local-test-key",
+        http_options=srv.http_options(),
+        modalities=[types.Modality(modality)],
+        conn_options=FAST_RETRY,
+        **extra,
+    )
+
+
+@contextlib.asynccontextmanager
+async def headless(
+    model: google.realtime.RealtimeModel, agent: Agent | None = None
+) -> AsyncIterator[tuple[AgentSession, asyncio.Future[CloseEvent]]]:
+    """An AgentSession with no room; the future resolves when the session closes."""
+    session: AgentSession = AgentSession(llm=model)
+    closed: asyncio.Future[CloseEvent] = asyncio.get_running_loop().create_future()
+    session.on("close", lambda ev: closed.done() or closed.set_result(ev))
+    await session.start(agent or Agent(instructions=INSTRUCTIONS))
+    try:
+        yield session, closed
+    finally:
+        await session.aclose()
+
+
+async def ask(session: AgentSession, text: str) -> str:
+    """Run one user turn and return what the agent said."""
+    result = await session.run(user_input=text)
+    return " ".join(e.item.text_content or "" for e in result.events if e.type == "message")
+
+
+async def reconnected(srv: LocalGeminiLiveServer, count: int) -> None:
+    """Wait until connection ``count - 1`` is past setupComplete."""
+    await srv.wait_for(
+        lambda: (
+            len(srv.connections) >= count
+            and srv.connections[count - 1].setup_complete_after is not None
+        ),
+        what=f"connection {count}",
+    )
+
+
+@pytest.mark.parametrize("modality", ["TEXT", "AUDIO"])
+async def test_plugin_gets_the_scripted_reply(srv: LocalGeminiLiveServer, modality: str) -> None:
+    async with headless(realtime_model(srv, modality=modality)) as (session, _):
+        assert await ask(session, "hello there") == "reply to: hello there"
+    setup = srv.connections[0].setup
+    assert setup and setup.system_instruction == INSTRUCTIONS
+    assert setup.resumption_requested, "the plugin always asks for resumption"
+    assert texts(srv.history()) == [("user", "hello there"), ("model", "reply to: hello there")]
+
+
+async def test_plugin_resumes_by_handle_with_zero_replay_after_a_drop(
+    srv: LocalGeminiLiveServer,
+) -> None:
+    async with headless(realtime_model(srv)) as (session, _):
+        await ask(session, "first")
+        await srv.inject(Drop())
+        await reconnected(srv, 2)
+        assert await ask(session, "second") == "reply to: second"
+    first, resumed = srv.connections
+    assert resumed.handle == first.handles_issued[-1]
+    assert resumed.replayed_turns == 1, "only the new user turn precedes its reply trigger"
+    assert texts(srv.history()) == [
+        ("user", "first"),
+        ("model", "reply to: first"),
+        ("user", "second"),
+        ("model", "reply to: second"),
+    ]
+
+
+async def test_plugin_sends_only_the_delta_made_while_disconnected(
+    srv: LocalGeminiLiveServer,
+) -> None:
+    agent = Agent(instructions=INSTRUCTIONS)
+    async with headless(realtime_model(srv), agent) as (session, _):
+        await ask(session, "first")
+        srv.arm(SlowSetup(delay=0.5))  # holds the plugin disconnected while we edit
+        await srv.inject(Drop())
+        await srv.wait_for(lambda: len(srv.connections) == 2 and srv.connections[1].setup)
+        ctx = agent.chat_ctx.copy()
+        ctx.add_message(role="user", content="a note added while away")
+        await agent.update_chat_ctx(ctx)
+        await reconnected(srv, 2)
+        await ask(session, "second")
+    assert texts(srv.history()) == [
+        ("user", "first"),
+        ("model", "reply to: first"),
+        ("user", "a note added while away"),
+        ("user", "second"),
+        ("model", "reply to: second"),
+    ]
+
+
+async def test_plugin_user_turn_while_disconnected_reaches_server_after_its_trigger(
+    srv: LocalGeminiLiveServer,
+) -> None:
+    async with headless(realtime_model(srv)) as (session, _):
+        await ask(session, "first")
+        srv.arm(SlowSetup(delay=0.5))
+        await srv.inject(Drop())
+        await srv.wait_for(lambda: len(srv.connections) == 2 and srv.connections[1].setup)
+        answer = await ask(session, "asked while away")
+    # the placeholder trigger is queued before the pending chat ctx is synced on connect
+    assert answer == "reply to: first", "the model answers the previous turn"
+    received = [m["client_content"] for m in srv.connections[1].received if "client_content" in m]
+    assert received[0]["turn_complete"] and received[1]["turns"][0]["parts"][0]["text"] == (
+        "asked while away"
+    )
+
+
+@pytest.mark.parametrize("code", [1007, 1008, 1011])
+async def test_plugin_session_dies_when_its_handle_is_refused(
+    srv: LocalGeminiLiveServer, code: int
+) -> None:
+    async with headless(realtime_model(srv)) as (session, closed):
+        await ask(session, "first")
+        srv.arm(RefuseHandle(code=code))
+        await srv.inject(Drop())
+        event = await asyncio.wait_for(closed, 10)
+    assert event.reason.value == "error" and isinstance(event.error, llm.RealtimeModelError)
+    assert not event.error.recoverable
+    assert [c.refused_with for c in srv.connections] == [None, code], "no fresh-session fallback"
+
+
+async def test_plugin_reconnects_at_once_on_go_away(srv: LocalGeminiLiveServer) -> None:
+    async with headless(realtime_model(srv)) as (session, _):
+        await ask(session, "first")
+        await srv.inject(GoAway(time_left=30))
+        await reconnected(srv, 2)
+        await srv.wait_for(lambda: not srv.connections[0].open, what="old connection closed")
+        assert await ask(session, "second") == "reply to: second"
+    first, resumed = srv.connections
+    assert first.closed_by == "client", "time_left is ignored: the plugin leaves at once"
+    assert resumed.handle == first.handles_issued[-1]
+
+
+async def test_plugin_go_away_cuts_the_reply_in_progress() -> None:
+    # slow chunks leave the plugin ample time to leave before the reply would end
+    async with LocalGeminiLiveServer(chunk_delay=0.3) as srv:
+        srv.arm(GoAway(time_left=30, at="reply", after_chunks=1))
+        async with headless(realtime_model(srv)) as (session, _):
+            await ask(session, "tell me a long story please")
+            await reconnected(srv, 2)
+        assert srv.connections[0].closed_by == "client"
+        assert not srv.connections[0].replies[0].completed
+        cut = srv.history(connection=0)[-1]
+        assert cut.role == "model" and cut.interrupted
+
+
+async def test_plugin_keeps_the_old_handle_while_updates_are_not_resumable(
+    srv: LocalGeminiLiveServer,
+) -> None:
+    async with headless(realtime_model(srv)) as (session, _):
+        await ask(session, "first")
+        await srv.wait_for(lambda: not srv.armed)
+        last_good = srv.connections[0].handles_issued[-1]
+        srv.arm(ResumableFalse(count=100))
+        await ask(session, "second")
+        await srv.inject(Drop())
+        await reconnected(srv, 2)
+        await ask(session, "third")
+    assert srv.connections[1].handle == last_good
+    # the handle predates "second": the plugin sends that turn again as the delta
+    assert texts(srv.history()) == [
+        ("user", "first"),
+        ("model", "reply to: first"),
+        ("user", "second"),
+        ("model", "reply to: second"),
+        ("user", "third"),
+        ("model", "reply to: third"),
+    ]
+
+
+@pytest.mark.parametrize(("drops", "fatal"), [(3, False), (4, True)])
+async def test_plugin_gives_up_after_four_drops_without_a_server_frame(
+    srv: LocalGeminiLiveServer, drops: int, fatal: bool
+) -> None:
+    async with headless(realtime_model(srv)) as (session, closed):
+        await ask(session, "first")
+        # each reconnection is dropped right after setupComplete, before any other frame
+        srv.arm(*[Drop(at="setup")] * (drops - 1))
+        await srv.inject(Drop())
+        if fatal:
+            event = await asyncio.wait_for(closed, 10)
+            assert event.reason.value == "error"
+            assert len(srv.connections) == drops
+        else:
+            await reconnected(srv, drops + 1)
+            assert await ask(session, "still there?") == "reply to: still there?"
+
+
+async def first_session_handle(srv: LocalGeminiLiveServer) -> tuple[str, llm.ChatContext]:
+    """Talk once, then return the newest handle and the session history (the session ends)."""
+    async with headless(realtime_model(srv)) as (session, _):
+        await ask(session, "first")
+        await srv.wait_for(lambda: len(srv.connections[0].replies) == 1 and not srv.armed)
+        await srv.wait_for(lambda: srv.connections[0].sent[-1].get("sessionResumptionUpdate"))
+        return srv.connections[0].handles_issued[-1], session.history.copy()
+
+
+async def test_plugin_handle_given_to_a_new_model_resumes_but_sends_nothing_newer(
+    srv: LocalGeminiLiveServer,
+) -> None:
+    handle, carried = await first_session_handle(srv)
+    carried.add_message(role="user", content="said after the handle")
+    agent = Agent(instructions=INSTRUCTIONS, chat_ctx=carried)
+    async with headless(realtime_model(srv, handle=handle), agent) as (session, _):
+        await reconnected(srv, 2)
+        await ask(session, "second")
+    assert srv.connections[1].handle == handle
+    assert texts(srv.history()) == [
+        ("user", "first"),
+        ("model", "reply to: first"),
+        ("user", "second"),
+        ("model", "reply to: second"),
+    ], "the carried turn newer than the handle never reaches the server"
+
+
+async def test_plugin_turn_before_the_first_resumed_connect_is_lost(
+    srv: LocalGeminiLiveServer,
+) -> None:
+    handle, carried = await first_session_handle(srv)
+    srv.arm(SlowSetup(delay=0.5))  # the user speaks while the resumed session connects
+    agent = Agent(instructions=INSTRUCTIONS, chat_ctx=carried)
+    async with headless(realtime_model(srv, handle=handle), agent) as (session, _):
+        await srv.wait_for(lambda: len(srv.connections) == 2 and srv.connections[1].setup)
+        answer = await ask(session, "second")
+    assert answer == "reply to: first", "the model answers the previous turn"
+    assert ("user", "second") not in texts(srv.history())

@@ -88,7 +88,9 @@ class LiveConnection:
         self._conv: Conversation | None = None
         self._setup: proto.Setup | None = None
         self._audio: AudioTurnDetector | None = None
-        self._triggers: asyncio.Queue[None] = asyncio.Queue()
+        # each trigger carries the history as it stood then: the model answers that, not
+        # whatever the client sent while the reply was being prepared
+        self._triggers: asyncio.Queue[tuple[HistoryItem, ...]] = asyncio.Queue()
         self._reply_task: asyncio.Task[None] | None = None
         self._triggered = False
         self._timers: set[asyncio.Task[None]] = set()
@@ -260,8 +262,9 @@ class LiveConnection:
         self._on_change()
 
     def _trigger(self) -> None:
+        assert self._conv is not None
         self._triggered = True
-        self._triggers.put_nowait(None)
+        self._triggers.put_nowait(tuple(self._conv.items))
 
     def _interrupt(self) -> None:
         if self._reply_task and not self._reply_task.done():
@@ -271,8 +274,8 @@ class LiveConnection:
 
     async def _reply_loop(self) -> None:
         while True:
-            await self._triggers.get()
-            self._reply_task = asyncio.create_task(self._reply(), name="gemini-local-reply")
+            history = await self._triggers.get()
+            self._reply_task = asyncio.create_task(self._reply(history), name="gemini-local-reply")
             # a barge-in cancels only the reply task; a close cancels this loop too (and the
             # reply with it), which must end the loop rather than be taken for a barge-in
             with contextlib.suppress(asyncio.CancelledError):
@@ -280,9 +283,9 @@ class LiveConnection:
             if asyncio.current_task().cancelling():  # type: ignore[union-attr]
                 raise asyncio.CancelledError
 
-    async def _reply(self) -> None:
+    async def _reply(self, history: tuple[HistoryItem, ...]) -> None:
         assert self._conv is not None
-        answer = self._opts.responder(tuple(self._conv.items))
+        answer = self._opts.responder(history)
         if inspect.isawaitable(answer):
             answer = await answer
         reply = answer if isinstance(answer, Reply) else Reply(text=str(answer))

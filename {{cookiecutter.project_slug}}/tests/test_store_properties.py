@@ -6,21 +6,29 @@ import asyncio
 import re
 from typing import Any
 
+import store_fixtures
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
-from store_fixtures import KEY_A, build_store, redis_server  # noqa: F401
+from store_fixtures import KEY_A, build_store
 
 from {{ cookiecutter.package_name }}.resilience.store import InvalidInputError
 from {{ cookiecutter.package_name }}.resilience.store.redis_client import participant_keys
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
+
+# fixtures shared by the store tests (conftest.py is the whole suite's)
+redis_server = store_fixtures.redis_server
 
 names = st.text(
     alphabet=st.sampled_from("ab:*{}\\ ü😀\x00") | st.characters(blacklist_categories=["Cs"]),
     max_size=40,
 )
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=20,
 )

@@ -7,12 +7,17 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from store_fixtures import KEY_A, KEY_B, build_store, make_store, redis_server  # noqa: F401
+import store_fixtures
+from store_fixtures import KEY_A, KEY_B, build_store
 
 from {{ cookiecutter.package_name }}.resilience.store import JoinKind
 from {{ cookiecutter.package_name }}.resilience.store.records import identity_hash, participant_hash
 from {{ cookiecutter.package_name }}.resilience.store.redis_client import participant_keys
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
+
+# fixtures shared by the store tests (conftest.py is the whole suite's)
+make_store = store_fixtures.make_store
+redis_server = store_fixtures.redis_server
 
 ROOM = "room-q"
 WHO = "zoe@example.com"

@@ -8,12 +8,16 @@ import logging
 from typing import Any
 
 import pytest
+import store_fixtures
 from redis.crc import key_slot
-from store_fixtures import KEY_A, build_store, new_prefix, redis_server  # noqa: F401
+from store_fixtures import KEY_A, build_store, new_prefix
 
 from {{ cookiecutter.package_name }}.resilience.store import JoinKind, open_store
 from {{ cookiecutter.package_name }}.resilience.store.redis_client import participant_keys
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
+
+# fixtures shared by the store tests (conftest.py is the whole suite's)
+redis_server = store_fixtures.redis_server
 
 ROOM = "room-r"
 

@@ -315,13 +315,17 @@ class MemoryStore:
 
     # -- used by RedisStore to keep its copy of the last known records ----------------------
 
-    def put_record(self, record: SessionRecord) -> None:
-        """Keep ``record`` as the latest known state of its participant."""
-        fields, items, segments = self._codec.encode(record)
-        ids = {f"item:{i['id']}" for i in record.items} | {
-            f"seg:{s['id']}" for s in record.transcript
-        }
-        entry = _Entry(fields, items, segments, ids)
+    def put_stored(
+        self,
+        record: SessionRecord,
+        fields: dict[str, bytes],
+        items: list[bytes],
+        transcript: list[bytes],
+    ) -> None:
+        """Keep a record read elsewhere, in its stored form (sealed with this store's key ring)."""
+        ids = {"item:" + i["id"] for i in record.items}
+        ids.update("seg:" + s["id"] for s in record.transcript)
+        entry = _Entry(dict(fields), list(items), list(transcript), ids)
         ttl = self.active_ttl if record.active_session else self.retention
         entry.expires_at = time.monotonic() + ttl
         self._insert((record.room, record.identity), entry)

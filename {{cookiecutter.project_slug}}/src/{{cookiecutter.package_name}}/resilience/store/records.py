@@ -15,7 +15,9 @@ runs inside Redis.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,6 +93,7 @@ class SessionRecord:
         return [item["id"] for item in self.items]
 
 
+@functools.lru_cache(maxsize=4096)  # every operation needs it several times
 def participant_hash(room: str, identity: str) -> str:
     """128-bit key for (room, identity); length prefixes make every pair distinct."""
     data = b"lk-session"
@@ -292,6 +295,15 @@ class RecordCodec:
     def _entries(
         self, room: str, identity: str, tag: bytes, blobs: Sequence[bytes]
     ) -> Iterable[dict[str, Any]]:
+        if isinstance(blobs, Framed):
+            fast = blobs.parse_plain()
+            if fast is not None:
+                return fast
+        return self._each_entry(room, identity, tag, blobs)
+
+    def _each_entry(
+        self, room: str, identity: str, tag: bytes, blobs: Sequence[bytes]
+    ) -> Iterable[dict[str, Any]]:
         for blob in blobs:
             entry = self.open(room, identity, tag, blob)
             if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
@@ -306,6 +318,33 @@ class RecordCodec:
         if not isinstance(covered, list) or not all(isinstance(i, str) for i in covered):
             raise CorruptRecordError("gem: covered ids are not strings")
         return GeminiHandle(value["handle"], tuple(covered), issued_ms / 1000)
+
+
+class Framed(list[bytes]):
+    """Blobs Redis returned joined by ',' plus their lengths (see redis_scripts.frames)."""
+
+    def __init__(self, joined: bytes, lengths: bytes) -> None:
+        self.joined = joined
+        sizes = [int(size) + 1 for size in lengths.split(b",")] if lengths else []
+        ends = list(itertools.accumulate(sizes))
+        super().__init__(
+            joined[end - size : end - 1] for size, end in zip(sizes, ends, strict=True)
+        )
+
+    def parse_plain(self) -> list[dict[str, Any]] | None:
+        """Every blob in one json.loads when all are plaintext entries; else None."""
+        if MAGIC in self.joined:  # plaintext JSON never holds a raw NUL byte
+            return None
+        try:
+            entries = json.loads(b"[" + self.joined + b"]")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        # a blob holding '{..},{..}' would add entries: the count catches it
+        if len(entries) != len(self) or not all(
+            isinstance(e, dict) and isinstance(e.get("id"), str) for e in entries
+        ):
+            return None
+        return entries
 
 
 def gemini_value(gemini: GeminiHandle) -> dict[str, Any]:

@@ -42,6 +42,20 @@ local function ensure_record(schema, session, who, now)
   end
   return false
 end
+-- a list as two bulk strings (blobs joined by ',', and their lengths): the client parses a
+-- handful of strings instead of thousands, which keeps a long conversation's restore cheap
+local function frame(blobs)
+  local lens = {}
+  for i = 1, #blobs do lens[i] = #blobs[i] end
+  return table.concat(blobs, ','), table.concat(lens, ',')
+end
+-- the whole record as 6 bulk strings: hash fields, items, transcript (each joined + lengths)
+local function record_frames()
+  local hj, hl = frame(redis.call('HGETALL', KEYS[1]))
+  local ij, il = frame(redis.call('LRANGE', KEYS[2], 0, -1))
+  local sj, sl = frame(redis.call('LRANGE', KEYS[3], 0, -1))
+  return hj, hl, ij, il, sj, sl
+end
 local function refresh(now, active_ttl, retention)
   redis.call('HSET', KEYS[1], 'seen', now)
   redis.call('HINCRBY', KEYS[1], 'rev', 1)
@@ -79,8 +93,7 @@ end
 redis.call('HSET', KEYS[1], 'seen', now)
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
 expire_all(tonumber(ARGV[4]))
-return {kind, redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1),
-        redis.call('LRANGE', KEYS[3], 0, -1)}
+return {kind, record_frames()}
 """
 )
 
@@ -162,11 +175,13 @@ return 1
 """
 
 # KEYS 1-4
-LOAD = """
+LOAD = (
+    _PRELUDE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-return {redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1),
-        redis.call('LRANGE', KEYS[3], 0, -1)}
+return {record_frames()}
 """
+)
 
 # Move an unreadable record aside. KEYS 1-4 the record, 5-8 their quarantine names, 9 the
 # reason key. ARGV: rev ('' = whatever it is now), ttl_ms, reason

@@ -42,6 +42,7 @@ from .records import (
     SCHEMA_VERSION,
     TAG_ITEM,
     TAG_SEGMENT,
+    Framed,
     RecordCodec,
     SessionRecord,
     check_session_id,
@@ -96,6 +97,7 @@ class RedisStore:
             retention=retention,
             active_ttl=active_ttl,
             max_records=cache_records,
+            keyring=keyring,  # holds Redis's stored form as is, so nothing is re-encoded
             as_cache=True,  # no retention policy: Redis applies it when the leave lands
         )
         unavailable = (*UNAVAILABLE, rex.OutOfMemoryError)
@@ -139,22 +141,25 @@ class RedisStore:
             identity_hash(identity),
         ]
 
+        stored: list[Any] = []
+
         async def send() -> JoinOutcome:
             for _ in range(2):
                 rev = ""
                 try:
-                    kind, flat, items, segments = await self._eval("JOIN", keys, args)
-                    fields = _fields(flat)
+                    reply = await self._eval("JOIN", keys, args)
+                    kind, (fields, items, segments) = reply[0], _unframe(reply[1:])
                     rev = fields.get(F_REV, b"").decode()
                     record = self._codec.decode(room, identity, fields, items, segments)
                 except CorruptRecordError as exc:
                     await self._quarantine(keys, room, identity, rev, str(exc))
                     continue
+                stored[:] = [record, fields, items, segments]
                 return JoinOutcome(JoinKind(kind.decode()), record)
             raise CorruptRecordError("record unreadable right after quarantine")
 
         async def remember(outcome: JoinOutcome) -> None:
-            self._cache.put_record(outcome.record)
+            self._cache.put_stored(*stored)
 
         return await self._write(
             "join",
@@ -286,17 +291,17 @@ class RedisStore:
             return await self._cache.load(room, identity)
         if found is None:
             self._cache.forget(room, identity)
-        else:
-            self._cache.put_record(found)
-        return found
+            return None
+        self._cache.put_stored(*found)
+        return found[0]
 
     async def list_records(self, room: str | None = None) -> list[SessionRecord]:
         """See ``SessionStore.list_records`` (SCAN over every node; operators only)."""
         if self._queue.busy:
             return await self._cache.list_records(room)
         try:
-            return [r for r in [await self._load_keys(*found) async for found in self._scan(room)]
-                    if r is not None]  # fmt: skip
+            loaded = [await self._load_keys(*found) async for found in self._scan(room)]
+            return [found[0] for found in loaded if found is not None]
         except self._unavailable as exc:
             self._queue.mark_unavailable(exc)
             return await self._cache.list_records(room)
@@ -474,15 +479,17 @@ class RedisStore:
 
     async def _load_keys(
         self, keys: ParticipantKeys, room: str, identity: str
-    ) -> SessionRecord | None:
+    ) -> tuple[SessionRecord, dict[str, bytes], Framed, Framed] | None:
+        """The record and its stored form, or None (absent, or quarantined just now)."""
         rev = ""
         try:
             found = await self._eval("LOAD", keys, [])
             if not found:
                 return None
-            fields = _fields(found[0])
+            fields, items, segments = _unframe(found)
             rev = fields.get(F_REV, b"").decode()
-            return self._codec.decode(room, identity, fields, found[1], found[2])
+            record = self._codec.decode(room, identity, fields, items, segments)
+            return record, fields, items, segments
         except CorruptRecordError as exc:
             await self._quarantine(keys, room, identity, rev, str(exc))
             return None
@@ -534,5 +541,8 @@ def _fence(fence: int | None) -> str:
     return str(fence)
 
 
-def _fields(flat: Sequence[bytes]) -> dict[str, bytes]:
-    return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+def _unframe(reply: Sequence[bytes]) -> tuple[dict[str, bytes], Framed, Framed]:
+    """Fields, items and transcript from a script's six framed bulk strings."""
+    flat = Framed(reply[0], reply[1])
+    fields = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+    return fields, Framed(reply[2], reply[3]), Framed(reply[4], reply[5])

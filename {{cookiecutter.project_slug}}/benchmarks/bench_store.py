@@ -1,0 +1,161 @@
+"""Session store benchmark against a real local redis-server (figures, not pass/fail).
+
+    uv run python benchmarks/bench_store.py [--storm 10000] [--concurrency 100]
+
+1. Restore on join (one Lua call that joins and returns the whole record) for 10/100/1000-turn
+   conversations, against a raw redis-py GET of the same bytes in the same run (target: within
+   1.5x). Also shown: raw GET + json.loads, the least a client must do to use the bytes.
+2. Reconnect storm: N identities joining at concurrency C, against raw redis-py doing the same
+   number of round trips (SET) at the same concurrency (target: at least 0.5x the throughput).
+3. Bytes Redis holds per idle participant (left, inside retention): MEMORY USAGE of its keys.
+
+The server runs without an append-only file so disk speed does not blur the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+
+from {{ cookiecutter.package_name }}.resilience.store import RedisStore
+from {{ cookiecutter.package_name }}.resilience.store.redis_client import connect, participant_keys
+from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
+
+ROOM = "bench-room"
+
+
+def turn(n: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    text = f"turn {n}: " + "a sentence of ordinary conversational length, said aloud. " * 2
+    item = {"id": f"item_{n:05d}", "type": "message", "role": "user" if n % 2 else "assistant",
+            "content": [text], "interrupted": False, "created_at": 1718000000.0 + n}  # fmt: skip
+    segment = {"id": f"seg_{n:05d}", "speaker": "alice", "text": text, "final": True,
+               "track_id": "TR_AMabc123"}  # fmt: skip
+    return item, segment
+
+
+async def timed(fn: Any, repeat: int) -> float:
+    """Median seconds of ``repeat`` calls."""
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        await fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+async def restore(store: RedisStore, raw: Redis, turns: int) -> dict[str, float]:
+    identity = f"restore-{turns}"
+    await store.join(ROOM, identity, "s0")
+    for start in range(0, turns, 100):
+        pairs = [turn(n) for n in range(start, min(turns, start + 100))]
+        await store.append(ROOM, identity, items=[p[0] for p in pairs],
+                           transcript=[p[1] for p in pairs])  # fmt: skip
+    keys = participant_keys(store.prefix, ROOM, identity)
+    # the same bytes as one value: the record's fields and every stored item and segment
+    fields = await raw.hgetall(keys.record)
+    items = await raw.lrange(keys.items, 0, -1)
+    segments = await raw.lrange(keys.transcript, 0, -1)
+    blob = b"".join([*fields.values(), *items, *segments])
+    await raw.set("bench:blob:" + identity, blob)
+    as_json = json.dumps({"items": [json.loads(i) for i in items],
+                          "transcript": [json.loads(s) for s in segments]})  # fmt: skip
+    await raw.set("bench:json:" + identity, as_json)
+    sessions = iter(range(1, 10**6))
+    repeat = 200 if turns <= 100 else 50
+
+    async def join() -> None:
+        outcome = await store.join(ROOM, identity, f"s{next(sessions)}")
+        assert len(outcome.record.items) == turns
+
+    async def get() -> None:
+        await raw.get("bench:blob:" + identity)
+
+    async def get_and_parse() -> None:
+        json.loads(await raw.get("bench:json:" + identity))
+
+    for fn in (join, get, get_and_parse):  # warm up connections and script cache
+        await fn()
+    return {
+        "bytes": len(blob),
+        "join": await timed(join, repeat),
+        "get": await timed(get, repeat),
+        "get_json": await timed(get_and_parse, repeat),
+    }
+
+
+async def storm(store: RedisStore, raw: Redis, count: int, concurrency: int) -> dict[str, float]:
+    async def run(op: Any) -> float:
+        todo = iter(range(count))
+
+        async def worker() -> None:
+            for n in todo:
+                await op(n)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return count / (time.perf_counter() - start)
+
+    async def join(n: int) -> None:
+        await store.join(ROOM, f"storm-{n}", "s1")
+
+    async def set_raw(n: int) -> None:
+        await raw.set(f"bench:storm:{n}", b"x" * 64)
+
+    await run(join)  # first pass creates the records; the measured pass is the reconnect
+    rejoin_store = store
+
+    async def rejoin(n: int) -> None:
+        await rejoin_store.join(ROOM, f"storm-{n}", "s2")
+
+    return {"store": await run(rejoin), "raw": await run(set_raw)}
+
+
+async def idle_bytes(store: RedisStore, raw: Redis, turns: int) -> int:
+    identity = f"idle-{turns}"
+    await store.join(ROOM, identity, "s1")
+    if turns:
+        pairs = [turn(n) for n in range(turns)]
+        await store.append(ROOM, identity, items=[p[0] for p in pairs],
+                           transcript=[p[1] for p in pairs])  # fmt: skip
+    await store.leave(ROOM, identity, "s1")
+    keys = participant_keys(store.prefix, ROOM, identity)
+    sizes = [await raw.memory_usage(k, samples=0) for k in keys.data]
+    return sum(s for s in sizes if s)
+
+
+async def main(storm_count: int, concurrency: int) -> None:
+    with RedisServer(durable=False) as server:
+        store = RedisStore(connect(server.url), prefix="bench")
+        raw = Redis.from_url(server.url)
+        print("restore on join (median; one round trip each)")
+        print(f"{'turns':>6} {'bytes':>9} {'join ms':>8} {'GET ms':>8} {'ratio':>6} "
+              f"{'GET+json ms':>11} {'ratio':>6}")  # fmt: skip
+        for turns in (10, 100, 1000):
+            r = await restore(store, raw, turns)
+            print(f"{turns:>6} {r['bytes']:>9} {r['join'] * 1e3:>8.3f} {r['get'] * 1e3:>8.3f} "
+                  f"{r['join'] / r['get']:>6.2f} {r['get_json'] * 1e3:>11.3f} "
+                  f"{r['join'] / r['get_json']:>6.2f}")  # fmt: skip
+        s = await storm(store, raw, storm_count, concurrency)
+        print(f"\nreconnect storm: {storm_count} identities, concurrency {concurrency}")
+        print(f"  store join  {s['store']:>9.0f} /s")
+        print(f"  raw SET     {s['raw']:>9.0f} /s")
+        print(f"  ratio       {s['store'] / s['raw']:>9.2f}  (target >= 0.5)")
+        print("\nbytes held in Redis per idle participant (MEMORY USAGE of its keys)")
+        for turns in (0, 10):
+            print(f"  {turns:>2} turns: {await idle_bytes(store, raw, turns):>7} bytes")
+        await store.aclose()
+        await raw.aclose()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--storm", type=int, default=10_000, help="identities in the storm")
+    parser.add_argument("--concurrency", type=int, default=100)
+    options = parser.parse_args()
+    asyncio.run(main(options.storm, options.concurrency))

@@ -25,11 +25,10 @@ from {{ cookiecutter.package_name }}.resilience.restart_policy import RestartPol
 from {{ cookiecutter.package_name }}.resilience.rpc import ERROR_FORBIDDEN, METHOD_RESTART
 from {{ cookiecutter.package_name }}.resilience.supervisor import (
     APOLOGY,
+    RESTART_NOTE,
     ClosedEvent,
-    RestartedEvent,
-    SessionStartedEvent,
     SessionSupervisor,
-    TranscriptSegmentEvent,
+    conversation_items,
 )
 from {{ cookiecutter.package_name }}.testing import (
     LLMRequest,
@@ -123,9 +122,7 @@ def speaking(room: SimulatedRoom) -> bool:
 
 def agent_streams(room: SimulatedRoom) -> list[Any]:
     return [
-        s
-        for s in room.text_streams
-        if s.topic == "lk.transcription" and s.sender_identity == AGENT
+        s for s in room.text_streams if s.topic == "lk.transcription" and s.sender_identity == AGENT
     ]
 
 
@@ -188,3 +185,203 @@ async def test_ten_restarts_keep_one_track_one_transcript_and_the_whole_context(
     logged = [e.segment for e in events["transcript_segment"]]
     assert [s.seq for s in logged] == list(range(1, len(logged) + 1))
     assert [s.text for s in logged if s.role == "agent"] == agent_lines
+
+
+async def test_spent_restart_budget_apologises_then_closes_cleanly() -> None:
+    policy = RestartPolicy(max_restarts=2, window=600, base_delay=0, max_delay=0)
+    model = ScriptedLLM([GREETING, "First answer."])
+    async with conversation(stack(model), policy=policy) as (room, supervisor, events):
+        await room.wait_until(lambda r: agent_finals(r) == 1)
+        await say(room, "First question?")
+        assert await supervisor.restart("one") is not None
+        assert await supervisor.restart("two") is not None
+        assert await supervisor.restart("three") is None  # budget spent
+
+        assert supervisor.closed and supervisor.session is None
+        assert [(e.reason, e.error) for e in events["closed"]] == [
+            ("restart_budget_exhausted", None)
+        ]
+        with pytest.raises(RuntimeError, match="closed"):
+            await supervisor.restart("four")
+
+    agent_lines = [s.text for s in room.transcript() if s.role == "agent"]
+    assert agent_lines == [GREETING, "First answer.", APOLOGY]
+    assert all(s.final for s in room.transcript())
+    assert [e.reason for e in events["session_started"]] == ["start", "one", "two"]
+    assert len(model.requests) == 2  # the apology is spoken, not generated
+
+
+async def test_rpc_restart_is_for_the_conversations_participant_only() -> None:
+    model = ScriptedLLM([GREETING, "Answer after the restart."])
+    async with conversation(stack(model)) as (room, supervisor, events):
+        await room.wait_until(lambda r: agent_finals(r) == 1)
+        first = supervisor.session
+
+        with pytest.raises(rtc.RpcError) as refused:
+            await room.perform_rpc_as("someone-else", METHOD_RESTART, "")
+        assert refused.value.code == ERROR_FORBIDDEN
+        assert supervisor.session is first and supervisor.restarts == 0
+
+        with pytest.raises(rtc.RpcError) as invalid:
+            await room.perform_rpc_as(USER, METHOD_RESTART, '{"reason": "no spaces allowed"}')
+        assert invalid.value.code == 4000
+
+        reply = await room.perform_rpc_as(USER, METHOD_RESTART, '{"reason": "mic-switch"}')
+        assert json.loads(reply) == {"ok": True, "restarts": 1}
+        assert supervisor.session is not first
+        assert [e.reason for e in events["restarted"]] == ["rpc:mic-switch"]
+        await say(room, "Still there?")
+
+    assert model.requests[-1].last_user_text == "Still there?"
+
+
+async def test_model_switch_restart_continues_on_the_new_model() -> None:
+    first = ScriptedLLM([GREETING, "Answer from the first model."])
+    second = ScriptedLLM(["Answer from the second model."])
+    async with conversation(stack(first, name="first")) as (room, supervisor, events):
+        await room.wait_until(lambda r: agent_finals(r) == 1)
+        await say(room, "Question one?")
+        await supervisor.restart("model-switch", models=stack(second, name="second"))
+        await say(room, "Question two?")
+        # the switch sticks: a later restart stays on the second model
+        await supervisor.restart("again")
+
+    assert len(first.requests) == 2 and len(second.requests) == 1
+    assert conversation_seen(second.requests[0]) == [
+        ("assistant", GREETING),
+        ("user", "Question one?"),
+        ("assistant", "Answer from the first model."),
+        ("user", "Question two?"),
+    ]
+    assert [(e.models, e.restart) for e in events["session_started"]] == [
+        ("first", False),
+        ("second", True),
+        ("second", True),
+    ]
+
+
+async def test_unrecoverable_model_error_restarts_and_answers_the_pending_turn() -> None:
+    broken = ScriptedLLM([GREETING])  # the next request fails: ScriptExhaustedError
+    spare = ScriptedLLM(["Sorry for the wait: it is noon."])
+    stacks = iter([stack(broken, name="broken"), stack(spare, name="spare")])
+    async with conversation(lambda: next(stacks)) as (room, supervisor, events):
+        await room.wait_until(lambda r: agent_finals(r) == 1)
+        await say(room, "What time is it?")  # answered by the restarted session
+
+        assert [e.reason for e in events["restarted"]] == ["model_error"]
+        assert supervisor.restarts == 1
+
+    assert [s.text for s in room.transcript() if s.role == "agent"] == [
+        GREETING,
+        "Sorry for the wait: it is noon.",
+    ]
+    assert spare.requests[0].last_user_text == "What time is it?"
+
+
+async def test_watchdog_restarts_an_agent_stuck_thinking() -> None:
+    never = asyncio.Event()
+
+    async def hang_on_questions(request: LLMRequest) -> str:
+        if request.last_user_text:
+            await never.wait()  # a model that never answers
+        return GREETING
+
+    stuck = ScriptedLLM(responder=hang_on_questions)
+    healthy = ScriptedLLM(["Here is your answer."])
+    stacks = iter([stack(stuck), stack(healthy)])
+    async with conversation(lambda: next(stacks), stuck_timeout=0.3) as (room, supervisor, events):
+        await room.wait_until(lambda r: agent_finals(r) == 1)
+        await say(room, "Are you there?")
+
+        assert [e.reason for e in events["restarted"]] == ["watchdog"]
+    assert [s.text for s in room.transcript() if s.role == "agent"][-1] == "Here is your answer."
+
+
+async def test_tool_calls_and_userdata_carry_over_and_the_primary_is_handed_over() -> None:
+    model = ScriptedLLM(
+        [
+            GREETING,
+            ToolCall("lookup_weather", {"city": "Oslo"}, then="It is sunny in Oslo."),
+            "Still sunny.",
+        ]
+    )
+    userdata = {"plan": "gold"}
+    room = SimulatedRoom(agent_identity=AGENT)
+    room.add_participant(USER)
+    with fake_job_context(room=room, agent_identity=AGENT) as ctx:
+        supervisor = SessionSupervisor(
+            room,
+            USER,
+            models=stack(model),
+            agent_factory=Helper,
+            job_ctx=ctx,
+            userdata=userdata,
+            policy=NO_BACKOFF,
+            note_restarts=True,
+        )
+        first = await supervisor.start(greeting=GREET)
+        assert _livekit.primary_session(ctx) is first
+        await room.wait_until(lambda r: agent_finals(r) == 1)
+        await say(room, "Weather in Oslo?")
+        second = await supervisor.restart("test")
+        assert second is not None and second.userdata is userdata
+        assert _livekit.primary_session(ctx) is second  # recording and reports follow
+        await say(room, "And now?")
+        await supervisor.aclose()
+        await room.disconnect()
+
+    items = [(i.type, i.text) for i in model.requests[-1].items]
+    assert ("function_call", 'lookup_weather({"city": "Oslo"})') in items
+    assert ("function_call_output", "sunny in Oslo") in items
+    assert ("message", RESTART_NOTE) in items  # note_restarts=True
+    assert [t for t, _ in items].count("function_call") == 1
+
+
+async def test_participant_leaving_closes_the_conversation_without_restarting() -> None:
+    async with conversation(stack(ScriptedLLM([GREETING]))) as (room, supervisor, events):
+        await room.wait_until(lambda r: agent_finals(r) == 1)
+        closed = asyncio.get_running_loop().create_future()
+        supervisor.on("closed", lambda ev: closed.set_result(ev))
+        room.remove_participant(USER)
+        event: ClosedEvent = await asyncio.wait_for(closed, 10)
+
+        assert event.reason == "participant_disconnected"
+        assert supervisor.closed and events["restarted"] == []
+        assert not [m for m in room.rpc_methods if m.unregistered_at is None]
+
+
+def test_conversation_items_keep_answered_tool_calls_and_cut_replies() -> None:
+    ctx = llm.ChatContext()
+    ctx.add_message(role="system", content="instructions")
+    ctx.add_message(role="user", content="Weather?")
+    ctx.insert(llm.FunctionCall(call_id="c1", name="lookup_weather", arguments="{}"))
+    ctx.insert(
+        llm.FunctionCallOutput(call_id="c1", name="lookup_weather", output="sun", is_error=False)
+    )
+    ctx.insert(llm.FunctionCall(call_id="c2", name="lookup_weather", arguments="{}"))  # cut
+    ctx.add_message(role="assistant", content="It is su", interrupted=True)
+    ctx.add_message(role="assistant", content="")
+
+    kept = conversation_items(ctx.items)
+
+    assert [(i.type, getattr(i, "call_id", None)) for i in kept] == [
+        ("message", None),
+        ("function_call", "c1"),
+        ("function_call_output", "c1"),
+        ("message", None),
+    ]
+    assert kept[-1].interrupted and kept[-1].text_content == "It is su"
+
+
+async def test_supervisor_refuses_bad_configuration() -> None:
+    room = SimulatedRoom()
+    with pytest.raises(ValueError, match="stuck_timeout"):
+        SessionSupervisor(
+            room, USER, models=stack(ScriptedLLM()), agent_factory=Helper, stuck_timeout=0
+        )
+    with pytest.raises(TypeError, match="ModelStack"):
+        SessionSupervisor(room, USER, models="gemini", agent_factory=Helper)  # type: ignore[arg-type]
+    supervisor = SessionSupervisor(room, USER, models=stack(ScriptedLLM()), agent_factory=Helper)
+    with pytest.raises(RuntimeError, match="start"):
+        await supervisor.restart("too early")
+    await room.disconnect()

@@ -256,8 +256,13 @@ class RoomOutput:
         return self.track_sid
 
     def _agent_line(self, segment_id: str, text: str, track_id: str | None) -> None:
-        self._log(id=segment_id, role="agent", speaker=self._room.local_participant.identity,
-                  text=text, track_id=track_id)
+        self._log(
+            id=segment_id,
+            role="agent",
+            speaker=self._room.local_participant.identity,
+            text=text,
+            track_id=track_id,
+        )
 
     def _log(self, **fields: Any) -> TranscriptSegment:
         segment = self.transcript.append(**fields)

@@ -171,9 +171,7 @@ def _size(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False).encode())
 
 
-def history_page(
-    log: TranscriptLog, payload: str, *, max_bytes: int = MAX_RESPONSE_BYTES
-) -> str:
+def history_page(log: TranscriptLog, payload: str, *, max_bytes: int = MAX_RESPONSE_BYTES) -> str:
     """The ``transcript.history`` response for ``payload`` (see the module docstring)."""
     after, limit = parse_history_request(payload)
     page: list[dict[str, Any]] = []

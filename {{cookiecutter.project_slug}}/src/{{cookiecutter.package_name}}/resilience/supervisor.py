@@ -130,9 +130,9 @@ def conversation_items(items: Iterable[llm.ChatItem]) -> list[llm.ChatItem]:
         if item.type == "message":
             if item.role in ("user", "assistant") and any(c != "" for c in item.content):
                 kept.append(item)
-        elif item.type == "function_call" and item.call_id in outputs:
-            kept.append(item)
-        elif item.type == "function_call_output" and item.call_id in calls:
+        elif (item.type == "function_call" and item.call_id in outputs) or (
+            item.type == "function_call_output" and item.call_id in calls
+        ):
             kept.append(item)
     return kept
 
@@ -193,7 +193,9 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         self._before_start = before_start
         self._apology = apology
         self._output = RoomOutput(
-            room, participant_identity, on_segment=self._on_segment,
+            room,
+            participant_identity,
+            on_segment=self._on_segment,
             initial_transcript=initial_transcript,
         )
         self._context: list[llm.ChatItem] = []
@@ -243,8 +245,11 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         """The whole conversation so far, across sessions (a copy)."""
         items = list(self._context)
         if self._session is not None:
-            items += [i for i in conversation_items(self._session.history.items)
-                      if i.id not in self._context_ids]
+            items += [
+                i
+                for i in conversation_items(self._session.history.items)
+                if i.id not in self._context_ids
+            ]
         return llm.ChatContext(items=items)
 
     async def start(
@@ -271,7 +276,9 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
             session.generate_reply(instructions=greeting)
         return session
 
-    async def restart(self, reason: str, *, models: ModelSource | None = None) -> AgentSession | None:
+    async def restart(
+        self, reason: str, *, models: ModelSource | None = None
+    ) -> AgentSession | None:
         """Replace the session with a fresh one; ``models`` switches (and keeps) the stack.
 
         Returns the new session once it listens, or None when the restart budget is spent
@@ -313,8 +320,13 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
             self._restarts += 1
             blackout = time.monotonic() - began
             models = self._last_models
-            logger.info("session restarted", reason=reason, restarts=self._restarts,
-                        blackout_ms=round(blackout * 1000, 1), model_stack=models)
+            logger.info(
+                "session restarted",
+                reason=reason,
+                restarts=self._restarts,
+                blackout_ms=round(blackout * 1000, 1),
+                model_stack=models,
+            )
             self.emit("restarted", RestartedEvent(reason, self._restarts, blackout, models))
             if self._context and _is_user_turn(self._context[-1]):
                 # the turn the old session never answered: answer it, so nobody waits

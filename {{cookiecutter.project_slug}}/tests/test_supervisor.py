@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,7 +22,7 @@ from livekit.agents.testing import fake_job_context
 
 from {{ cookiecutter.package_name }}.models import ModelStack
 from {{ cookiecutter.package_name }}.resilience import _livekit
-from {{ cookiecutter.package_name }}.resilience.restart_policy import RestartPolicy
+from {{ cookiecutter.package_name }}.resilience.restart_policy import RestartBudget, RestartPolicy
 from {{ cookiecutter.package_name }}.resilience.rpc import ERROR_FORBIDDEN, METHOD_RESTART
 from {{ cookiecutter.package_name }}.resilience.supervisor import (
     APOLOGY,
@@ -385,3 +386,56 @@ async def test_supervisor_refuses_bad_configuration() -> None:
     with pytest.raises(RuntimeError, match="start"):
         await supervisor.restart("too early")
     await room.disconnect()
+
+
+def test_restart_budget_backs_off_with_jitter_and_refills_after_the_window() -> None:
+    now = [0.0]
+    policy = RestartPolicy(max_restarts=4, window=60, base_delay=1, max_delay=3, jitter=0.5)
+    budget = RestartBudget(policy, clock=lambda: now[0], rng=random.Random(7))
+    delays = [budget.acquire() for _ in range(4)]
+    assert delays[0] == 0  # the first restart does not wait
+    for delay, nominal in zip(delays[1:], [1, 2, 3], strict=True):
+        assert delay is not None and nominal * 0.5 <= delay <= nominal
+    assert budget.acquire() is None and budget.used == 4  # spent
+    now[0] = 61
+    assert budget.used == 0 and budget.acquire() == 0  # the window slid past them
+    for bad in (
+        {"max_restarts": -1},
+        {"window": 0},
+        {"base_delay": 2, "max_delay": 1},
+        {"jitter": 1.5},
+    ):
+        with pytest.raises(ValueError):
+            RestartPolicy(**bad)
+
+
+async def test_restart_scenario_passes_on_a_supervised_conversation() -> None:
+    """The ``simulate restart`` scenario, run on a supervisor wired here the way run_job will."""
+    from {{ cookiecutter.package_name }}.simulation.harness import Simulation
+    from {{ cookiecutter.package_name }}.simulation.scenario_restart import RESTART_TURNS
+    from {{ cookiecutter.package_name }}.simulation.scenarios import SCENARIOS
+
+    restart = SCENARIOS["restart"]
+    model = restart.scripted_llm()
+    room = SimulatedRoom(agent_identity=AGENT)
+    sim = Simulation(room, model, printer=lambda line: None)
+    with fake_job_context(room=room, agent_identity=AGENT) as ctx:
+        supervisor = SessionSupervisor(
+            room, USER, models=stack(model), agent_factory=Helper, job_ctx=ctx, policy=NO_BACKOFF
+        )
+        sim.supervisor = supervisor  # type: ignore[attr-defined]
+
+        async def start_when_joined() -> None:
+            await room.wait_until(lambda r: USER in r.remote_participants)
+            await supervisor.start(greeting=GREET)
+
+        starting = asyncio.create_task(start_when_joined())
+        await restart.run(sim)
+        await starting
+        await supervisor.aclose()
+        await room.disconnect()
+
+    assert supervisor.restarts == 2
+    assert len([t for t in room.published_tracks if t.participant_identity == AGENT]) == 1
+    assert [s.text for s in room.transcript() if s.role == "user"] == RESTART_TURNS
+    assert [s.role for s in room.transcript()] == ["agent"] + ["user", "agent"] * 3

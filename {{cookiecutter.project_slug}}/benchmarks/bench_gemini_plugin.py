@@ -103,7 +103,7 @@ async def bench_go_away() -> None:
         assert conn.go_away_sent_at is not None and conn.closed_at is not None
         stayed = conn.closed_at - conn.go_away_sent_at
         print(
-            f"4. goAway(time_left=10 s): plugin left after {stayed * 1000:.1f} ms ({conn.closed_by})"
+            f"4. goAway(time_left=10 s): the {conn.closed_by} closed after {stayed * 1000:.1f} ms"
         )
         await session.aclose()
 

@@ -76,6 +76,33 @@ async def test_genai_client_gets_a_streamed_reply_over_tls(srv: LocalGeminiLiveS
     assert conn.handles_issued, "a setup asking for resumption gets handles"
 
 
+async def test_context_window_compression_is_accepted(srv: LocalGeminiLiveServer) -> None:
+    window = types.ContextWindowCompressionConfig(
+        trigger_tokens=1000, sliding_window=types.SlidingWindow(target_tokens=500)
+    )
+    config = TEXT_CONFIG.model_copy(update={"context_window_compression": window})
+    client = genai.Client(api_key="k", http_options=srv.http_options())
+    async with client.aio.live.connect(model=MODEL, config=config) as session:
+        await say(session, "hi")
+    setup = srv.connections[0].setup
+    assert setup and setup.context_window_compression == {
+        "trigger_tokens": 1000,
+        "sliding_window": {"target_tokens": 500},
+    }
+
+
+async def test_a_fault_at_a_point_in_time_closes_with_its_code(srv: LocalGeminiLiveServer) -> None:
+    client = genai.Client(api_key="k", http_options=srv.http_options())
+    async with client.aio.live.connect(model=MODEL, config=TEXT_CONFIG) as session:
+        await srv.wait_for(lambda: srv.connections[0].handles_issued != [], what="handle")
+        srv.inject_later(Drop(close_code=1011, reason="internal error"), delay=0.05)
+        with pytest.raises(errors.APIError) as closed:
+            while True:
+                await session._receive()
+    assert closed.value.code == 1011
+    assert [(r.where, r.fault) for r in srv.fault_log] == [("now", Drop(1011, "internal error"))]
+
+
 async def test_client_that_does_not_trust_the_certificate_is_refused(
     srv: LocalGeminiLiveServer,
 ) -> None:
@@ -382,6 +409,17 @@ async def test_plugin_gets_the_scripted_reply(srv: LocalGeminiLiveServer, modali
     assert setup and setup.system_instruction == INSTRUCTIONS
     assert setup.resumption_requested, "the plugin always asks for resumption"
     assert texts(srv.history()) == [("user", "hello there"), ("model", "reply to: hello there")]
+
+
+async def test_plugin_reaches_the_server_through_the_environment(
+    srv: LocalGeminiLiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", srv.base_url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(srv.cert_path))
+    monkeypatch.setenv("GOOGLE_API_KEY", "local-test-key")
+    model = google.realtime.RealtimeModel(modalities=[types.Modality.TEXT])
+    async with headless(model) as (session, _):
+        assert await ask(session, "via env") == "reply to: via env"
 
 
 async def test_plugin_resumes_by_handle_with_zero_replay_after_a_drop(

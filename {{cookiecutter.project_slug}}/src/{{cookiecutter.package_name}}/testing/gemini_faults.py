@@ -139,7 +139,7 @@ class ConnectionRecord:
     closed_at: float | None = None
     closed_by: Literal["client", "server"] | None = None
     close_code: int | None = None
-    """The code of the close frame (sent by whichever side closed first); 1006 if none."""
+    """The code of the close frame the server received (1006 when none came)."""
 
     @property
     def open(self) -> bool:

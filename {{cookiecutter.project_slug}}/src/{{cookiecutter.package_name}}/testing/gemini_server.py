@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
@@ -40,6 +40,9 @@ from .gemini_faults import ConnectionRecord, Drop, Fault, FaultRecord, GoAway
 from .gemini_protocol import HistoryItem
 from .gemini_state import ConversationStore, FaultPlan
 from .tls import SelfSignedCertificate
+
+if TYPE_CHECKING:
+    from google.genai import types
 
 __all__ = ["LocalGeminiLiveServer", "default_responder", "default_transcriber"]
 
@@ -172,7 +175,7 @@ class LocalGeminiLiveServer:
             raise RuntimeError("the server is not started; use `async with` or start()")
         return self._cert.client_context()
 
-    def http_options(self, **overrides: Any) -> Any:
+    def http_options(self, **overrides: Any) -> types.HttpOptions:
         """``google.genai.types.HttpOptions`` pointing at this server and trusting it.
 
         Pass it as ``RealtimeModel(http_options=...)`` or ``genai.Client(http_options=...)``.

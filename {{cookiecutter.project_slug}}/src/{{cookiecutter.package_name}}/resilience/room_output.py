@@ -19,7 +19,7 @@ import dataclasses
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -93,7 +93,13 @@ class TranscriptLog:
         self._seq = itertools.count(last + 1)
 
     def append(
-        self, *, id: str, role: Literal["agent", "user"], speaker: str, text: str, track_id=None
+        self,
+        *,
+        id: str,
+        role: Literal["agent", "user"],
+        speaker: str,
+        text: str,
+        track_id: str | None = None,
     ) -> TranscriptSegment:
         """Add a final segment at the end of the conversation and return it."""
         segment = TranscriptSegment(
@@ -131,7 +137,7 @@ class TranscriptLog:
     def __len__(self) -> int:
         return len(self._segments)
 
-    def __iter__(self):  # noqa: ANN204 - an iterator of segments
+    def __iter__(self) -> Iterator[TranscriptSegment]:
         return iter(list(self._segments))
 
 

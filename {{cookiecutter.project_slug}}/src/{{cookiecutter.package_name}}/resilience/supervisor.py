@@ -474,7 +474,8 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
 
         def on_error(ev: ErrorEvent) -> None:
             if session is self._session and not getattr(ev.error, "recoverable", True):
-                logger.warning("unrecoverable model error; restarting", error_type=_kind(ev))
+                kind = getattr(ev.error, "type", type(ev.error).__name__)
+                logger.warning("unrecoverable model error; restarting", error_type=str(kind))
                 self._trigger("model_error")
 
         def on_close(ev: CloseEvent) -> None:
@@ -543,7 +544,3 @@ def _as_factory(models: ModelSource) -> Callable[[], ModelStack]:
 
 def _is_user_turn(item: llm.ChatItem) -> bool:
     return item.type == "message" and item.role == "user"
-
-
-def _kind(ev: ErrorEvent) -> str:
-    return str(getattr(ev.error, "type", type(ev.error).__name__))

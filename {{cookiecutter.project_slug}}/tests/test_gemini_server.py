@@ -328,6 +328,18 @@ async def test_scripted_tool_call_round_trip() -> None:
         ]
 
 
+async def test_a_failing_responder_closes_with_1011() -> None:
+    def responder(history: Sequence[HistoryItem]) -> str:
+        raise ValueError("script bug")
+
+    async with LocalGeminiLiveServer(responder=responder) as srv:
+        client = genai.Client(api_key="k", http_options=srv.http_options())
+        async with client.aio.live.connect(model=MODEL, config=TEXT_CONFIG) as session:
+            with pytest.raises(errors.APIError, match="scripted responder failed") as closed:
+                await say(session, "hi")
+    assert closed.value.code == 1011
+
+
 async def test_bad_requests_get_clear_refusals() -> None:
     async with LocalGeminiLiveServer(api_key="right") as srv:
         ws_url = srv.base_url.replace("https", "wss")

@@ -285,9 +285,15 @@ class LiveConnection:
 
     async def _reply(self, history: tuple[HistoryItem, ...]) -> None:
         assert self._conv is not None
-        answer = self._opts.responder(history)
-        if inspect.isawaitable(answer):
-            answer = await answer
+        try:
+            answer = self._opts.responder(history)
+            if inspect.isawaitable(answer):
+                answer = await answer
+        except Exception:
+            # a broken script is the test's bug: fail loudly, as Gemini fails on its own errors
+            logger.exception("scripted responder failed", extra={"connection": self.record.index})
+            await self.close(1011, "scripted responder failed")
+            return
         reply = answer if isinstance(answer, Reply) else Reply(text=str(answer))
         if reply.function_calls:
             await self._send_tool_calls(reply)

@@ -31,7 +31,7 @@ app = typer.Typer(
 )
 
 # the scenario names, without importing livekit before a command needs it
-SCENARIO_NAMES = ("basic", "refresh")
+SCENARIO_NAMES = ("basic", "refresh", "restart")
 
 LogLevel = Annotated[
     str,

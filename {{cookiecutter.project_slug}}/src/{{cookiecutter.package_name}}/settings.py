@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     session_retention_s: float = Field(default=300.0, gt=0)
     session_max_records: int = Field(default=10_000, gt=0)
     session_encryption_keys: SecretStr | None = None
+    # Tell the model in its context when its session was restarted (off: restarts are silent).
+    note_restarts: bool = False
 
     # Logging: "auto" is readable on a terminal and JSON elsewhere.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

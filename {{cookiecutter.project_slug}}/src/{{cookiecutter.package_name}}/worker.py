@@ -12,14 +12,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from livekit import rtc
-from livekit.agents import AgentServer, AgentSession, CloseEvent, JobContext, JobProcess, room_io
+from livekit.agents import AgentServer, AgentSession, JobContext, JobProcess, room_io
 
 from .assistant import GREETING, WELCOME_BACK, Assistant
 from .log import bind_job_context, get_logger, setup_structlog
 from .models import ModelStack, build_models
-from .resilience.persistence import ConversationRecorder, chat_ctx_from_record
+from .resilience.persistence import (
+    ConversationRecorder,
+    chat_ctx_from_record,
+    transcript_from_record,
+)
 from .resilience.presence import ParticipantPresence
 from .resilience.store import JoinKind, SessionStore, open_store
+from .resilience.supervisor import SessionSupervisor
 from .settings import Settings, load_settings
 
 logger = get_logger(__name__)
@@ -54,19 +59,23 @@ async def entrypoint(ctx: JobContext) -> None:
 class Conversation:
     """What one job runs for its participant; ``aclose`` ends it and saves what is pending."""
 
-    session: AgentSession
+    supervisor: SessionSupervisor
     store: SessionStore
     recorder: ConversationRecorder
     presence: ParticipantPresence
     owns_store: bool
 
+    @property
+    def session(self) -> AgentSession | None:
+        """The current AgentSession (it changes on every restart)."""
+        return self.supervisor.session
+
     async def aclose(self, reason: str = "job ended") -> None:
         self.presence.close()
-        await self.session.aclose()
+        await self.supervisor.aclose(reason)
         await self.recorder.aclose()
         if self.owns_store:
             await self.store.aclose()
-        logger.info("conversation closed", reason=reason)
 
 
 def open_session_store(settings: Settings) -> SessionStore:
@@ -82,6 +91,12 @@ def open_session_store(settings: Settings) -> SessionStore:
         ),
         max_records=settings.session_max_records,
     )
+
+
+def welcome_back(supervisor: SessionSupervisor) -> None:
+    """Greet a participant who came back (once per return; presence sees to that)."""
+    if supervisor.session is not None:
+        supervisor.session.generate_reply(instructions=WELCOME_BACK)
 
 
 async def run_job(
@@ -116,38 +131,28 @@ async def run_job(
     returning = outcome is not None and outcome.kind is JoinKind.RETURNING
     chat_ctx = chat_ctx_from_record(outcome.record) if returning and outcome else None
 
-    stack = models()
-    turn_handling = {"turn_detection": stack.turn_detection} if stack.turn_detection else {}
-    session = AgentSession(
-        llm=stack.llm, stt=stack.stt, tts=stack.tts, vad=stack.vad, turn_handling=turn_handling
-    )
     recorder = ConversationRecorder(store, ctx.room.name, identity)
-    recorder.attach(session)
-    conversation = Conversation(session, store, recorder, presence, owns_store)
-
-    @session.on("close")
-    def _on_close(event: CloseEvent) -> None:
-        logger.info(
-            "session closed",
-            reason=str(event.reason),
-            error=repr(event.error) if event.error else None,
-        )
-        ctx.shutdown(reason=f"session closed: {event.reason}")
-
-    ctx.add_shutdown_callback(conversation.aclose)
-    await session.start(
-        agent=Assistant(chat_ctx=chat_ctx),
-        room=ctx.room,
-        room_options=room_io.RoomOptions(
-            participant_identity=identity,
-            # a refresh or network drop is not the end: presence waits for the return
-            close_on_disconnect=False,
-        ),
+    supervisor = SessionSupervisor(
+        ctx.room,
+        identity,
+        models=models,
+        agent_factory=lambda chat_ctx: Assistant(chat_ctx=chat_ctx),
+        job_ctx=ctx,
+        # a refresh or network drop is not the end: presence waits for the return
+        room_options=room_io.RoomOptions(close_on_disconnect=False),
+        note_restarts=settings.note_restarts,
+        initial_transcript=transcript_from_record(outcome.record) if returning and outcome else (),
     )
-    logger.info("session started", model_stack=stack.name, returning=returning)
+    supervisor.on("session_started", lambda ev: recorder.attach(ev.session))
+    supervisor.on("transcript_segment", lambda ev: recorder.add(transcript=[ev.segment.to_dict()]))
+    supervisor.on("closed", lambda ev: ctx.shutdown(reason=f"conversation closed: {ev.reason}"))
+    conversation = Conversation(supervisor, store, recorder, presence, owns_store)
+    ctx.add_shutdown_callback(conversation.aclose)
+
+    await supervisor.start(greeting=WELCOME_BACK if returning else GREETING, chat_ctx=chat_ctx)
+    logger.info("conversation started", returning=returning)
     presence.follow(
-        on_return=lambda _outcome: session.generate_reply(instructions=WELCOME_BACK),
+        on_return=lambda _outcome: welcome_back(supervisor),
         on_gone=lambda: ctx.shutdown(reason="participant did not return"),
     )
-    session.generate_reply(instructions=WELCOME_BACK if returning else GREETING)
     return conversation

@@ -17,6 +17,7 @@ from livekit.agents import AgentSession, llm
 from livekit.agents.voice.events import ConversationItemAddedEvent, FunctionToolsExecutedEvent
 
 from ..log import get_logger, identity_ref
+from .room_output import TranscriptSegment
 from .store import SessionRecord, SessionStore, StoreError
 
 logger = get_logger(__name__)
@@ -51,6 +52,22 @@ def chat_ctx_from_record(record: SessionRecord) -> llm.ChatContext:
                 error=str(exc),
             )
     return llm.ChatContext(items=items)
+
+
+def transcript_from_record(record: SessionRecord) -> list[TranscriptSegment]:
+    """The transcript a record holds, for ``transcript.history``; unreadable entries skipped."""
+    segments = []
+    for stored in record.transcript:
+        try:
+            segments.append(TranscriptSegment.from_dict(stored))
+        except ValueError as exc:
+            logger.warning(
+                "skipped unreadable stored transcript segment",
+                segment_id=stored.get("id"),
+                participant=identity_ref(record.identity),
+                error=str(exc),
+            )
+    return segments
 
 
 class ConversationRecorder:

@@ -13,6 +13,7 @@ from livekit.agents.testing import fake_job_context
 
 from ..models import ModelStack
 from ..resilience.store import SessionStore
+from ..resilience.supervisor import SessionSupervisor
 from ..settings import Settings
 from ..testing import ScriptedLLM, ScriptedTTS, SimulatedRoom, TimelineEvent
 from ..testing.transcript import TOPIC_TRANSCRIPTION
@@ -67,6 +68,11 @@ class Simulation:
     def session(self) -> AgentSession | None:
         """The running AgentSession, once the job started it."""
         return self.conversation.session if self.conversation else None
+
+    @property
+    def supervisor(self) -> SessionSupervisor | None:
+        """The job's session supervisor, once the job started it."""
+        return self.conversation.supervisor if self.conversation else None
 
     def progress(self, message: str) -> None:
         """Print a progress line (not part of the transcript)."""

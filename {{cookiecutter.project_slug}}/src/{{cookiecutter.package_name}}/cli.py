@@ -233,7 +233,14 @@ def simulate(
     typer.echo(f"simulate {chosen.name}: {chosen.summary}")
     with simulation_store(settings, store) as sim_settings:
         observations = asyncio.run(
-            run_scenario(chosen.name, chosen.run, settings=sim_settings, llm=chosen.scripted_llm())
+            run_scenario(
+                chosen.name,
+                chosen.run,
+                settings=sim_settings,
+                llm=chosen.scripted_llm(),
+                models=chosen.models(sim_settings) if chosen.models else None,
+                checks=chosen.checks,
+            )
         )
     if json_path is not None:
         json_path.write_text(json.dumps(observations.to_json(), indent=2, default=str) + "\n")

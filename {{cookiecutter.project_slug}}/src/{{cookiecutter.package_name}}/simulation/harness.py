@@ -126,22 +126,26 @@ async def run_scenario(
     store: SessionStore | None = None,
     printer: Printer = print,
     room_name: str = "sim-room",
+    models: Callable[[], ModelStack] | None = None,
+    checks: Callable[[Observations, Simulation], list[str]] | None = None,
 ) -> Observations:
     """Run ``scenario`` against the real job wiring and return what was observed.
 
     With a ``store`` the job uses it (and leaves it open), so several runs can share one:
-    a second run in the same room is a worker that picks the conversation up.
+    a second run in the same room is a worker that picks the conversation up. ``models``
+    replaces the scripted stack built around ``llm``; ``checks`` replaces the standard
+    one-participant invariants.
     """
     room = SimulatedRoom(name=room_name, agent_identity=AGENT_IDENTITY)
     room.add_observer(_transcript_printer(room, printer))
     sim = Simulation(room, llm, printer)
-    # the scripted user types, so user turns are committed by the text input, not detected
-    stack = ModelStack(name="scripted", llm=llm, tts=ScriptedTTS(), turn_detection="manual")
+    if models is None:
+        # the scripted user types, so user turns are committed by the text input, not detected
+        stack = ModelStack(name="scripted", llm=llm, tts=ScriptedTTS(), turn_detection="manual")
+        models = lambda: stack  # noqa: E731
     observations = Observations(scenario=name)
     with fake_job_context(room=room, agent_identity=AGENT_IDENTITY) as ctx:
-        job = asyncio.create_task(
-            run_job(ctx, settings=settings, models=lambda: stack, store=store)
-        )
+        job = asyncio.create_task(run_job(ctx, settings=settings, models=models, store=store))
         try:
             await scenario_with_job(sim, scenario, job)
         except TimeoutError as exc:
@@ -154,9 +158,12 @@ async def run_scenario(
             await room.disconnect()
     sim.timings["total_s"] = sim.elapsed()
     _observe(observations, room, llm, sim)
-    observations.violations.extend(
-        check_conversation(observations, sim.user_lines, sim.expected_roles)
-    )
+    if checks is None:
+        observations.violations.extend(
+            check_conversation(observations, sim.user_lines, sim.expected_roles)
+        )
+    else:
+        observations.violations.extend(checks(observations, sim))
     return observations
 
 

@@ -4,18 +4,40 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..models import ModelStack
+from ..settings import Settings
 from ..testing import ScriptedLLM
-from .harness import ScenarioFn, Simulation
+from .harness import Observations, ScenarioFn, Simulation
+
+ModelsFor = Callable[[Settings], Callable[[], ModelStack]]
+Checks = Callable[[Observations, Simulation], list[str]]
 
 
 class Scenario:
-    """A named scenario: what the user does, and the model's scripted replies."""
+    """A named scenario: what the user does, and what the agent runs on.
 
-    def __init__(self, name: str, run: ScenarioFn, replies: list[str], summary: str) -> None:
+    By default the agent runs on a scripted LLM that gives ``replies`` in order, and the
+    conversation is checked with `check_conversation`. ``models`` builds another model
+    stack from the settings (a real plugin against a local server); ``checks`` replaces
+    the standard invariants (a room with several participants, say).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        run: ScenarioFn,
+        *,
+        summary: str,
+        replies: list[str] | None = None,
+        models: ModelsFor | None = None,
+        checks: Checks | None = None,
+    ) -> None:
         self.name = name
         self.run = run
-        self.replies = replies
         self.summary = summary
+        self.replies = replies or []
+        self.models = models
+        self.checks = checks
 
     def scripted_llm(self) -> ScriptedLLM:
         return ScriptedLLM(self.replies)
@@ -26,9 +48,20 @@ SCENARIOS: dict[str, Scenario] = {}
 USER = "user-1"
 
 
-def scenario(name: str, *, replies: list[str], summary: str) -> Callable[[ScenarioFn], ScenarioFn]:
+def scenario(
+    name: str,
+    *,
+    summary: str,
+    replies: list[str] | None = None,
+    models: ModelsFor | None = None,
+    checks: Checks | None = None,
+) -> Callable[[ScenarioFn], ScenarioFn]:
+    """Register a scenario under ``name`` (see `Scenario` for the options)."""
+
     def register(fn: ScenarioFn) -> ScenarioFn:
-        SCENARIOS[name] = Scenario(name, fn, replies, summary)
+        SCENARIOS[name] = Scenario(
+            name, fn, summary=summary, replies=replies, models=models, checks=checks
+        )
         return fn
 
     return register

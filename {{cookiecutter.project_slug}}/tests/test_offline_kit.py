@@ -285,6 +285,11 @@ async def test_room_scripting_rejects_bad_input_and_records_everything() -> None
     assert room.local_participant.attributes == {"lk.agent.state": "listening"}
     with pytest.raises(TimeoutError, match="last room event: attributes_changed"):
         await room.wait_until(lambda r: False, timeout=0.05)
+    with pytest.raises(ZeroDivisionError):
+        await room.wait_until(lambda r: bool(1 / 0))
+    outside: list[str] = []  # a condition no room event announces is polled
+    asyncio.get_running_loop().call_later(0.05, outside.append, "done")
+    await room.wait_until(lambda r: bool(outside), timeout=1)
 
     await room.disconnect()
     assert not room.isconnected()

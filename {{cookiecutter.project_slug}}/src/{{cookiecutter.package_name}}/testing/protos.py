@@ -66,6 +66,17 @@ def track_publication_info(
     return proto_track.OwnedTrackPublication(info=info)
 
 
+class SimulatedRemoteTrackPublication(rtc.RemoteTrackPublication):
+    """A participant's publication; subscribing only flips the flag, as no media flows."""
+
+    def set_subscribed(self, subscribed: bool) -> None:
+        # the SDK sends this to the SFU through the FFI, which has no such publication
+        self._subscribed = subscribed
+
+    def set_video_quality(self, quality: int) -> None:
+        raise ValueError("simulated publications carry no video layers")
+
+
 def track_record(publication: rtc.TrackPublication, identity: str) -> TrackRecord:
     """A fresh record of a publication."""
     return TrackRecord(

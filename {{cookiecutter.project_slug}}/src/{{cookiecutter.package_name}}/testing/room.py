@@ -36,6 +36,7 @@ from livekit.rtc.room import RtcStats
 from .inbound import InboundStreamsMixin
 from .participants import SimulatedLocalParticipant
 from .protos import (
+    SimulatedRemoteTrackPublication,
     apply_attributes,
     new_sid,
     participant_info,
@@ -189,16 +190,21 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
         self,
         predicate: Callable[[SimulatedRoom], bool],
         timeout: float = 10.0,  # noqa: ASYNC109 - a default deadline keeps a stuck test from hanging
+        *,
+        poll: float = 0.05,
     ) -> None:
-        """Wait until ``predicate(room)`` holds, re-checked on every timeline event.
+        """Wait until ``predicate(room)`` holds.
 
-        Raises ``TimeoutError`` naming the last event seen, so a stuck test says where it was.
+        It is checked on every timeline event, and every ``poll`` seconds for conditions that
+        depend on more than the room (session state, logs). Raises ``TimeoutError`` naming the
+        last room event, so a stuck test says where it was; a predicate that raises fails it.
         """
         if predicate(self):
             return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
 
-        def check(_event: object) -> None:
+        def check(_event: object = None) -> None:
             if done.done():
                 return
             try:
@@ -208,14 +214,19 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
                 # a broken predicate fails the wait, rather than being logged as an observer
                 done.set_exception(e)
 
+        deadline = loop.time() + timeout
         self.add_observer(check)
         try:
-            await asyncio.wait_for(done, timeout)
-        except TimeoutError:
-            last = self.timeline[-1].kind if self.timeline else "nothing"
-            raise TimeoutError(
-                f"condition not met within {timeout}s; last room event: {last}"
-            ) from None
+            while not done.done():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    last = self.timeline[-1].kind if self.timeline else "nothing"
+                    raise TimeoutError(
+                        f"condition not met within {timeout}s; last room event: {last}"
+                    )
+                await asyncio.wait([done], timeout=min(poll, remaining))
+                check()
+            done.result()
         finally:
             self.remove_observer(check)
 
@@ -299,7 +310,7 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
         owned = track_publication_info(
             name=name, kind=rtc.TrackKind.KIND_AUDIO, source=source, remote=True
         )
-        publication = rtc.RemoteTrackPublication(owned)
+        publication = SimulatedRemoteTrackPublication(owned)
         participant._track_publications[publication.sid] = publication
         record = track_record(publication, identity)
         self.recorder.tracks.append(record)

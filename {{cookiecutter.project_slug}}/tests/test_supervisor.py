@@ -409,33 +409,22 @@ def test_restart_budget_backs_off_with_jitter_and_refills_after_the_window() -> 
             RestartPolicy(**bad)
 
 
-async def test_restart_scenario_passes_on_a_supervised_conversation() -> None:
-    """The ``simulate restart`` scenario, run on a supervisor wired here the way run_job will."""
-    from {{ cookiecutter.package_name }}.simulation.harness import Simulation
+async def test_restart_scenario_passes_through_the_job_wiring() -> None:
+    """The ``simulate restart`` scenario, through run_job's real supervisor wiring."""
+    from {{ cookiecutter.package_name }}.settings import load_settings
+    from {{ cookiecutter.package_name }}.simulation import SCENARIOS, run_scenario
     from {{ cookiecutter.package_name }}.simulation.scenario_restart import RESTART_TURNS
-    from {{ cookiecutter.package_name }}.simulation.scenarios import SCENARIOS
 
     restart = SCENARIOS["restart"]
-    model = restart.scripted_llm()
-    room = SimulatedRoom(agent_identity=AGENT)
-    sim = Simulation(room, model, printer=lambda line: None)
-    with fake_job_context(room=room, agent_identity=AGENT) as ctx:
-        supervisor = SessionSupervisor(
-            room, USER, models=stack(model), agent_factory=Helper, job_ctx=ctx, policy=NO_BACKOFF
-        )
-        sim.supervisor = supervisor  # type: ignore[attr-defined]
-
-        async def start_when_joined() -> None:
-            await room.wait_until(lambda r: USER in r.remote_participants)
-            await supervisor.start(greeting=GREET)
-
-        starting = asyncio.create_task(start_when_joined())
-        await restart.run(sim)
-        await starting
-        await supervisor.aclose()
-        await room.disconnect()
-
-    assert supervisor.restarts == 2
-    assert len([t for t in room.published_tracks if t.participant_identity == AGENT]) == 1
-    assert [s.text for s in room.transcript() if s.role == "user"] == RESTART_TURNS
-    assert [s.role for s in room.transcript()] == ["agent"] + ["user", "agent"] * 3
+    obs = await run_scenario(
+        "restart",
+        restart.run,
+        settings=load_settings(),
+        llm=restart.scripted_llm(),
+        printer=lambda line: None,
+    )
+    assert obs.violations == []
+    assert obs.timings["restarts"] == 2
+    assert len([t for t in obs.tracks if t["participant_identity"] == "agent"]) == 1
+    assert [s["text"] for s in obs.segments if s["role"] == "user"] == RESTART_TURNS
+    assert [s["role"] for s in obs.segments] == ["agent"] + ["user", "agent"] * 3

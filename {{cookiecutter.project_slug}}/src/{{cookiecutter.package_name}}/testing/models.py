@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from livekit.agents import APIConnectOptions, APIError, llm, tts, utils
+from livekit.agents.llm.chat_context import Instructions
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 
 # -- LLM ------------------------------------------------------------------------------------
@@ -90,18 +91,14 @@ class ScriptExhaustedError(APIError):
 
 def _item_record(item: llm.ChatItem) -> ChatItemRecord:
     if isinstance(item, llm.ChatMessage):
-        text = "\n".join(str(c) for c in item.content if isinstance(c, str) or _is_text(c))
+        # instructions render to text; images and audio do not
+        text = "\n".join(str(c) for c in item.content if isinstance(c, str | Instructions))
         return ChatItemRecord(item.id, item.type, item.role, text)
     if isinstance(item, llm.FunctionCall):
         return ChatItemRecord(item.id, item.type, "assistant", f"{item.name}({item.arguments})")
     if isinstance(item, llm.FunctionCallOutput):
         return ChatItemRecord(item.id, item.type, "tool", item.output)
     return ChatItemRecord(item.id, item.type, "system", "")
-
-
-def _is_text(content: object) -> bool:
-    # Instructions objects render to text; images and audio do not
-    return type(content).__name__ == "Instructions"
 
 
 def _echo(request: LLMRequest) -> Reply:

@@ -1,0 +1,272 @@
+"""The one place that touches livekit-plugins-google's internals (pinned to 1.8.x, >= 1.8.9).
+
+``ResumableRealtimeSession`` subclasses the plugin's ``RealtimeSession`` and replaces its
+connection loop (``_main_task``) with :class:`.gemini_link.ConnectionLoop`; it keeps the
+plugin's receive path (``_recv_task``: server messages -> generations, tools, transcripts)
+and chat-context diff (``_sync_chat_ctx``). What it relies on, all checked by
+``tests/test_gemini_plugin_adapter.py``:
+
+- ``RealtimeSession.__init__`` starts ``self._main_task()`` as a task;
+- the outbound queue ``_msg_ch`` (``utils.aio.Chan``) of genai ``LiveClient*`` messages, and
+  ``_ChatCtxContent`` / ``_ChatCtxToolResponse`` carrying the chat item ids they send;
+- ``_chat_ctx`` (what the server should hold), ``_pending_chat_ctx`` (set while no session
+  is active), ``_unsent_item_ids``, ``_active_session``, ``_session_lock``;
+- ``_session_should_close`` (set by ``_mark_restart_needed`` when a reconnect is needed),
+  ``_session_error`` (set by ``_recv_task`` when the connection fails);
+- ``_pending_generation_fut`` (a ``generate_reply`` waiting for its generation) and
+  ``_current_generation._done``;
+- ``_build_connect_config()``, ``_client.aio.live.connect``, ``_sync_chat_ctx(ctx, known=)``,
+  ``_recv_task(session)``, ``_report_connection_acquired(s)``, ``_emit_error(e, recoverable)``,
+  ``RealtimeModel._sessions``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Collection
+from typing import Any
+
+from google.genai import types
+from livekit.agents import llm, utils
+from livekit.plugins import google
+from livekit.plugins.google.realtime import realtime_api
+
+from ..log import get_logger
+from .gemini_link import ConnectionLoop, TappedSession
+from .gemini_resume import GeminiResume
+
+__all__ = [
+    "PLUGIN_VERSION_RANGE",
+    "ResumableRealtimeModel",
+    "ResumableRealtimeSession",
+    "UnsupportedPluginVersionError",
+    "check_plugin_version",
+]
+
+logger = get_logger(__name__)
+
+PLUGIN_VERSION_RANGE = ((1, 8, 9), (1, 9, 0))
+"""livekit-plugins-google versions whose internals this adapter was checked against:
+at least the first, below the second."""
+
+_CHAT_CONTENT = (realtime_api._ChatCtxContent, realtime_api._ChatCtxToolResponse)
+
+
+class UnsupportedPluginVersionError(RuntimeError):
+    """The installed livekit-plugins-google is outside the range the adapter supports."""
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def check_plugin_version(version: str | None = None) -> None:
+    """Raise UnsupportedPluginVersionError unless the plugin version is in the pinned range."""
+    from livekit.plugins.google.version import __version__
+
+    found = version or __version__
+    low, high = PLUGIN_VERSION_RANGE
+    if not low <= _version_tuple(found) < high:
+        span = f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
+        raise UnsupportedPluginVersionError(
+            f"livekit-plugins-google {found} is not supported by the Gemini resume handler "
+            f"(needs {span}); pin the plugin or re-check resilience/_gemini_plugin.py and run "
+            "tests/test_gemini_plugin_adapter.py"
+        )
+
+
+def _is_trigger(msg: Any) -> bool:
+    """A clientContent that asks the model to answer (generate_reply's ``.`` turn)."""
+    return (
+        isinstance(msg, types.LiveClientContent)
+        and not isinstance(msg, _CHAT_CONTENT)
+        and msg.turn_complete is not False
+    )
+
+
+class ResumableRealtimeModel(google.realtime.RealtimeModel):
+    """The plugin's RealtimeModel whose sessions reconnect through a :class:`GeminiResume`.
+
+    Takes the plugin's keywords except ``session_resumption`` (the handler owns handles).
+    Context-window compression (sliding window) is on unless given.
+    """
+
+    def __init__(self, *, resume: GeminiResume | None = None, **kwargs: Any) -> None:
+        check_plugin_version()
+        if "session_resumption" in kwargs:
+            raise ValueError(
+                "pass the handle through GeminiResume.resume_from(), not session_resumption"
+            )
+        kwargs.setdefault(
+            "context_window_compression",
+            types.ContextWindowCompressionConfig(sliding_window=types.SlidingWindow()),
+        )
+        super().__init__(**kwargs)
+        self._resume = resume or GeminiResume()
+
+    @property
+    def resume(self) -> GeminiResume:
+        """The handler the next sessions report to."""
+        return self._resume
+
+    def bind(self, resume: GeminiResume) -> None:
+        """Make sessions created from now on use ``resume`` (one per conversation)."""
+        self._resume = resume
+
+    def session(self, *, turn_detection_disabled: bool = False) -> ResumableRealtimeSession:
+        sess = ResumableRealtimeSession(self, self._resume)
+        self._sessions.add(sess)
+        return sess
+
+
+class ResumableRealtimeSession(realtime_api.RealtimeSession):
+    """The plugin's session with the connection loop replaced (see the module docstring)."""
+
+    def __init__(self, model: ResumableRealtimeModel, resume: GeminiResume) -> None:
+        # set before the base __init__, which starts _main_task
+        self._carry: deque[Any] = deque()
+        self._last_trigger: types.LiveClientContent | None = None
+        self._link_error: BaseException | None = None
+        self._link = ConnectionLoop(self, resume)
+        super().__init__(model)
+
+    @utils.log_exceptions(logger=logger)
+    async def _main_task(self) -> None:
+        await self._link.run()
+
+    def _mark_restart_needed(self, on_error: bool = False) -> None:
+        # the base drops every queued message here (a reply trigger with them); the loop
+        # re-orders the queue after the next connect instead
+        if on_error and self._session_error is not None:
+            self._link_error, self._session_error = self._session_error, None
+        self._session_should_close.set()
+
+    # -- SessionPort ------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._msg_ch.closed
+
+    @property
+    def wake(self) -> asyncio.Event:
+        return self._session_should_close
+
+    def connect(self, handle: str | None) -> contextlib.AbstractAsyncContextManager[Any]:
+        config = self._build_connect_config()
+        config.session_resumption = types.SessionResumptionConfig(handle=handle)
+        self._session_resumption_handle = handle
+        return self._client.aio.live.connect(model=self._opts.model, config=config)
+
+    def attach(self, tap: TappedSession, known_ids: Collection[str] | None) -> int:
+        """Make ``tap`` the active session and queue what the server lacks, in order:
+        the missing chat items, then what was queued (a reply trigger after the turns it
+        answers), then a trigger again if a reply is still awaited. Returns items sent."""
+        self._active_session = tap
+        target = self._pending_chat_ctx if self._pending_chat_ctx is not None else self._chat_ctx
+        self._pending_chat_ctx = None
+        old, self._msg_ch = self._msg_ch, utils.aio.Chan()
+        queued = list(self._carry)
+        self._carry.clear()
+        while not old.empty():
+            queued.append(old.recv_nowait())
+        # chat content is derived again from the chat context below, so none goes twice
+        kept = [m for m in queued if not isinstance(m, _CHAT_CONTENT)]
+        self._unsent_item_ids.clear()
+        if known_ids is None:
+            sent = self._replay_all(target)
+        else:
+            known_set = set(known_ids)
+            known = llm.ChatContext([i for i in target.items if i.id in known_set])
+            sent = len(llm.utils.compute_chat_ctx_diff(known, target).to_create)
+            self._sync_chat_ctx(target, known=known)
+        awaited = (
+            self._pending_generation_fut is not None and not self._pending_generation_fut.done()
+        )
+        if awaited and self._last_trigger is not None and not any(map(_is_trigger, kept)):
+            kept.append(self._last_trigger)
+        for msg in kept:
+            self._send_client_event(msg)
+        return sent
+
+    def _replay_all(self, target: llm.ChatContext) -> int:
+        turns_dict, _ = target.copy(
+            exclude_function_call=True,
+            exclude_handoff=True,
+            exclude_instructions=True,
+            exclude_empty_message=True,
+            exclude_config_update=True,
+        ).to_provider_format(format="google", inject_dummy_user_message=False)
+        turns = [types.Content.model_validate(turn) for turn in turns_dict]
+        self._chat_ctx = target
+        ids = {i.id for i in target.items if i.type == "message"}
+        if turns:
+            self._unsent_item_ids |= ids
+            self._send_client_event(
+                realtime_api._ChatCtxContent(turns=turns, turn_complete=False, item_ids=ids)
+            )
+        return len(ids) if turns else 0
+
+    async def detach(self) -> None:
+        async with self._session_lock:
+            self._active_session = None
+
+    async def send_loop(self, tap: TappedSession) -> None:
+        """Send queued messages in order; one that failed to go out is sent next time."""
+        with contextlib.suppress(utils.aio.ChanClosed):
+            while True:
+                msg = self._carry.popleft() if self._carry else await self._msg_ch.recv()
+                try:
+                    await self._send_one(tap.inner, msg)
+                except BaseException:
+                    self._carry.appendleft(msg)
+                    raise
+                if isinstance(msg, _CHAT_CONTENT):
+                    self._unsent_item_ids -= msg.item_ids
+                elif _is_trigger(msg):
+                    self._last_trigger = msg
+
+    @staticmethod
+    async def _send_one(session: Any, msg: Any) -> None:
+        if isinstance(msg, types.LiveClientContent):
+            turn_complete = msg.turn_complete if msg.turn_complete is not None else True
+            await session.send_client_content(turns=msg.turns, turn_complete=turn_complete)
+        elif isinstance(msg, types.LiveClientToolResponse):
+            if msg.function_responses:
+                await session.send_tool_response(function_responses=msg.function_responses)
+        elif isinstance(msg, types.LiveClientRealtimeInput):
+            fields = msg.model_dump(exclude_none=True)
+            for name in ("audio", "video", "text", "activity_start", "activity_end"):
+                if name in fields:
+                    await session.send_realtime_input(**{name: getattr(msg, name)})
+                    break
+        else:
+            logger.warning("unknown outbound message dropped", kind=type(msg).__name__)
+
+    async def recv_loop(self, tap: TappedSession) -> None:
+        await self._recv_task(tap)  # type: ignore[arg-type]
+
+    def take_error(self) -> BaseException | None:
+        error, self._link_error = self._link_error, None
+        return error
+
+    def covered_item_ids(self) -> list[str]:
+        return [i.id for i in self._chat_ctx.items if i.id not in self._unsent_item_ids]
+
+    def busy(self) -> bool:
+        generation = self._current_generation
+        pending = self._pending_generation_fut
+        return (generation is not None and not generation._done) or (
+            pending is not None and not pending.done()
+        )
+
+    def report_connected(self, seconds: float) -> None:
+        self._report_connection_acquired(seconds)
+
+    def fail(self, error: BaseException, recoverable: bool) -> None:
+        self._emit_error(error if isinstance(error, Exception) else Exception(error), recoverable)

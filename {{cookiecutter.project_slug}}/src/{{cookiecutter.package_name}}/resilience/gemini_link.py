@@ -1,0 +1,250 @@
+"""The connection loop of one resumable Gemini Live session: connect, serve, reconnect.
+
+The loop decides *when* and *how* to connect (which handle, after what delay, whether a
+goAway has reached an idle point); the plugin adapter (:mod:`._gemini_plugin`) does the
+sending and receiving through a :class:`SessionPort`. A :class:`TappedSession` sits between
+the plugin's receive path and the genai session: it takes resumption updates and goAway
+out of the stream (the loop owns them).
+
+A handle covers the chat items the adapter had sent when the update was read. Gemini
+answers a connection's messages in order and issues handles at turn boundaries, so an item
+written after the server issued a handle and before the client read it is the one case this
+cannot see; a turn-based conversation does not write in that gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Collection
+from typing import Any, Protocol
+
+from google.genai import errors, types
+
+from ..log import get_logger
+from .gemini_resume import ExhaustedEvent, GeminiResume, ReconnectedEvent
+from .store import GeminiHandle
+
+logger = get_logger(__name__)
+
+REFUSAL_CODES = frozenset({1007, 1008, 1011})
+"""Close codes before setupComplete that mean "this handle is not accepted"."""
+
+
+class HandleRefusedError(Exception):
+    """The server closed a resuming setup before setupComplete."""
+
+    def __init__(self, code: int | None) -> None:
+        super().__init__(f"resumption handle refused (close code {code})")
+        self.code = code
+
+
+class SetupTimeoutError(Exception):
+    """No setupComplete within the policy's setup timeout."""
+
+
+class SessionPort(Protocol):
+    """What the loop needs from the plugin's session (implemented by the adapter)."""
+
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def wake(self) -> asyncio.Event: ...
+    def connect(self, handle: str | None) -> contextlib.AbstractAsyncContextManager[Any]: ...
+    def attach(self, tap: TappedSession, known_ids: Collection[str] | None) -> int: ...
+    async def detach(self) -> None: ...
+    async def send_loop(self, tap: TappedSession) -> None: ...
+    async def recv_loop(self, tap: TappedSession) -> None: ...
+    def take_error(self) -> BaseException | None: ...
+    def covered_item_ids(self) -> list[str]: ...
+    def busy(self) -> bool: ...
+    def report_connected(self, seconds: float) -> None: ...
+    def fail(self, error: BaseException, recoverable: bool) -> None: ...
+
+
+def _seconds(duration: str | None) -> float:
+    """A protobuf Duration as genai hands it over (``"1.500s"``) in seconds."""
+    try:
+        return float((duration or "0").rstrip("s"))
+    except ValueError:
+        return 0.0
+
+
+class TappedSession:
+    """A genai ``AsyncSession`` with resumption updates and goAway routed to the loop."""
+
+    def __init__(self, inner: Any, loop: ConnectionLoop) -> None:
+        self.inner = inner
+        self._loop = loop
+
+    async def receive(self) -> AsyncIterator[types.LiveServerMessage]:
+        """genai's ``receive()`` (one model turn), minus what the loop consumes."""
+        async for message in self.inner.receive():
+            stripped = False
+            if (update := message.session_resumption_update) is not None:
+                self._loop.on_update(bool(update.resumable), update.new_handle)
+                message.session_resumption_update = None
+                stripped = True
+            if message.go_away is not None:
+                self._loop.on_go_away(_seconds(message.go_away.time_left))
+                message.go_away = None
+                stripped = True
+            if stripped and not message.model_dump(exclude_none=True):
+                continue
+            yield message
+
+    async def close(self) -> None:
+        """Close the websocket (the plugin calls this on shutdown)."""
+        await self.inner.close()
+
+
+class ConnectionLoop:
+    """Runs one Gemini session's connections until the session closes or gives up."""
+
+    def __init__(self, port: SessionPort, resume: GeminiResume) -> None:
+        self._port = port
+        self.resume = resume
+        self._reconnect_reason: str | None = None
+        self._draining_until: float | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._last_update_resumable = True
+
+    async def run(self) -> None:
+        """Connect, serve, and reconnect until the session closes or the budget is spent."""
+        policy = self.resume.policy
+        failures, attempts = 0, 0
+        reason, lost_at = "start", time.monotonic()
+        while not self._port.closed:
+            if failures:
+                await asyncio.sleep(policy.delay(failures))
+            handle = self.resume.usable()
+            attempts += 1
+            try:
+                stack, tap, connect_s = await self._connect(handle)
+            except asyncio.CancelledError:
+                raise
+            except HandleRefusedError as exc:
+                self.resume.handle_refused(exc.code)
+                reason = "handle_refused"
+                continue  # at once, fresh: a refusal is an answer, not an outage
+            except Exception as exc:
+                failures += 1
+                self.resume.attempt_failed(exc, failures)
+                if failures >= policy.max_attempts:
+                    self._give_up(attempts, exc)
+                    return
+                self._port.fail(exc, recoverable=True)
+                continue
+            failures = 0
+            async with stack:
+                self._port.report_connected(connect_s)
+                replayed = self._port.attach(tap, handle.covered_item_ids if handle else None)
+                self.resume.connected(
+                    ReconnectedEvent(
+                        reason=reason,
+                        resumed=handle is not None,
+                        items_replayed=replayed,
+                        handle_age=self.resume.handle_age(handle) if handle else None,
+                        downtime=time.monotonic() - lost_at,
+                        attempts=attempts,
+                    )
+                )
+                attempts = 0
+                reason = await self._serve(tap)
+                lost_at = time.monotonic()
+                await self._port.detach()
+            if reason == "closed":
+                return
+
+    async def _connect(
+        self, handle: GeminiHandle | None
+    ) -> tuple[contextlib.AsyncExitStack, TappedSession, float]:
+        self._port.wake.clear()  # a config change from now on is in this connect's config
+        self._reconnect_reason = None
+        self._draining_until = None
+        self._last_update_resumable = True
+        stack = contextlib.AsyncExitStack()
+        began = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.resume.policy.setup_timeout):
+                # genai returns from connect() once setupComplete arrived
+                inner = await stack.enter_async_context(
+                    self._port.connect(handle.handle if handle else None)
+                )
+        except TimeoutError:
+            await stack.aclose()
+            raise SetupTimeoutError("no setupComplete in time") from None
+        except errors.APIError as exc:
+            await stack.aclose()
+            if handle is not None and exc.code in REFUSAL_CODES:
+                raise HandleRefusedError(exc.code) from exc
+            raise
+        except BaseException:
+            await stack.aclose()
+            raise
+        return stack, TappedSession(inner, self), time.perf_counter() - began
+
+    async def _serve(self, tap: TappedSession) -> str:
+        """Run one connection; return why it ended."""
+        port = self._port
+        send = asyncio.create_task(port.send_loop(tap), name="gemini-resume-send")
+        recv = asyncio.create_task(port.recv_loop(tap), name="gemini-resume-recv")
+        wake = asyncio.create_task(port.wake.wait(), name="gemini-resume-wake")
+        try:
+            await asyncio.wait({send, recv, wake}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            for task in (send, recv, wake):
+                task.cancel()
+            await asyncio.gather(send, recv, wake, return_exceptions=True)
+        if port.closed:
+            return "closed"
+        if self._reconnect_reason is not None:
+            return self._reconnect_reason
+        error = port.take_error()
+        if error is None and send.done() and not send.cancelled():
+            error = send.exception()
+        return "drop" if error is not None else "config"
+
+    # -- events from the tapped session ----------------------------------------------------
+
+    def on_update(self, resumable: bool, handle: str | None) -> None:
+        """A sessionResumptionUpdate: keep a resumable handle and what it covers."""
+        self._last_update_resumable = resumable and bool(handle)
+        if self._last_update_resumable:
+            assert handle is not None
+            self.resume.handle_issued(handle, self._port.covered_item_ids())
+        self._maybe_leave()
+
+    def on_go_away(self, time_left: float) -> None:
+        """goAway: finish the reply in progress, leave at the next idle point or in time."""
+        self.resume.go_away(time_left)
+        self._draining_until = time.monotonic() + time_left
+        margin = min(self.resume.policy.go_away_margin, time_left / 2)
+        loop = asyncio.get_running_loop()
+        if self._deadline is None:
+            self._deadline = loop.call_later(
+                max(0.0, time_left - margin), self._leave, "go_away_deadline"
+            )
+        self._maybe_leave()
+
+    def _maybe_leave(self) -> None:
+        # idle: nothing generating or awaited, and the newest state is resumable
+        if (
+            self._draining_until is not None
+            and self._last_update_resumable
+            and not self._port.busy()
+        ):
+            self._leave("go_away")
+
+    def _leave(self, reason: str) -> None:
+        if self._reconnect_reason is None:
+            self._reconnect_reason = reason
+            self._port.wake.set()
+
+    def _give_up(self, attempts: int, error: BaseException) -> None:
+        if not self.resume.exhausted(ExhaustedEvent(attempts, error)):
+            self._port.fail(error, recoverable=False)

@@ -10,7 +10,7 @@ import asyncio
 import datetime
 import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
@@ -18,14 +18,12 @@ from .settings import Settings
 
 sessions_app = typer.Typer(help="Inspect and purge stored participant sessions.")
 
-T = TypeVar("T")
-
 Room = Annotated[str | None, typer.Option(help="Only this room.")]
 RequiredRoom = Annotated[str, typer.Option(help="The room the participant was in.")]
 Identity = Annotated[str, typer.Argument(help="The participant identity.")]
 
 
-def _with_store(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+def _with_store(settings: Settings, action: Callable[[Any], Awaitable[Any]]) -> Any:
     from .resilience.store import StoreError
     from .worker import open_session_store
 
@@ -36,7 +34,7 @@ def _with_store(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
             err=True,
         )
 
-    async def run() -> T:
+    async def run() -> Any:
         store = open_session_store(settings)
         try:
             return await action(store)

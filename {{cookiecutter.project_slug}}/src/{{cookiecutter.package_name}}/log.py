@@ -89,6 +89,37 @@ def identity_ref(identity: str) -> str:
     return "p-" + hashlib.sha256(identity.encode("utf-8")).hexdigest()[:12]
 
 
+# Record attributes that carry a participant identity, in our logs and livekit's.
+IDENTITY_FIELDS = (
+    "identity",
+    "participant_identity",
+    "caller_identity",
+    "lk.pii.participant_identity",
+)
+
+
+class RedactIdentities(logging.Filter):
+    """Replace raw participant identities in log records with `identity_ref` hashes.
+
+    livekit logs some identities at INFO (e.g. "RoomIO linked to participant"); this filter
+    on the handlers keeps them out of log collectors.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name in IDENTITY_FIELDS:
+            value = record.__dict__.get(name)
+            if isinstance(value, str) and not value.startswith("p-"):
+                record.__dict__[name] = identity_ref(value)
+        return True
+
+
+def redact_identities_in_logs() -> None:
+    """Add `RedactIdentities` to every root handler (idempotent); call once per process."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactIdentities) for f in handler.filters):
+            handler.addFilter(RedactIdentities())
+
+
 def bind_job_context(*, job_id: str, room: str, participant: str | None = None) -> dict[str, str]:
     """Bind job, room and participant to every log line of the current task and its children.
 

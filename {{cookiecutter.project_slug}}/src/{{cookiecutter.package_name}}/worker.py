@@ -15,7 +15,7 @@ from livekit import rtc
 from livekit.agents import AgentServer, AgentSession, JobContext, JobProcess, room_io
 
 from .assistant import GREETING, WELCOME_BACK, Assistant
-from .log import bind_job_context, get_logger, setup_structlog
+from .log import bind_job_context, get_logger, redact_identities_in_logs, setup_structlog
 from .models import ModelStack, build_models
 from .resilience.persistence import (
     ConversationRecorder,
@@ -112,6 +112,7 @@ async def run_job(
     one who leaves is waited for (the retention period) and welcomed back on return.
     Returns the running conversation; the job ends when its session closes.
     """
+    redact_identities_in_logs()
     ctx.log_context_fields = bind_job_context(job_id=ctx.job.id, room=ctx.room.name)
     logger.info("job started", agent_name=ctx.job.agent_name or None)
     await ctx.connect()

@@ -3,8 +3,12 @@
 - :class:`SimulatedRoom`: an ``rtc.Room`` with scripted participants that records everything
   the agent publishes (tracks, transcription streams, attributes, RPC).
 - :class:`ScriptedLLM` / :class:`ScriptedTTS`: deterministic models.
+- :class:`LocalGeminiLiveServer`: a TLS server speaking the Gemini Live protocol, with faults
+  on demand (:mod:`.gemini_faults`), for the real google plugin.
+- :class:`RedisServer`: a real redis-server on a free port that can be killed and restarted.
 """
 
+from .gemini_server import LocalGeminiLiveServer
 from .models import (
     ChatItemRecord,
     LLMRequest,
@@ -24,6 +28,7 @@ from .records import (
     TimelineEvent,
     TrackRecord,
 )
+from .redis_server import RedisServer
 from .room import SimulatedRoom
 from .transcript import TranscriptSegment
 
@@ -33,7 +38,9 @@ __all__ = [
     "ChatItemRecord",
     "DataPacketRecord",
     "LLMRequest",
+    "LocalGeminiLiveServer",
     "ParticipantRecord",
+    "RedisServer",
     "RpcCallRecord",
     "RpcMethodRecord",
     "ScriptExhaustedError",

@@ -129,8 +129,8 @@ async def run_job(
         ctx.room, store, identity, job_id=ctx.job.id, wait_s=settings.session_retention_s
     )
     outcome = await presence.join(participant)
-    returning = outcome is not None and outcome.kind is JoinKind.RETURNING
-    chat_ctx = chat_ctx_from_record(outcome.record) if returning and outcome else None
+    # what to continue: the record of a participant the store knows (None: a new one)
+    earlier = outcome.record if outcome and outcome.kind is JoinKind.RETURNING else None
 
     recorder = ConversationRecorder(store, ctx.room.name, identity)
     supervisor = SessionSupervisor(
@@ -142,7 +142,7 @@ async def run_job(
         # a refresh or network drop is not the end: presence waits for the return
         room_options=room_io.RoomOptions(close_on_disconnect=False),
         note_restarts=settings.note_restarts,
-        initial_transcript=transcript_from_record(outcome.record) if returning and outcome else (),
+        initial_transcript=transcript_from_record(earlier) if earlier else (),
     )
     supervisor.on("session_started", lambda ev: recorder.attach(ev.session))
     supervisor.on("transcript_segment", lambda ev: recorder.add(transcript=[ev.segment.to_dict()]))
@@ -150,8 +150,11 @@ async def run_job(
     conversation = Conversation(supervisor, store, recorder, presence, owns_store)
     ctx.add_shutdown_callback(conversation.aclose)
 
-    await supervisor.start(greeting=WELCOME_BACK if returning else GREETING, chat_ctx=chat_ctx)
-    logger.info("conversation started", returning=returning)
+    await supervisor.start(
+        greeting=WELCOME_BACK if earlier else GREETING,
+        chat_ctx=chat_ctx_from_record(earlier) if earlier else None,
+    )
+    logger.info("conversation started", returning=earlier is not None)
     presence.follow(
         on_return=lambda _outcome: welcome_back(supervisor),
         on_gone=lambda: ctx.shutdown(reason="participant did not return"),

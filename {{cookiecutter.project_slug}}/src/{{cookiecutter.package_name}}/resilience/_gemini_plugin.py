@@ -226,10 +226,12 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
                 except BaseException:
                     self._carry.appendleft(msg)
                     raise
+                trigger = _is_trigger(msg) or isinstance(msg, types.LiveClientToolResponse)
                 if isinstance(msg, _CHAT_CONTENT):
                     self._unsent_item_ids -= msg.item_ids
-                elif _is_trigger(msg):
+                if _is_trigger(msg):
                     self._last_trigger = msg
+                self._link.on_sent(chat_item=isinstance(msg, _CHAT_CONTENT), trigger=trigger)
 
     @staticmethod
     async def _send_one(session: Any, msg: Any) -> None:

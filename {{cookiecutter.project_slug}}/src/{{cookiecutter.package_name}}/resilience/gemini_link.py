@@ -6,10 +6,12 @@ sending and receiving through a :class:`SessionPort`. A :class:`TappedSession` s
 the plugin's receive path and the genai session: it takes resumption updates and goAway
 out of the stream (the loop owns them).
 
-A handle covers the chat items the adapter had sent when the update was read. Gemini
-answers a connection's messages in order and issues handles at turn boundaries, so an item
-written after the server issued a handle and before the client read it is the one case this
-cannot see; a turn-based conversation does not write in that gap.
+Which chat items a handle covers: the Developer API does not say (``last_consumed_client_
+message_index`` is Vertex-only), and a chat item written while an update is on its way would
+be claimed by it. So an update is adopted only when the connection is *settled*: every chat
+item written on it was followed by a reply trigger whose model turn has completed (the server
+answers a connection's messages in order, so it had read them), or nothing was written yet.
+An update that is not settled is passed over; the previous handle plus the delta stays exact.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class TappedSession:
                 self._loop.on_go_away(_seconds(message.go_away.time_left))
                 message.go_away = None
                 stripped = True
+            if message.server_content and message.server_content.turn_complete:
+                self._loop.on_turn_complete()
             if stripped and not message.model_dump(exclude_none=True):
                 continue
             yield message
@@ -109,6 +113,8 @@ class ConnectionLoop:
         self._draining_until: float | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._last_update_resumable = True
+        self._settled = True
+        self._written_since_trigger = False
 
     async def run(self) -> None:
         """Connect, serve, and reconnect until the session closes or the budget is spent."""
@@ -164,6 +170,7 @@ class ConnectionLoop:
         self._reconnect_reason = None
         self._draining_until = None
         self._last_update_resumable = True
+        self._settled, self._written_since_trigger = True, False
         stack = contextlib.AsyncExitStack()
         began = time.perf_counter()
         try:
@@ -211,9 +218,23 @@ class ConnectionLoop:
 
     # -- events from the tapped session ----------------------------------------------------
 
+    def on_sent(self, *, chat_item: bool, trigger: bool) -> None:
+        """The adapter wrote a message: chat items unsettle the connection until a reply
+        trigger written after them has its model turn completed."""
+        if chat_item:
+            self._settled = False
+            self._written_since_trigger = True
+        if trigger:
+            self._written_since_trigger = False
+
+    def on_turn_complete(self) -> None:
+        """A model turn completed: what was written before its trigger has been read."""
+        if not self._written_since_trigger:
+            self._settled = True
+
     def on_update(self, resumable: bool, handle: str | None) -> None:
         """A sessionResumptionUpdate: keep a resumable handle and what it covers."""
-        self._last_update_resumable = resumable and bool(handle)
+        self._last_update_resumable = resumable and bool(handle) and self._settled
         if self._last_update_resumable:
             assert handle is not None
             self.resume.handle_issued(handle, self._port.covered_item_ids())

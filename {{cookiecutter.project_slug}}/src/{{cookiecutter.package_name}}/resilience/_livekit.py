@@ -148,3 +148,24 @@ def unhook_audio_wrappers(head: io.AudioOutput | None, base: io.AudioOutput) -> 
     for event, method in _WRAPPER_SUBSCRIPTIONS:
         base.off(event, _require(wrapper, method, f"io.AudioOutput.{method}"))
     return 1
+
+
+# -- election (resilience/election.py) -----------------------------------------------------
+
+
+def set_primary(job_ctx: JobContext, session: AgentSession | None) -> None:
+    """Designate the job's primary session outright (``None``: the next session started is).
+
+    ``AgentSession.start`` makes a session primary when the designation is None or already
+    that session; any other value makes it start without a SessionHost and with recording off.
+    The election uses this to hand the designation between the job's sessions, which livekit
+    never does by itself.
+    """
+    _require(job_ctx, "_primary_agent_session", "JobContext._primary_agent_session")
+    job_ctx._primary_agent_session = session  # type: ignore[attr-defined]
+
+
+def has_session_host(session: AgentSession) -> bool:
+    """Whether ``session`` runs a SessionHost (the ``lk.agent.session`` byte stream handler
+    a RemoteSession drives the session through); only a primary session gets one."""
+    return _require(session, "_session_host", "AgentSession._session_host") is not None

@@ -1,0 +1,358 @@
+"""Multi-participant rooms: one listen-only transcription session per remote participant.
+
+A :class:`Transcriber` runs an AgentSession with only an STT (and a VAD when the STT cannot
+stream) bound to one participant through RoomIO: it hears their microphone, publishes their
+transcript on their behalf (``lk.transcription`` streams naming their track), and never
+speaks. Its final lines are kept, attributed to the participant. It is an election member
+(``role == "listen-only"``): the job's primary may be a transcriber while no conversation
+runs, and then it holds the SessionHost and recording.
+
+:class:`TranscriberPool` starts a transcriber when a participant joins and closes it when
+they leave, each start going through the :class:`~.election.SessionElection`.
+
+The STT is the model stack's when it has one (the OpenAI pipeline), else OpenAI's
+(``openai.STT``, which needs ``OPENAI_API_KEY``): see :func:`listen_only_stt`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from livekit import rtc
+from livekit.agents import Agent, AgentSession, JobContext, llm, room_io, stt, utils, vad
+from livekit.agents.voice.events import UserInputTranscribedEvent
+
+from ..log import get_logger, identity_ref
+from . import _livekit
+from .election import Role, SessionElection
+
+logger = get_logger(__name__)
+
+LISTEN_ONLY_INSTRUCTIONS = "You only listen and transcribe; you never speak."
+CLOSE_TIMEOUT_S = 10.0
+# participants that get a transcriber: people and phone callers, not other agents
+TRANSCRIBED_KINDS = (
+    rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
+    rtc.ParticipantKind.PARTICIPANT_KIND_SIP,
+    rtc.ParticipantKind.PARTICIPANT_KIND_INGRESS,
+)
+
+EventTypes = Literal["session_started", "transcribed", "closed"]
+
+
+@dataclass(frozen=True)
+class TranscribedLine:
+    """One final line a participant said."""
+
+    id: str
+    identity: str
+    text: str
+    at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (a store transcript entry)."""
+        return {"id": self.id, "role": "user", "speaker": self.identity, "text": self.text,
+                "at": self.at}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TranscriberStarted:
+    """A transcriber's session is running (the payload of ``session_started``)."""
+
+    session: AgentSession
+    reason: str
+
+
+@dataclass(frozen=True)
+class TranscriberClosed:
+    """A transcriber ended (the payload of ``closed``)."""
+
+    reason: str
+
+
+def listen_only_stt(
+    stack_stt: stt.STT | None, *, openai_api_key: str | None, model: str
+) -> stt.STT:
+    """The STT transcribers use: the model stack's, else ``openai.STT`` (needs the key)."""
+    if stack_stt is not None:
+        return stack_stt
+    if not openai_api_key:
+        raise ValueError(
+            "multi-participant rooms transcribe every participant: set OPENAI_API_KEY "
+            "(the model stack has no STT of its own)"
+        )
+    from livekit.plugins import openai
+
+    return openai.STT(model=model, api_key=openai_api_key)
+
+
+class _ListenOnlyAgent(Agent):
+    def __init__(self) -> None:
+        super().__init__(instructions=LISTEN_ONLY_INSTRUCTIONS)
+
+
+class Transcriber(utils.EventEmitter[EventTypes]):
+    """A listen-only session for one participant, restartable; see the module docstring.
+
+    stt: the STT (shared objects are fine: each session opens its own stream).
+    vad: needed when ``stt`` cannot stream (livekit then segments speech with it).
+    job_ctx: the job, so a restart of the primary session hands the designation over
+        (None outside a job).
+    """
+
+    role: Role = "listen-only"
+
+    def __init__(
+        self,
+        room: rtc.Room,
+        identity: str,
+        *,
+        stt: stt.STT,
+        vad: vad.VAD | None = None,
+        job_ctx: JobContext | None = None,
+    ) -> None:
+        super().__init__()
+        if not stt.capabilities.streaming and vad is None:
+            raise ValueError("this STT cannot stream: pass a VAD so speech can be segmented")
+        self._room = room
+        self._identity = identity
+        self._stt = stt
+        self._vad = vad
+        self._job_ctx = job_ctx
+        self._session: AgentSession | None = None
+        self._previous: AgentSession | None = None
+        self._lines: list[TranscribedLine] = []
+        self._items: list[llm.ChatItem] = []
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._restarts = 0
+
+    @property
+    def identity(self) -> str:
+        """The participant this transcriber listens to."""
+        return self._identity
+
+    @property
+    def session(self) -> AgentSession | None:
+        """The current session (None before start, between sessions, after close)."""
+        return self._session
+
+    @property
+    def closed(self) -> bool:
+        """True once the transcriber ended."""
+        return self._closed
+
+    @property
+    def restarts(self) -> int:
+        """Sessions replaced so far."""
+        return self._restarts
+
+    @property
+    def lines(self) -> list[TranscribedLine]:
+        """The participant's final lines so far, across sessions."""
+        return list(self._lines)
+
+    def conversation_items(self) -> list[llm.ChatItem]:
+        """The lines as user messages (what a session report of this transcriber shows)."""
+        return list(self._items)
+
+    async def start(self) -> AgentSession:
+        """Start the first session."""
+        async with self._lock:
+            if self._session is not None or self._closed:
+                raise RuntimeError("Transcriber.start() was already called")
+            return await self._open("start")
+
+    async def restart(self, reason: str) -> AgentSession | None:
+        """Replace the session with a fresh one (lines are kept); None once closed."""
+        async with self._lock:
+            if self._closed:
+                return None
+            await self._retire()
+            self._restarts += 1
+            return await self._open(reason)
+
+    async def aclose(self, reason: str = "closed") -> None:
+        """Close the session and end the transcriber."""
+        async with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            await self._retire()
+        logger.info("transcriber closed", participant=identity_ref(self._identity), reason=reason)
+        self.emit("closed", TranscriberClosed(reason))
+
+    async def _open(self, reason: str) -> AgentSession:
+        # turns end where the STT (or the VAD) says; there is no turn-detector model to load
+        turn_detection = "vad" if self._vad is not None else "stt"
+        session = AgentSession(
+            stt=self._stt, vad=self._vad, turn_handling={"turn_detection": turn_detection}
+        )
+        session.on("user_input_transcribed", self._on_transcribed)
+        if self._job_ctx is not None and self._previous is not None:
+            # as the supervisor does: a primary's replacement is primary too
+            _livekit.hand_over_primary(self._job_ctx, self._previous, session)
+        options = room_io.RoomOptions(
+            participant_identity=self._identity,
+            # another session may own the pre-connect buffer and the chat topic: never claim
+            # them, so closing this one cannot unregister theirs
+            audio_input=room_io.AudioInputOptions(pre_connect_audio=False),
+            audio_output=False,
+            text_input=False,
+            text_output=True,
+            close_on_disconnect=False,  # the pool closes it when the participant leaves
+            delete_room_on_close=False,
+        )
+        try:
+            await session.start(_ListenOnlyAgent(), room=self._room, room_options=options)
+        except BaseException:
+            session.off("user_input_transcribed", self._on_transcribed)
+            await session.aclose()
+            raise
+        self._session = session
+        logger.info("transcriber started", participant=identity_ref(self._identity), reason=reason)
+        self.emit("session_started", TranscriberStarted(session, reason))
+        return session
+
+    async def _retire(self) -> None:
+        session, self._session = self._session, None
+        if session is None:
+            return
+        self._previous = session
+        try:
+            await asyncio.wait_for(asyncio.shield(session.aclose()), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning("transcriber session did not close in time")
+        session.off("user_input_transcribed", self._on_transcribed)
+
+    def _on_transcribed(self, ev: UserInputTranscribedEvent) -> None:
+        text = ev.transcript.strip()
+        if not ev.is_final or not text:
+            return
+        message = llm.ChatMessage(role="user", content=[text], extra={"speaker": self._identity})
+        line = TranscribedLine(message.id, self._identity, text, time.time())
+        self._lines.append(line)
+        self._items.append(message)
+        if self._session is not None:
+            # a session with no LLM keeps no history of its own; the report reads it
+            self._session.history.insert(message.model_copy(deep=True))
+        self.emit("transcribed", line)
+
+
+class TranscriberPool:
+    """One :class:`Transcriber` per remote participant: started on join, closed on leave.
+
+    stt_factory: the STT for each transcriber (called once per participant).
+    job_ctx: the job (for the primary designation on restarts).
+    election: where each transcriber registers (None: no election, e.g. a lone tool).
+    on_line: called with every final :class:`TranscribedLine`, from any participant.
+    """
+
+    def __init__(
+        self,
+        room: rtc.Room,
+        *,
+        stt_factory: Callable[[], stt.STT],
+        vad: vad.VAD | None = None,
+        job_ctx: JobContext | None = None,
+        election: SessionElection | None = None,
+        on_line: Callable[[TranscribedLine], None] | None = None,
+    ) -> None:
+        self._room = room
+        self._stt_factory = stt_factory
+        self._vad = vad
+        self._job_ctx = job_ctx
+        self._election = election
+        self._on_line = on_line
+        self._transcribers: dict[str, Transcriber] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._lines: list[TranscribedLine] = []
+        self._following = False
+
+    @property
+    def transcribers(self) -> dict[str, Transcriber]:
+        """Running transcribers by participant identity."""
+        return dict(self._transcribers)
+
+    @property
+    def lines(self) -> list[TranscribedLine]:
+        """Every final line, of every participant, in the order they were transcribed."""
+        return list(self._lines)
+
+    def follow(self) -> None:
+        """Start transcribing everyone in the room now, and everyone who joins later."""
+        if self._following:
+            return
+        self._following = True
+        self._room.on("participant_connected", self._on_connected)
+        self._room.on("participant_disconnected", self._on_disconnected)
+        for participant in list(self._room.remote_participants.values()):
+            self._on_connected(participant)
+
+    async def settled(self) -> None:
+        """Wait until every pending start and close is done."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Stop following the room and close every transcriber."""
+        if self._following:
+            self._following = False
+            self._room.off("participant_connected", self._on_connected)
+            self._room.off("participant_disconnected", self._on_disconnected)
+        await self.settled()
+        for identity in list(self._transcribers):
+            await self._leave(identity, "pool closed")
+
+    def _on_connected(self, participant: rtc.RemoteParticipant) -> None:
+        if participant.kind in TRANSCRIBED_KINDS:
+            self._spawn(self._join(participant.identity))
+
+    def _on_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        self._spawn(self._leave(participant.identity, "participant left"))
+
+    async def _join(self, identity: str) -> None:
+        async with self._lock_for(identity):
+            if identity in self._transcribers or identity not in self._room.remote_participants:
+                return  # already transcribed, or gone again before its turn came
+            transcriber = Transcriber(
+                self._room, identity, stt=self._stt_factory(), vad=self._vad, job_ctx=self._job_ctx
+            )
+            transcriber.on("transcribed", self._on_transcribed)
+            self._transcribers[identity] = transcriber
+            try:
+                if self._election is not None:
+                    async with self._election.starting(transcriber):
+                        await transcriber.start()
+                else:
+                    await transcriber.start()
+            except Exception:
+                logger.exception("transcriber failed to start", participant=identity_ref(identity))
+                self._transcribers.pop(identity, None)
+                await transcriber.aclose("start failed")
+
+    async def _leave(self, identity: str, reason: str) -> None:
+        async with self._lock_for(identity):
+            transcriber = self._transcribers.pop(identity, None)
+            if transcriber is not None:
+                await transcriber.aclose(reason)
+                transcriber.off("transcribed", self._on_transcribed)
+
+    def _on_transcribed(self, line: TranscribedLine) -> None:
+        self._lines.append(line)
+        if self._on_line is not None:
+            self._on_line(line)
+
+    def _lock_for(self, identity: str) -> asyncio.Lock:
+        # joins and leaves of one identity run in the order they happened
+        return self._locks.setdefault(identity, asyncio.Lock())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

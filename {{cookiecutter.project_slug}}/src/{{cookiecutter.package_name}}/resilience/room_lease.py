@@ -226,7 +226,7 @@ class RoomPrimacy:
         self.lease = lease
         self._on_acquired = on_acquired
         self._on_lost = on_lost
-        self._heartbeat = heartbeat
+        self._heartbeats: list[Callable[[], Awaitable[None]]] = [heartbeat] if heartbeat else []
         self._renew_every = renew_every or lease.ttl / 3
         self._poll_every = poll_every or lease.ttl / 5
         self._token: int | None = None
@@ -250,6 +250,10 @@ class RoomPrimacy:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="room_primacy")
         return self.is_primary
+
+    def add_heartbeat(self, beat: Callable[[], Awaitable[None]]) -> None:
+        """Also call ``beat()`` after each successful renewal."""
+        self._heartbeats.append(beat)
 
     async def wait_until_primary(self) -> int:
         """Wait until this worker holds the lease; returns the token."""
@@ -286,8 +290,8 @@ class RoomPrimacy:
                 return
             if await self.lease.renew(self._token):
                 self._valid_until = sent + self.lease.ttl
-                if self._heartbeat is not None:
-                    await self._heartbeat()
+                for beat in self._heartbeats:
+                    await beat()
             else:
                 self._lose("renewal refused")
         except StoreUnavailableError as exc:
@@ -318,13 +322,13 @@ class FencedStore:
     The first write for a participant under a room-lease token takes the participant's store
     lease by force (``acquire_lease(force=True)``): from then on the store refuses the
     writes of any earlier holder by token, and this worker's own, once a successor does the
-    same. Reads pass through. Pass :meth:`renew` as the primacy's ``heartbeat`` to keep the
-    participant leases alive.
+    same. Reads pass through. The primacy's heartbeat renews the participant leases.
     """
 
     def __init__(self, store: SessionStore, primacy: RoomPrimacy) -> None:
         self._store = store
         self._primacy = primacy
+        primacy.add_heartbeat(self.renew)
         self._fences: dict[tuple[str, str], tuple[int, int]] = {}  # -> (room token, fence)
         self._lock = asyncio.Lock()
 

@@ -1,0 +1,243 @@
+"""The room lease across workers: one primary per room, failover, and fencing by token.
+
+In-process tests cover the lease and the fenced store on a real Redis server and in memory;
+the last two run two real worker processes (``election_worker_proc.py``) against one real
+redis-server and kill -9 or freeze the primary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from queue import Empty, Queue
+
+import pytest
+from store_fixtures import new_prefix, redis_server  # noqa: F401 - fixture
+
+from {{ cookiecutter.package_name }}.resilience.room_lease import (
+    FencedStore,
+    LocalRoomLease,
+    RedisRoomLease,
+    RoomPrimacy,
+)
+from {{ cookiecutter.package_name }}.resilience.store import (
+    MemoryStore,
+    RedisStore,
+    StaleLeaseError,
+)
+from {{ cookiecutter.package_name }}.resilience.store.redis_client import connect
+from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
+
+ROOM = "room-1"
+CALLER = "caller"
+WORKER = Path(__file__).with_name("election_worker_proc.py")
+
+
+def item(item_id: str) -> dict:
+    return {"id": item_id, "type": "message", "role": "user", "content": [item_id]}
+
+
+async def test_one_holder_at_a_time_and_tokens_only_grow(redis_server: RedisServer) -> None:  # noqa: F811
+    client, prefix = connect(redis_server.url), new_prefix()
+    a = RedisRoomLease(client, ROOM, "worker-a", ttl=0.3, prefix=prefix)
+    b = RedisRoomLease(client, ROOM, "worker-b", ttl=0.3, prefix=prefix)
+    first = await a.acquire()
+    assert first is not None and await b.acquire() is None
+    assert await a.acquire() == first  # the holder asking again keeps its token
+    assert (await a.state()).owner == "worker-a"
+    await asyncio.sleep(0.4)  # lapsed: the holder cannot renew it, another may take it
+    assert not await a.renew(first)
+    second = await b.acquire()
+    assert second is not None and second > first
+    assert not await a.release(first) and (await b.state()).owner == "worker-b"
+    assert await b.release(second) and (await b.state()).owner is None
+    third = await a.acquire()
+    assert third is not None and third > second
+    await client.aclose()
+
+
+async def test_local_lease_behaves_the_same() -> None:
+    a = LocalRoomLease("local-room", "worker-a", ttl=0.2)
+    b = LocalRoomLease("local-room", "worker-b", ttl=0.2)
+    first = await a.acquire()
+    assert first is not None and await b.acquire() is None and await a.renew(first)
+    await asyncio.sleep(0.25)
+    assert not await a.renew(first)
+    second = await b.acquire()
+    assert second is not None and second > first
+    assert await b.release(second)
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_a_lapsed_holder_writes_nothing_once_a_successor_took_over(
+    kind: str,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    prefix = new_prefix()
+    if kind == "memory":
+        store = MemoryStore()
+        leases = [LocalRoomLease(f"{ROOM}-{prefix}", w, ttl=0.3) for w in ("a", "b")]
+    else:
+        store = RedisStore(connect(redis_server.url), prefix=prefix)
+        client = connect(redis_server.url)
+        leases = [RedisRoomLease(client, ROOM, w, ttl=0.3, prefix=prefix) for w in ("a", "b")]
+    old, new = (RoomPrimacy(lease, renew_every=10, poll_every=10) for lease in leases)
+    old_store, new_store = FencedStore(store, old), FencedStore(store, new)
+    assert await old.start() and not await new.start()
+    await old_store.append(ROOM, CALLER, items=[item("a-1")])
+    with pytest.raises(StaleLeaseError):
+        await new_store.append(ROOM, CALLER, items=[item("b-0")])  # the standby writes nothing
+
+    stale_fence = await old_store.fence(ROOM, CALLER)
+    await asyncio.sleep(0.35)  # the old holder stalls past its lease (a pause, a partition)
+    assert not old.is_primary
+    with pytest.raises(StaleLeaseError):  # refused before it reaches the store...
+        await old_store.append(ROOM, CALLER, items=[item("a-2")])
+    assert await new.start()
+    await new_store.append(ROOM, CALLER, items=[item("b-1")])
+    with pytest.raises(StaleLeaseError):  # ...and by the store, for a write already in flight
+        await store.append(ROOM, CALLER, items=[item("a-3")], fence=stale_fence)
+    record = await store.load(ROOM, CALLER)
+    assert record is not None and [i["id"] for i in record.items] == ["a-1", "b-1"]
+    await old.aclose()
+    await new.aclose()
+    await store.aclose()
+
+
+async def test_a_worker_cut_off_from_redis_steps_down_within_the_lease() -> None:
+    with RedisServer(durable=False) as server:
+        lease = RedisRoomLease(connect(server.url), ROOM, "worker-a", ttl=0.5)
+        lost = asyncio.Event()
+        primacy = RoomPrimacy(lease, on_lost=lost.set, renew_every=0.1)
+        assert await primacy.start()
+        server.kill()
+        await asyncio.wait_for(lost.wait(), 5)  # no renewal answered: it steps down by itself
+        assert not primacy.is_primary and primacy.token is None
+        await primacy.aclose(release=False)
+
+
+# -- two worker processes --------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """One election_worker_proc.py; its JSON lines arrive on a queue."""
+
+    def __init__(self, url: str, prefix: str, name: str, ttl: float, window: float) -> None:
+        self.name = name
+        self.events: list[dict] = []
+        self._lines: Queue[dict] = Queue()
+        args = [sys.executable, str(WORKER), "--redis", url, "--room", ROOM, "--name", name,
+                "--prefix", prefix, "--ttl", str(ttl), "--window", str(window)]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=os.environ)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(json.loads(line))
+
+    def wait_for(self, event: str, timeout: float = 15.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                found = self._lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except Empty:
+                raise TimeoutError(f"{self.name}: no {event!r} within {timeout}s") from None
+            self.events.append(found)
+            if found["event"] == event:
+                return found
+
+    def drain(self) -> None:
+        while not self._lines.empty():
+            self.events.append(self._lines.get())
+
+    def ids(self, event: str) -> list[str]:
+        return [e["id"] for e in self.events if e["event"] == event]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def stored_ids(server: RedisServer, prefix: str) -> list[str]:
+    async def load() -> list[str]:
+        store = RedisStore(connect(server.url), prefix=prefix)
+        record = await store.load(ROOM, "caller")
+        await store.aclose()
+        return [i["id"] for i in record.items] if record else []
+
+    return asyncio.run(load())
+
+
+def test_kill_9_the_primary_and_the_standby_continues_from_the_store(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    prefix, ttl = new_prefix(), 1.0
+    a = WorkerProcess(redis_server.url, prefix, "A", ttl, window=0.02)
+    try:
+        a.wait_for("primary")
+        b = WorkerProcess(redis_server.url, prefix, "B", ttl, window=0.02)
+        try:
+            b.wait_for("started")
+            for _ in range(5):
+                a.wait_for("wrote")
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait(10)
+            killed_at = time.time()
+            taken = b.wait_for("primary", timeout=3 * ttl + 5)
+            b.wait_for("wrote")
+            a.drain()
+            # the standby took over after the kill and started from everything A stored
+            assert taken["t"] > killed_at
+            assert set(a.ids("wrote")) <= set(taken["loaded"])
+            assert all(i.startswith("A-") for i in taken["loaded"])
+            ids = stored_ids(redis_server, prefix)
+            first_b = next(n for n, i in enumerate(ids) if i.startswith("B-"))
+            assert ids[:first_b] == taken["loaded"]
+            assert not [i for i in ids[first_b:] if i.startswith("A-")]  # nothing of A after
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
+def test_a_frozen_primary_that_wakes_up_after_the_takeover_is_refused_by_token(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """A primary frozen (SIGSTOP) between taking its token and writing: its lease lapses, the
+    standby takes over; when it wakes (SIGCONT) its in-flight write is refused by the store."""
+    prefix, ttl = new_prefix(), 1.0
+    a = WorkerProcess(redis_server.url, prefix, "A", ttl, window=0.5)
+    b = None
+    try:
+        a.wait_for("primary")
+        b = WorkerProcess(redis_server.url, prefix, "B", ttl, window=0.02)
+        b.wait_for("started")
+        a.wait_for("wrote")
+        in_flight = a.wait_for("fenced")
+        a.proc.send_signal(signal.SIGSTOP)  # frozen with a token in hand
+        taken = b.wait_for("primary", timeout=3 * ttl + 5)
+        b.wait_for("wrote")
+        a.proc.send_signal(signal.SIGCONT)
+        refused = a.wait_for("refused")
+        a.wait_for("standby")  # and it knows it is no longer primary
+        assert refused["id"] == in_flight["id"] and "fencing token" in refused["error"]
+        ids = stored_ids(redis_server, prefix)
+        assert in_flight["id"] not in ids
+        first_b = next(n for n, i in enumerate(ids) if i.startswith("B-"))
+        assert ids[:first_b] == taken["loaded"]
+        assert not [i for i in ids[first_b:] if i.startswith("A-")]
+    finally:
+        if a.proc.poll() is None:
+            a.proc.send_signal(signal.SIGCONT)
+        a.stop()
+        if b is not None:
+            b.stop()

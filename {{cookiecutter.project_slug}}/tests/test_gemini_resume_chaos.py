@@ -11,6 +11,7 @@ import contextlib
 import random
 
 from google.genai import types
+from websockets.exceptions import ConnectionClosed
 from livekit.agents import Agent, AgentSession
 from livekit.agents.voice.events import CloseEvent
 
@@ -78,8 +79,8 @@ async def inject_fault(srv: LocalGeminiLiveServer, rng: random.Random) -> str:
             srv.arm(SlowSetup(delay=0.05))
         elif kind == "no_setup_complete":
             srv.arm(NoSetupComplete())
-        # the connection may be between setup and setupComplete: then this one is skipped
-        with contextlib.suppress(RuntimeError):
+        # the connection may be mid-setup or closing: then this fault is skipped
+        with contextlib.suppress(RuntimeError, ConnectionClosed):
             await srv.inject(GoAway(time_left=2.0) if kind == "go_away_now" else Drop())
     return kind
 

@@ -119,6 +119,15 @@ class ResumableRealtimeModel(google.realtime.RealtimeModel):
         """Make sessions created from now on use ``resume`` (one per conversation)."""
         self._resume = resume
 
+    def drop_connections(self) -> int:
+        """Abort every live websocket of this model's sessions, as a network drop does
+        (fault drills against any endpoint); returns how many were dropped."""
+        dropped = 0
+        for sess in list(self._sessions):
+            if isinstance(sess, ResumableRealtimeSession) and sess.abort_connection():
+                dropped += 1
+        return dropped
+
     def session(self, *, turn_detection_disabled: bool = False) -> ResumableRealtimeSession:
         sess = ResumableRealtimeSession(self, self._resume)
         self._sessions.add(sess)
@@ -211,6 +220,15 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
                 realtime_api._ChatCtxContent(turns=turns, turn_complete=False, item_ids=ids)
             )
         return len(ids) if turns else 0
+
+    def abort_connection(self) -> bool:
+        """Abort the live websocket with no close frame (genai keeps it as ``_ws``)."""
+        tap = self._active_session
+        ws = getattr(getattr(tap, "inner", None), "_ws", None)
+        if ws is None:
+            return False
+        ws.transport.abort()
+        return True
 
     async def detach(self) -> None:
         async with self._session_lock:

@@ -1,24 +1,56 @@
-"""The ``gemini-faults`` scenario: a Gemini Live conversation through drops, goAway and
-refused handles, checked against what the server holds."""
+"""The ``gemini-faults`` scenario: a Gemini Live conversation through drops, goAway and a
+refused handle, with the real plugin and the resume handler, checked against the server.
+
+Run it inside :func:`gemini_endpoint` (``simulate`` does): without a URL that starts a
+:class:`LocalGeminiLiveServer` and the faults are injected there; with ``simulate
+--gemini-url URL`` the scenario talks to that endpoint and makes the faults it can from the
+client side (aborted websockets, a bogus handle); goAway needs the local server.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 
+from google.genai import types
 from livekit.agents import llm
 
+from ..assistant import GREETING, WELCOME_BACK
+from ..models import ModelStack
+from ..resilience.gemini_resume import GeminiResume, ReconnectPolicy, gemini_realtime_model
+from ..resilience.store import GeminiHandle
+from ..settings import Settings
+from ..testing import ScriptedTTS
+from ..testing.gemini_faults import Drop, GoAway, RefuseHandle, SlowSetup
 from ..testing.gemini_protocol import HistoryItem
+from ..testing.gemini_server import LocalGeminiLiveServer
+from .harness import Observations, Simulation
+from .invariants import one_agent_audio_track, segments_finalised_once, turns_as_expected
+from .scenarios import USER, scenario
 
 REPLY_PLACEHOLDER = "."
+LOCAL_API_KEY = "local-test-key"
+TURNS = [
+    "Hi, I'd like to book a table for Friday.",
+    "Four people, around eight in the evening.",
+    "One of us is allergic to peanuts.",
+    "Can you repeat the booking back to me?",
+    "Perfect, thank you.",
+]
 
 
-def server_conversation(history: Sequence[HistoryItem]) -> list[tuple[str, str]]:
-    """What a Gemini server holds as (role, text): user and model turns, livekit's ``.``
-    reply placeholder left out."""
+def server_conversation(
+    history: Sequence[HistoryItem], *, ignore: Collection[str] = ()
+) -> list[tuple[str, str]]:
+    """What a Gemini server holds as (role, text): user and model turns, without livekit's
+    ``.`` reply placeholder and ``ignore``d texts (reply instructions sent as model turns)."""
     return [
         ("assistant" if item.role == "model" else "user", item.text)
         for item in history
-        if item.role in ("user", "model") and item.text not in ("", REPLY_PLACEHOLDER)
+        if item.role in ("user", "model")
+        and item.text not in ("", REPLY_PLACEHOLDER)
+        and item.text not in ignore
     ]
 
 
@@ -32,3 +64,149 @@ def worker_conversation(
         for item in items
         if item.type == "message" and item.role in ("user", "assistant") and item.text_content
     ]
+
+
+_LOCAL: LocalGeminiLiveServer | None = None
+
+
+@contextlib.asynccontextmanager
+async def gemini_endpoint(settings: Settings, url: str | None = None) -> AsyncIterator[Settings]:
+    """Settings pointing at ``url``, or at a local Live server started for the run."""
+    global _LOCAL
+    if url:
+        yield settings.model_copy(update={"gemini_base_url": url})
+        return
+    async with LocalGeminiLiveServer(chunk_delay=0.01) as srv:
+        _LOCAL = srv
+        try:
+            yield settings.model_copy(update={"gemini_base_url": srv.base_url})
+        finally:
+            _LOCAL = None
+
+
+class GeminiDrill:
+    """The endpoint, model and handler one ``gemini-faults`` run uses."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        local = _LOCAL if _LOCAL is not None else None
+        self.server = local if local and settings.gemini_base_url == local.base_url else None
+        self.resume = GeminiResume(policy=ReconnectPolicy(backoff_base=0.05, setup_timeout=5))
+        self.models: list = []
+
+    def stack(self) -> ModelStack:
+        """A model stack on the real plugin with the resume handler (called per session)."""
+        if self.server is not None:
+            options, api_key = self.server.http_options(), LOCAL_API_KEY
+        else:
+            options = types.HttpOptions(base_url=self.settings.gemini_base_url)
+            key = self.settings.google_api_key
+            api_key = key.get_secret_value() if key is not None else LOCAL_API_KEY
+        model = gemini_realtime_model(
+            self.resume,
+            model=self.settings.gemini_model,
+            api_key=api_key,
+            http_options=options,
+            modalities=[types.Modality.TEXT],
+        )
+        self.models.append(model)
+        return ModelStack(name="gemini-live", llm=model, tts=ScriptedTTS())
+
+    async def drop(self, *, refuse: bool = False) -> None:
+        """A drop: on the local server, or by aborting the client's websocket."""
+        if self.server is not None:
+            if refuse:
+                self.server.arm(RefuseHandle())
+            await self.server.inject(Drop())
+            return
+        if refuse:  # a handle no server knows: refused like an expired one
+            self.resume.resume_from(GeminiHandle("bogus-expired-handle", (), 0.0))
+        for model in self.models:
+            model.drop_connections()
+
+
+_DRILL: GeminiDrill | None = None
+
+
+def _models(settings: Settings):  # noqa: ANN202 - a factory of ModelStack
+    global _DRILL
+    _DRILL = GeminiDrill(settings)
+    return _DRILL.stack
+
+
+def _checks(obs: Observations, sim: Simulation) -> list[str]:
+    return [
+        *one_agent_audio_track(obs),
+        *segments_finalised_once(obs),
+        *turns_as_expected(obs, sim.expected_roles),
+        *sim.timings.get("gemini_violations", []),
+    ]
+
+
+@scenario(
+    "gemini-faults",
+    summary="a Gemini Live call through drops, goAway and a refused handle; nothing lost",
+    models=_models,
+    checks=_checks,
+)
+async def gemini_faults(sim: Simulation) -> None:
+    if _DRILL is None:
+        raise RuntimeError("gemini-faults needs its model stack (run it through simulate)")
+    drill = _DRILL
+    if drill.server is None and not drill.settings.gemini_base_url:
+        raise RuntimeError("gemini-faults needs an endpoint: run it inside gemini_endpoint()")
+    await sim.join(USER, name="Simulated User")
+    sim.expect_agent_turn("greeting")
+    await sim.wait_for_agent_replies(1)
+    await sim.say(USER, TURNS[0])
+    sim.progress("the connection drops")
+    await drill.drop()
+    await sim.say(USER, TURNS[1])
+    if drill.server is not None:
+        sim.progress("goAway arrives mid-reply")
+        drill.server.arm(GoAway(time_left=5.0, at="reply", after_chunks=1))
+    await sim.say(USER, TURNS[2])
+    sim.progress("the handle is refused on the next reconnect")
+    await drill.drop(refuse=True)
+    await sim.say(USER, TURNS[3])
+    if drill.server is not None:
+        sim.progress("the user speaks while the connection is down")
+        drill.server.arm(SlowSetup(delay=0.3))
+        await drill.drop()
+    await sim.say(USER, TURNS[4])
+    sim.timings["gemini"] = {
+        k: v for k, v in vars(drill.resume.metrics).items() if not isinstance(v, list)
+    }
+    sim.timings["gemini_violations"] = await _violations(drill, sim)
+
+
+async def _violations(drill: GeminiDrill, sim: Simulation) -> list[str]:
+    found = []
+    metrics = drill.resume.metrics
+    if metrics.exhausted or metrics.reconnects < 2:
+        found.append(f"expected reconnects and no spent budget, saw {metrics}")
+    if drill.server is not None and (supervisor := sim.supervisor) is not None:
+        srv = drill.server
+
+        def held() -> list[tuple[str, str]]:
+            return server_conversation(srv.history(), ignore={GREETING, WELCOME_BACK})
+
+        def in_sync() -> bool:
+            return held() == worker_conversation(supervisor.chat_ctx())
+
+        # the last reply reaches the chat context once its playout ends: look a few times
+        for _ in range(100):
+            if in_sync():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            wanted = worker_conversation(supervisor.chat_ctx())
+            found.append(f"the server holds {len(held())} turns, the worker {len(wanted)}")
+        cut = [
+            c.index
+            for c in drill.server.connections
+            if c.go_away_sent_at is not None and not all(r.completed for r in c.replies)
+        ]
+        if cut:
+            found.append(f"goAway cut a reply on connection(s) {cut}")
+    return found

@@ -215,15 +215,19 @@ def test_a_frozen_primary_that_wakes_up_after_the_takeover_is_refused_by_token(
     """A primary frozen (SIGSTOP) between taking its token and writing: its lease lapses, the
     standby takes over; when it wakes (SIGCONT) its in-flight write is refused by the store."""
     prefix, ttl = new_prefix(), 1.0
-    a = WorkerProcess(redis_server.url, prefix, "A", ttl, window=0.5)
+    a = WorkerProcess(redis_server.url, prefix, "A", ttl, window=1.5)
     b = None
     try:
         a.wait_for("primary")
         b = WorkerProcess(redis_server.url, prefix, "B", ttl, window=0.02)
         b.wait_for("started")
         a.wait_for("wrote")
-        in_flight = a.wait_for("fenced")
+        a.wait_for("fenced")
         a.proc.send_signal(signal.SIGSTOP)  # frozen with a token in hand
+        time.sleep(0.2)  # whatever it printed before the stop has arrived
+        a.drain()
+        in_flight = [e for e in a.events if e["event"] in ("fenced", "wrote")][-1]
+        assert in_flight["event"] == "fenced"  # stopped between its token and its write
         taken = b.wait_for("primary", timeout=3 * ttl + 5)
         b.wait_for("wrote")
         a.proc.send_signal(signal.SIGCONT)

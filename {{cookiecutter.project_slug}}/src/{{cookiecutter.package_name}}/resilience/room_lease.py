@@ -3,8 +3,8 @@
 Two workers can end up in one room (a dispatch retried after a timeout, a second agent
 deployment). Each asks for the room's lease; the holder runs the conversation, the other
 stands by (listen-only, or leaves). The holder renews every ``ttl / 3``; if it dies, its lease
-lapses after at most ``ttl`` and a standby takes it with a higher fencing token and continues
-from the session store.
+lapses at most ``ttl`` later and a standby (polling every ``ttl / 10``, at most 0.5 s) takes
+it with a higher fencing token and continues from the session store.
 
 - :class:`RedisRoomLease`: one Redis hash per room (owner, token) with a TTL, plus a counter
   that never expires, so tokens only ever grow; each operation is one Lua script.
@@ -32,7 +32,10 @@ from .store.redis_client import UNAVAILABLE
 
 logger = get_logger(__name__)
 
-DEFAULT_TTL_S = 10.0
+# a standby polls every ttl/10 (at most 0.5 s), so a dead holder is replaced at most
+# ttl + poll after its last renewal: 8.5 s with the defaults, inside the 10 s promised
+DEFAULT_TTL_S = 8.0
+MAX_POLL_S = 0.5
 
 # KEYS: lease hash, token counter. ARGV: owner, ttl_ms. Same owner: renew and keep its token.
 _ACQUIRE = """
@@ -228,7 +231,7 @@ class RoomPrimacy:
         self._on_lost = on_lost
         self._heartbeats: list[Callable[[], Awaitable[None]]] = [heartbeat] if heartbeat else []
         self._renew_every = renew_every or lease.ttl / 3
-        self._poll_every = poll_every or lease.ttl / 5
+        self._poll_every = poll_every or min(lease.ttl / 10, MAX_POLL_S)
         self._token: int | None = None
         self._valid_until = 0.0
         self._primary = asyncio.Event()

@@ -214,6 +214,14 @@ def simulate(
             "Default: redis when REDIS_URL is set."
         ),
     ] = None,
+    gemini_url: Annotated[
+        str | None,
+        typer.Option(
+            "--gemini-url",
+            help="Live-protocol endpoint for Gemini scenarios (gemini-faults); "
+            "default: a local Gemini Live server started for the run.",
+        ),
+    ] = None,
     log_level: LogLevel = "WARNING",
 ) -> None:
     """Run the real job offline: a scripted user in a simulated room, scripted models.
@@ -221,7 +229,8 @@ def simulate(
     Prints the conversation as a frontend shows it; exits 1 when an invariant breaks.
     """
     from .log import configure_logging
-    from .simulation import SCENARIOS, run_scenario
+    from .simulation import SCENARIOS, Observations, run_scenario
+    from .simulation import scenario_gemini  # noqa: F401  registers gemini-faults
 
     if scenario not in SCENARIOS:
         raise fail(f"--scenario must be one of {', '.join(SCENARIOS)}, not {scenario!r}", 2)
@@ -231,17 +240,28 @@ def simulate(
     configure_logging(log_level.upper())
     chosen = SCENARIOS[scenario]
     typer.echo(f"simulate {chosen.name}: {chosen.summary}")
-    with simulation_store(settings, store) as sim_settings:
-        observations = asyncio.run(
-            run_scenario(
+    if gemini_url is not None and not gemini_url.startswith("https://"):
+        raise fail(f"--gemini-url must be an https:// URL, not {gemini_url!r}", 2)
+
+    async def run(sim_settings: Settings) -> Observations:
+        from .simulation.scenario_gemini import gemini_endpoint
+
+        # a Gemini scenario gets its endpoint: the URL, or a local Live server for the run
+        gemini = (
+            gemini_endpoint(sim_settings, gemini_url) if chosen.name.startswith("gemini") else None
+        )
+        async with gemini or contextlib.nullcontext(sim_settings) as run_settings:
+            return await run_scenario(
                 chosen.name,
                 chosen.run,
-                settings=sim_settings,
+                settings=run_settings,
                 llm=chosen.scripted_llm(),
-                models=chosen.models(sim_settings) if chosen.models else None,
+                models=chosen.models(run_settings) if chosen.models else None,
                 checks=chosen.checks,
             )
-        )
+
+    with simulation_store(settings, store) as sim_settings:
+        observations = asyncio.run(run(sim_settings))
     if json_path is not None:
         json_path.write_text(json.dumps(observations.to_json(), indent=2, default=str) + "\n")
         typer.echo(f"observations written to {json_path}")

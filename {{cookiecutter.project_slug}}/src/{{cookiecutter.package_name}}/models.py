@@ -63,13 +63,16 @@ def build_models(settings: Settings, *, vad_model: vad.VAD | None = None) -> Mod
 
 def _gemini_live(settings: Settings) -> llm.RealtimeModel:
     from google.genai import types
-    from livekit.plugins import google
+
+    from .resilience.gemini_resume import gemini_realtime_model
 
     kwargs = {}
     if settings.gemini_base_url:
         # A proxy or a local Live-protocol server; TLS trust comes from SSL_CERT_FILE.
         kwargs["http_options"] = types.HttpOptions(base_url=settings.gemini_base_url)
-    return google.realtime.RealtimeModel(
+    # the plugin's model with the resume handler's connection loop; a job binds it to its
+    # conversation's handler through SessionSupervisor(before_start=resume.before_start)
+    return gemini_realtime_model(
         model=settings.gemini_model,
         voice=settings.gemini_voice,
         api_key=_secret(settings.google_api_key),

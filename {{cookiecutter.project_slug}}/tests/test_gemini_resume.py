@@ -110,13 +110,13 @@ async def test_drop_resumes_by_handle_with_nothing_replayed(srv: LocalGeminiLive
 
 async def newest_handle_known(srv: LocalGeminiLiveServer, resume: GeminiResume) -> None:
     """Wait until the client holds the newest handle the live connection issued."""
-    await srv.wait_for(
-        lambda: (
-            resume.current is not None
-            and resume.current.handle == srv.connections[-1].handles_issued[-1]
-        ),
-        what="the newest handle at the client",
-    )
+    # the client adopts the handle after the server's last event: poll, bounded
+    for _ in range(1000):
+        issued = srv.connections[-1].handles_issued
+        if resume.current is not None and issued and resume.current.handle == issued[-1]:
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError("the client never adopted the newest handle")
 
 
 @pytest.mark.parametrize("how", ["refused", "expired"])
@@ -218,10 +218,12 @@ async def test_a_drop_while_a_reply_is_awaited_still_gets_the_turn_answered() ->
     ):
         run = asyncio.ensure_future(ask(session, "hello"))
         await srv.wait_for(
-            lambda: bool(srv.connections)
-            and any(
-                m.get("client_content", {}).get("turn_complete")
-                for m in srv.connections[0].received
+            lambda: (
+                bool(srv.connections)
+                and any(
+                    m.get("client_content", {}).get("turn_complete")
+                    for m in srv.connections[0].received
+                )
             )
         )
         await srv.inject(Drop())

@@ -11,14 +11,14 @@ import contextlib
 import random
 
 from google.genai import types
-from websockets.exceptions import ConnectionClosed
 from livekit.agents import Agent, AgentSession
 from livekit.agents.voice.events import CloseEvent
+from websockets.exceptions import ConnectionClosed
 
 from {{ cookiecutter.package_name }}.resilience.gemini_resume import (
     GeminiResume,
-    ReconnectPolicy,
     ReconnectedEvent,
+    ReconnectPolicy,
     gemini_realtime_model,
 )
 from {{ cookiecutter.package_name }}.simulation.scenario_gemini import (

@@ -229,8 +229,12 @@ def simulate(
     Prints the conversation as a frontend shows it; exits 1 when an invariant breaks.
     """
     from .log import configure_logging
-    from .simulation import SCENARIOS, Observations, run_scenario
-    from .simulation import scenario_gemini  # noqa: F401  registers gemini-faults
+    from .simulation import (
+        SCENARIOS,
+        Observations,
+        run_scenario,
+        scenario_gemini,  # noqa: F401  registers gemini-faults
+    )
 
     if scenario not in SCENARIOS:
         raise fail(f"--scenario must be one of {', '.join(SCENARIOS)}, not {scenario!r}", 2)

@@ -92,7 +92,8 @@ async def test_no_raw_identity_reaches_the_log_handlers(caplog: pytest.LogCaptur
         await sim.say(identity, "hello")
 
     basic = SCENARIOS["basic"]
-    with caplog.at_level(logging.DEBUG):
+    # another test's CLI run may have quietened livekit: this one needs its INFO lines
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="livekit"):
         obs = await run_scenario(
             "alice",
             alice,

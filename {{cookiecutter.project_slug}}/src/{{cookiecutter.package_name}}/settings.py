@@ -59,6 +59,11 @@ class Settings(BaseSettings):
 
     # Rooms and sessions.
     room_mode: RoomMode = "{{ cookiecutter.room_mode }}"
+    # Seconds a room's primary worker holds its lease between renewals; a standby takes
+    # over at most this long (plus one poll) after the primary dies.
+    room_lease_s: float = Field(default=8.0, gt=0, le=60)
+    # What a second worker in the same room does: wait to take over, or leave.
+    room_standby: Literal["wait", "leave"] = "wait"
     redis_url: str | None = None
     redis_cluster: bool = False
     session_retention_s: float = Field(default=300.0, gt=0)
@@ -142,7 +147,7 @@ class Settings(BaseSettings):
         return problems
 
     def model_problems(self) -> list[str]:
-        """What is missing to build the chosen model stack."""
+        """What is missing to build the chosen model stack (and the transcribers)."""
         if self.model_stack == "gemini-live" and not self.google_api_key:
             return [
                 "GOOGLE_API_KEY is not set: MODEL_STACK=gemini-live needs a Gemini API key "
@@ -152,6 +157,11 @@ class Settings(BaseSettings):
             return [
                 f"OPENAI_API_KEY is not set: MODEL_STACK={self.model_stack} needs an OpenAI "
                 "API key (https://platform.openai.com/api-keys)"
+            ]
+        if self.room_mode == "multi-participant" and not self.openai_api_key:
+            return [
+                "OPENAI_API_KEY is not set: ROOM_MODE=multi-participant transcribes each "
+                f"participant with OpenAI speech-to-text ({self.openai_stt_model})"
             ]
         return []
 

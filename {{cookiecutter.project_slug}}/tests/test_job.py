@@ -98,3 +98,9 @@ def test_every_model_stack_builds_offline(monkeypatch: pytest.MonkeyPatch, stack
     assert (models.stt is None) is (stack != "openai-pipeline")
     if stack == "gemini-live":
         assert models.llm._opts.http_options.base_url == "https://127.0.0.1:8443"
+
+
+def test_the_help_lists_every_registered_scenario() -> None:
+    from {{ cookiecutter.package_name }}.cli import SCENARIO_NAMES
+
+    assert set(SCENARIO_NAMES) == set(SCENARIOS)

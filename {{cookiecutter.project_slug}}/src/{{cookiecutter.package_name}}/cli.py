@@ -31,7 +31,7 @@ app = typer.Typer(
 )
 
 # the scenario names, without importing livekit before a command needs it
-SCENARIO_NAMES = ("basic", "refresh", "restart")
+SCENARIO_NAMES = ("basic", "refresh", "restart", "multi", "gemini-faults")
 
 LogLevel = Annotated[
     str,
@@ -229,12 +229,7 @@ def simulate(
     Prints the conversation as a frontend shows it; exits 1 when an invariant breaks.
     """
     from .log import configure_logging
-    from .simulation import (
-        SCENARIOS,
-        Observations,
-        run_scenario,
-        scenario_gemini,  # noqa: F401  registers gemini-faults
-    )
+    from .simulation import SCENARIOS, Observations, run_scenario
 
     if scenario not in SCENARIOS:
         raise fail(f"--scenario must be one of {', '.join(SCENARIOS)}, not {scenario!r}", 2)
@@ -248,13 +243,8 @@ def simulate(
         raise fail(f"--gemini-url must be an https:// URL, not {gemini_url!r}", 2)
 
     async def run(sim_settings: Settings) -> Observations:
-        from .simulation.scenario_gemini import gemini_endpoint
-
-        # a Gemini scenario gets its endpoint: the URL, or a local Live server for the run
-        gemini = (
-            gemini_endpoint(sim_settings, gemini_url) if chosen.name.startswith("gemini") else None
-        )
-        async with gemini or contextlib.nullcontext(sim_settings) as run_settings:
+        # the scenario's settings and services (a Gemini scenario: the URL, or a local server)
+        async with chosen.prepare(sim_settings, gemini_url=gemini_url) as run_settings:
             return await run_scenario(
                 chosen.name,
                 chosen.run,

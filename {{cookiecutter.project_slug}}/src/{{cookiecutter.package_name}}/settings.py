@@ -46,6 +46,8 @@ class Settings(BaseSettings):
 
     # Models.
     model_stack: ModelStack = "{{ cookiecutter.model_stack }}"
+    # Where a conversation moves when its model stays unreachable (unset: restart on it).
+    fallback_model_stack: ModelStack | None = None
     google_api_key: SecretStr | None = None
     openai_api_key: SecretStr | None = None
     gemini_model: str = "gemini-2.5-flash-native-audio-preview-12-2025"
@@ -146,8 +148,25 @@ class Settings(BaseSettings):
             )
         return problems
 
+    def fallback_settings(self) -> Settings | None:
+        """These settings with the fallback model stack, or None when there is none."""
+        if self.fallback_model_stack in (None, self.model_stack):
+            return None
+        return self.model_copy(update={"model_stack": self.fallback_model_stack})
+
     def model_problems(self) -> list[str]:
-        """What is missing to build the chosen model stack (and the transcribers)."""
+        """What is missing to build the chosen model stacks (and the transcribers)."""
+        problems = self._stack_problems()
+        fallback = self.fallback_settings()
+        if fallback is not None:
+            problems += [
+                f"{problem} (FALLBACK_MODEL_STACK={fallback.model_stack})"
+                for problem in fallback._stack_problems()
+                if problem not in problems
+            ]
+        return problems
+
+    def _stack_problems(self) -> list[str]:
         if self.model_stack == "gemini-live" and not self.google_api_key:
             return [
                 "GOOGLE_API_KEY is not set: MODEL_STACK=gemini-live needs a Gemini API key "

@@ -19,6 +19,7 @@ from .assistant import GREETING, WELCOME_BACK, Assistant
 from .log import bind_job_context, get_logger, redact_identities_in_logs, setup_structlog
 from .models import ModelStack, build_models
 from .resilience.election import SessionElection, SupervisedConversation
+from .resilience.gemini_resume import GeminiResume
 from .resilience.persistence import (
     ConversationRecorder,
     chat_ctx_from_record,
@@ -56,8 +57,12 @@ async def entrypoint(ctx: JobContext) -> None:
     """A job: one room, one conversation."""
     settings = load_settings()
     vad_model = ctx.proc.userdata.get("vad")
+    fallback = settings.fallback_settings()
     await run_job(
-        ctx, settings=settings, models=lambda: build_models(settings, vad_model=vad_model)
+        ctx,
+        settings=settings,
+        models=lambda: build_models(settings, vad_model=vad_model),
+        fallback=(lambda: build_models(fallback, vad_model=vad_model)) if fallback else None,
     )
 
 
@@ -71,6 +76,7 @@ class Conversation:
     presence: ParticipantPresence
     election: SessionElection
     primacy: RoomPrimacy
+    gemini: GeminiResume
     transcribers: TranscriberPool | None = None
     owns_store: bool = True
 
@@ -86,6 +92,7 @@ class Conversation:
         if self.transcribers is not None:
             await self.transcribers.aclose()
         await self.supervisor.aclose(reason)
+        await self.gemini.aclose()
         await self.recorder.aclose()
         await self.primacy.aclose()
         if self.owns_store:
@@ -148,6 +155,7 @@ async def run_job(
     *,
     settings: Settings,
     models: ModelFactory,
+    fallback: ModelFactory | None = None,
     store: SessionStore | None = None,
 ) -> Conversation | None:
     """Wire one job: claim the room, wait for the participant, restore their conversation,
@@ -155,7 +163,9 @@ async def run_job(
 
     A participant the store knows is welcomed back with their earlier turns in context;
     one who leaves is waited for (the retention period) and welcomed back on return.
-    Returns the running conversation (None when another worker keeps the room).
+    ``fallback`` builds the model stack a conversation moves to when its model stays
+    unreachable (None: restart on ``models``). Returns the running conversation (None when
+    another worker keeps the room).
     """
     redact_identities_in_logs()
     ctx.log_context_fields = bind_job_context(job_id=ctx.job.id, room=ctx.room.name)
@@ -187,6 +197,14 @@ async def run_job(
     earlier = outcome.record if outcome and outcome.kind is JoinKind.RETURNING else None
 
     recorder = ConversationRecorder(writer, ctx.room.name, identity)
+    # Gemini Live sessions resume by handle (kept in the store); when its reconnect budget
+    # is spent the conversation restarts, on the fallback stack when there is one
+    gemini = GeminiResume(
+        writer,
+        ctx.room.name,
+        identity,
+        on_exhausted=lambda _ev: supervisor.restart("gemini_unavailable", models=fallback),
+    )
     supervisor = SessionSupervisor(
         ctx.room,
         identity,
@@ -197,6 +215,7 @@ async def run_job(
         room_options=room_io.RoomOptions(close_on_disconnect=False),
         note_restarts=settings.note_restarts,
         initial_transcript=transcript_from_record(earlier) if earlier else (),
+        before_start=gemini.before_start,
     )
     supervisor.on("session_started", lambda ev: recorder.attach(ev.session))
     supervisor.on("transcript_segment", lambda ev: recorder.add(transcript=[ev.segment.to_dict()]))
@@ -204,7 +223,7 @@ async def run_job(
         # one-to-one: the conversation is the job; with transcribers the job outlives it
         supervisor.on("closed", lambda ev: ctx.shutdown(reason=f"conversation closed: {ev.reason}"))
     conversation = Conversation(
-        supervisor, store, recorder, presence, election, primacy, owns_store=owns_store
+        supervisor, store, recorder, presence, election, primacy, gemini, owns_store=owns_store
     )
     ctx.add_shutdown_callback(conversation.aclose)
 

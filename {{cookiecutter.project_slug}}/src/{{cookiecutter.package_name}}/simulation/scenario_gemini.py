@@ -18,7 +18,7 @@ from livekit.agents import llm
 
 from ..assistant import GREETING, WELCOME_BACK
 from ..models import ModelStack
-from ..resilience.gemini_resume import GeminiResume, ReconnectPolicy, gemini_realtime_model
+from ..resilience.gemini_resume import GeminiResume, gemini_realtime_model
 from ..resilience.store import GeminiHandle
 from ..settings import Settings
 from ..testing import ScriptedTTS
@@ -91,8 +91,14 @@ class GeminiDrill:
         self.settings = settings
         local = _LOCAL if _LOCAL is not None else None
         self.server = local if local and settings.gemini_base_url == local.base_url else None
-        self.resume = GeminiResume(policy=ReconnectPolicy(backoff_base=0.05, setup_timeout=5))
         self.models: list = []
+
+    @property
+    def resume(self) -> GeminiResume:
+        """The handler the job bound the current model to (run_job's, for this conversation)."""
+        if not self.models:
+            raise RuntimeError("the drill's model stack was never built")
+        return self.models[-1].resume
 
     def stack(self) -> ModelStack:
         """A model stack on the real plugin with the resume handler (called per session)."""
@@ -103,7 +109,6 @@ class GeminiDrill:
             key = self.settings.google_api_key
             api_key = key.get_secret_value() if key is not None else LOCAL_API_KEY
         model = gemini_realtime_model(
-            self.resume,
             model=self.settings.gemini_model,
             api_key=api_key,
             http_options=options,
@@ -148,6 +153,7 @@ def _checks(obs: Observations, sim: Simulation) -> list[str]:
     summary="a Gemini Live call through drops, goAway and a refused handle; nothing lost",
     models=_models,
     checks=_checks,
+    prepare=lambda settings, gemini_url=None, **_: gemini_endpoint(settings, gemini_url),
 )
 async def gemini_faults(sim: Simulation) -> None:
     if _DRILL is None:

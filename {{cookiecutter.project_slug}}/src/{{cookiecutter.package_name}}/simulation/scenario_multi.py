@@ -31,7 +31,7 @@ from ..resilience.election import SessionElection, election_for
 from ..settings import Settings
 from ..testing import ScriptedLLM, ScriptedTTS, SimulatedRoom
 from .harness import Observations, Simulation
-from .scenarios import scenario
+from .scenarios import scenario, with_settings
 
 STT_SAMPLE_RATE = 16000
 
@@ -246,6 +246,7 @@ async def _settle(sim: Simulation, election: SessionElection) -> None:
     summary="three participants talk; the primary's participant leaves and another is promoted",
     models=multi_models,
     checks=lambda obs, sim: check_multi(obs, sim),
+    prepare=with_settings(room_mode="multi-participant"),
 )
 async def multi(sim: Simulation) -> None:
     microphones: dict[str, ParticipantMicrophone] = {}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 from ..models import ModelStack
 from ..settings import Settings
@@ -11,6 +13,18 @@ from .harness import Observations, ScenarioFn, Simulation
 
 ModelsFor = Callable[[Settings], Callable[[], ModelStack]]
 Checks = Callable[[Observations, Simulation], list[str]]
+Prepare = Callable[..., AbstractAsyncContextManager[Settings]]
+"""``prepare(settings, gemini_url=...)``: the settings a scenario runs with, inside any
+service it needs for the run (a local Gemini Live server, say)."""
+
+
+def with_settings(**update: object) -> Prepare:
+    """A ``prepare`` that only changes settings (``room_mode="multi-participant"``...)."""
+
+    def prepare(settings: Settings, **_options: object) -> AbstractAsyncContextManager[Settings]:
+        return contextlib.nullcontext(settings.model_copy(update=update))
+
+    return prepare
 
 
 class Scenario:
@@ -19,7 +33,8 @@ class Scenario:
     By default the agent runs on a scripted LLM that gives ``replies`` in order, and the
     conversation is checked with `check_conversation`. ``models`` builds another model
     stack from the settings (a real plugin against a local server); ``checks`` replaces
-    the standard invariants (a room with several participants, say).
+    the standard invariants (a room with several participants, say); ``prepare`` gives the
+    settings and services the run needs.
     """
 
     def __init__(
@@ -31,6 +46,7 @@ class Scenario:
         replies: list[str] | None = None,
         models: ModelsFor | None = None,
         checks: Checks | None = None,
+        prepare: Prepare | None = None,
     ) -> None:
         self.name = name
         self.run = run
@@ -38,6 +54,7 @@ class Scenario:
         self.replies = replies or []
         self.models = models
         self.checks = checks
+        self.prepare = prepare or with_settings()
 
     def scripted_llm(self) -> ScriptedLLM:
         return ScriptedLLM(self.replies)
@@ -55,12 +72,19 @@ def scenario(
     replies: list[str] | None = None,
     models: ModelsFor | None = None,
     checks: Checks | None = None,
+    prepare: Prepare | None = None,
 ) -> Callable[[ScenarioFn], ScenarioFn]:
     """Register a scenario under ``name`` (see `Scenario` for the options)."""
 
     def register(fn: ScenarioFn) -> ScenarioFn:
         SCENARIOS[name] = Scenario(
-            name, fn, summary=summary, replies=replies, models=models, checks=checks
+            name,
+            fn,
+            summary=summary,
+            replies=replies,
+            models=models,
+            checks=checks,
+            prepare=prepare,
         )
         return fn
 

@@ -334,3 +334,16 @@ async def test_scripted_tts_audio_lasts_in_proportion_to_text(streaming: bool) -
     assert durations[0] == pytest.approx(len(short) * 0.010, abs=0.002)
     assert durations[1] == pytest.approx(len(long) * 0.010, abs=0.002)
     assert voice.texts == [short, long]
+
+
+async def test_a_job_waiting_for_a_participant_sees_one_that_joins_later() -> None:
+    """livekit's wait_for_participant listens for participant_active, as the SDK emits it."""
+    from livekit.agents.utils.participant import wait_for_participant
+
+    room = SimulatedRoom(agent_identity="agent")
+    waiting = asyncio.create_task(wait_for_participant(room))
+    await asyncio.sleep(0)  # the waiter is registered before anyone joins
+    room.add_participant(USER)
+    participant = await asyncio.wait_for(waiting, timeout=5)
+    assert participant.identity == USER
+    await room.disconnect()

@@ -271,6 +271,9 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
         self.recorder.participants.append(record)
         self.recorder.emit("participant_connected", record)
         self.emit("participant_connected", participant)
+        # the SFU then reports the participant ready for data; livekit-agents'
+        # wait_for_participant listens for this event, not for participant_connected
+        self.emit("participant_active", participant)
         if subscribe:
             self._subscribers.add(identity)
             for publication in self.local_participant.track_publications.values():

@@ -27,8 +27,8 @@ from {{ cookiecutter.package_name }}.resilience.election import (
 from {{ cookiecutter.package_name }}.resilience.restart_policy import RestartPolicy
 from {{ cookiecutter.package_name }}.resilience.supervisor import SessionSupervisor
 from {{ cookiecutter.package_name }}.resilience.transcribers import TranscriberPool
-from {{ cookiecutter.package_name }}.simulation.scenario_multi import SpeechCodebook, ToneSTT
 from {{ cookiecutter.package_name }}.testing import ScriptedLLM, ScriptedTTS, SimulatedRoom
+from {{ cookiecutter.package_name }}.testing.speech import SpeechCodebook, ToneSTT
 
 AGENT = "agent"
 HOST_TOPIC = "lk.agent.session"

@@ -10,6 +10,7 @@ import structlog
 from livekit.agents import JobExecutorType
 
 from {{ cookiecutter.package_name }}.log import (
+    RedactPersonalData,
     bind_job_context,
     get_logger,
     identity_ref,
@@ -112,3 +113,14 @@ async def test_no_raw_identity_reaches_the_log_handlers(caplog: pytest.LogCaptur
         and (identity in r.getMessage() or identity in map(str, r.__dict__.values()))
     ]
     assert leaked == []
+
+
+def test_personal_fields_livekit_marks_are_redacted() -> None:
+    record = logging.LogRecord("livekit.agents", logging.WARNING, "", 0, "skipping", (), None)
+    record.__dict__["lk.pii.user_input"] = "my card number is 4242"
+    record.__dict__["lk.pii.participant_identity"] = "alice"
+    record.__dict__["participant"] = identity_ref("alice")
+    assert RedactPersonalData().filter(record)
+    assert record.__dict__["lk.pii.user_input"] == "<redacted: 22 characters>"
+    assert record.__dict__["lk.pii.participant_identity"] == identity_ref("alice")
+    assert record.__dict__["participant"] == identity_ref("alice")  # already a hash

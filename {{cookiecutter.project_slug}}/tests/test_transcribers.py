@@ -21,12 +21,12 @@ from {{ cookiecutter.package_name }}.resilience.transcribers import (
     TranscriberPool,
     listen_only_stt,
 )
-from {{ cookiecutter.package_name }}.simulation.scenario_multi import (
+from {{ cookiecutter.package_name }}.testing import SimulatedRoom
+from {{ cookiecutter.package_name }}.testing.speech import (
     ParticipantMicrophone,
     SpeechCodebook,
     ToneSTT,
 )
-from {{ cookiecutter.package_name }}.testing import SimulatedRoom
 
 AGENT = "agent"
 

@@ -90,34 +90,39 @@ def identity_ref(identity: str) -> str:
 
 
 # Record attributes that carry a participant identity, in our logs and livekit's.
-IDENTITY_FIELDS = (
-    "identity",
-    "participant_identity",
-    "caller_identity",
-    "lk.pii.participant_identity",
-)
+IDENTITY_FIELDS = ("identity", "participant_identity", "caller_identity")
+# livekit marks personal data in its log records with this prefix (identities, user input).
+PII_PREFIX = "lk.pii."
 
 
-class RedactIdentities(logging.Filter):
-    """Replace raw participant identities in log records with `identity_ref` hashes.
+class RedactPersonalData(logging.Filter):
+    """Keep personal data out of log records: identities become `identity_ref` hashes,
+    other fields livekit marks as personal (``lk.pii.*``, such as what a user said) are
+    replaced by their length.
 
-    livekit logs some identities at INFO (e.g. "RoomIO linked to participant"); this filter
-    on the handlers keeps them out of log collectors.
+    livekit logs some of these at INFO and WARNING (e.g. "RoomIO linked to participant");
+    this filter on the handlers keeps them out of log collectors.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        for name in IDENTITY_FIELDS:
-            value = record.__dict__.get(name)
-            if isinstance(value, str) and not value.startswith("p-"):
-                record.__dict__[name] = identity_ref(value)
+        for name, value in list(record.__dict__.items()):
+            if not isinstance(value, str):
+                continue
+            if name in IDENTITY_FIELDS or (
+                name.startswith(PII_PREFIX) and name.endswith("identity")
+            ):
+                if not value.startswith("p-"):
+                    record.__dict__[name] = identity_ref(value)
+            elif name.startswith(PII_PREFIX):
+                record.__dict__[name] = f"<redacted: {len(value)} characters>"
         return True
 
 
-def redact_identities_in_logs() -> None:
-    """Add `RedactIdentities` to every root handler (idempotent); call once per process."""
+def redact_personal_data_in_logs() -> None:
+    """Add `RedactPersonalData` to every root handler (idempotent); call once per process."""
     for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RedactIdentities) for f in handler.filters):
-            handler.addFilter(RedactIdentities())
+        if not any(isinstance(f, RedactPersonalData) for f in handler.filters):
+            handler.addFilter(RedactPersonalData())
 
 
 def bind_job_context(*, job_id: str, room: str, participant: str | None = None) -> dict[str, str]:

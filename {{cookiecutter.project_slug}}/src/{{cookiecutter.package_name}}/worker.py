@@ -16,7 +16,7 @@ from livekit import rtc
 from livekit.agents import AgentServer, AgentSession, JobContext, JobProcess, room_io
 
 from .assistant import GREETING, WELCOME_BACK, Assistant
-from .log import bind_job_context, get_logger, redact_identities_in_logs, setup_structlog
+from .log import bind_job_context, get_logger, redact_personal_data_in_logs, setup_structlog
 from .models import ModelStack, build_models
 from .resilience.election import SessionElection, SupervisedConversation
 from .resilience.gemini_resume import GeminiResume
@@ -167,7 +167,7 @@ async def run_job(
     unreachable (None: restart on ``models``). Returns the running conversation (None when
     another worker keeps the room).
     """
-    redact_identities_in_logs()
+    redact_personal_data_in_logs()
     ctx.log_context_fields = bind_job_context(job_id=ctx.job.id, room=ctx.room.name)
     logger.info("job started", agent_name=ctx.job.agent_name or None)
     await ctx.connect()

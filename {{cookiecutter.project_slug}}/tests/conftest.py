@@ -27,6 +27,9 @@ def clean_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     for name in list(os.environ):
         if name.startswith(SETTING_PREFIXES):
             monkeypatch.delenv(name)
+    # scenarios are about one conversation unless a test says otherwise (the multi tests
+    # pass room_mode themselves), whatever ROOM_MODE this project was generated with
+    monkeypatch.setenv("ROOM_MODE", "one-to-one")
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)

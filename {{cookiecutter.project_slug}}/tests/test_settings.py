@@ -80,3 +80,29 @@ def test_env_local_is_read_and_the_environment_wins(
     settings = load_settings()
     assert settings.livekit_url == "wss://from-file.livekit.cloud"
     assert settings.livekit_api_key == "env-key"
+
+
+def test_multi_participant_mode_needs_an_openai_key_for_transcribers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ROOM_MODE", "multi-participant")
+    monkeypatch.setenv("MODEL_STACK", "gemini-live")
+    monkeypatch.setenv("GOOGLE_API_KEY", "g")
+    with pytest.raises(SettingsError) as exc:
+        load_settings().require(models=True)
+    assert exc.value.problems[0].startswith("OPENAI_API_KEY is not set: ROOM_MODE=multi")
+    monkeypatch.setenv("OPENAI_API_KEY", "o")
+    load_settings().require(models=True)
+
+
+def test_a_fallback_stack_needs_its_key_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_STACK", "gemini-live")
+    monkeypatch.setenv("GOOGLE_API_KEY", "g")
+    monkeypatch.setenv("FALLBACK_MODEL_STACK", "openai-realtime")
+    with pytest.raises(SettingsError) as exc:
+        load_settings().require(models=True)
+    assert exc.value.problems == [
+        "OPENAI_API_KEY is not set: MODEL_STACK=openai-realtime needs an OpenAI API key "
+        "(https://platform.openai.com/api-keys) (FALLBACK_MODEL_STACK=openai-realtime)"
+    ]
+    assert load_settings().fallback_settings().model_stack == "openai-realtime"

@@ -153,7 +153,9 @@ def _checks(obs: Observations, sim: Simulation) -> list[str]:
     summary="a Gemini Live call through drops, goAway and a refused handle; nothing lost",
     models=_models,
     checks=_checks,
-    prepare=lambda settings, gemini_url=None, **_: gemini_endpoint(settings, gemini_url),
+    prepare=lambda settings, gemini_url=None, **_: gemini_endpoint(
+        settings.model_copy(update={"room_mode": "one-to-one"}), gemini_url
+    ),
 )
 async def gemini_faults(sim: Simulation) -> None:
     if _DRILL is None:

@@ -54,7 +54,8 @@ class Scenario:
         self.replies = replies or []
         self.models = models
         self.checks = checks
-        self.prepare = prepare or with_settings()
+        # a scenario is one conversation unless it says otherwise
+        self.prepare = prepare or with_settings(room_mode="one-to-one")
 
     def scripted_llm(self) -> ScriptedLLM:
         return ScriptedLLM(self.replies)

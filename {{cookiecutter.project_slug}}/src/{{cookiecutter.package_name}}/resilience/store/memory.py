@@ -72,6 +72,17 @@ class _Entry:
     transcript: list[bytes] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
     expires_at: float = 0.0
+    # a record kept by put_stored: its ids and plain lists are built on the first append
+    seed: SessionRecord | None = None
+
+    def mutable(self) -> _Entry:
+        """Make items/transcript plain lists and fill ids (deferred by put_stored)."""
+        if self.seed is not None:
+            self.items, self.transcript = list(self.items), list(self.transcript)
+            self.ids = {"item:" + i["id"] for i in self.seed.items}
+            self.ids.update("seg:" + s["id"] for s in self.seed.transcript)
+            self.seed = None
+        return self
 
 
 @dataclass
@@ -159,7 +170,7 @@ class MemoryStore:
         new_segments = validate_entries(transcript, "transcript")
         key = self._prepare(room, identity, fence)
         now = self._now_ms()
-        entry = self._live(key) or self._create(key, "", now)
+        entry = (self._live(key) or self._create(key, "", now)).mutable()
         added = [0, 0]
         for slot, (entries, tag, target) in enumerate(
             ((new_items, TAG_ITEM, entry.items), (new_segments, TAG_SEGMENT, entry.transcript))
@@ -319,13 +330,15 @@ class MemoryStore:
         self,
         record: SessionRecord,
         fields: dict[str, bytes],
-        items: list[bytes],
-        transcript: list[bytes],
+        items: Sequence[bytes],
+        transcript: Sequence[bytes],
     ) -> None:
-        """Keep a record read elsewhere, in its stored form (sealed with this store's key ring)."""
-        ids = {"item:" + i["id"] for i in record.items}
-        ids.update("seg:" + s["id"] for s in record.transcript)
-        entry = _Entry(dict(fields), list(items), list(transcript), ids)
+        """Keep a record read elsewhere, in its stored form (sealed with this store's key ring).
+
+        The sequences are kept as given (not copied) until the first append: a restore that is
+        never written to costs nothing more.
+        """
+        entry = _Entry(dict(fields), items, transcript, seed=record)  # type: ignore[arg-type]
         ttl = self.active_ttl if record.active_session else self.retention
         entry.expires_at = time.monotonic() + ttl
         self._insert((record.room, record.identity), entry)

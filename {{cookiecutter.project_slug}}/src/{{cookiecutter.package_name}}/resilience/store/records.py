@@ -19,9 +19,11 @@ import functools
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from .base import CorruptRecordError, DecryptionError, InvalidInputError
 from .crypto import MAGIC, KeyRing, associated_data
@@ -102,6 +104,7 @@ def participant_hash(room: str, identity: str) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
+@functools.lru_cache(maxsize=4096)
 def identity_hash(identity: str) -> str:
     """Short hash of an identity for logs and events (never log the identity itself)."""
     return hashlib.sha256(identity.encode()).hexdigest()[:12]
@@ -127,6 +130,25 @@ def encode_json(value: Any, what: str) -> bytes:
     return data
 
 
+def encode_entry(value: Any, what: str) -> bytes:
+    """Serialise an item or segment with orjson, which also reads them back on restore.
+
+    orjson refuses what it could not read back unchanged (integers beyond 64 bits, non-str
+    keys, lone surrogates), so an entry that is stored is one a restore returns equal.
+    """
+    try:
+        data = orjson.dumps(value)
+        same = orjson.loads(data) == value
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidInputError(f"{what} is not JSON data: {exc}") from None
+    if not same:
+        raise InvalidInputError(
+            f"{what} does not survive JSON (use dict/list/str/int/float/bool/None, "
+            "string keys, no tuples, no NaN)"
+        )
+    return data
+
+
 def validate_entries(
     entries: Iterable[Mapping[str, Any]], what: str
 ) -> list[tuple[str, bytes, dict[str, Any]]]:
@@ -139,9 +161,8 @@ def validate_entries(
         entry_id = entry.get("id")
         if not isinstance(entry_id, str) or not entry_id:
             raise InvalidInputError(f"{label} needs a non-empty string 'id'")
-        copy = dict(entry)
-        raw = encode_json(copy, label)
-        out.append((entry_id, raw, json.loads(raw)))
+        raw = encode_entry(dict(entry), label)
+        out.append((entry_id, raw, orjson.loads(raw)))
     return out
 
 
@@ -184,7 +205,9 @@ class RecordCodec:
             return raw
         return self.keyring.seal(raw, associated_data("", key_hash, F_WHO.encode()))
 
-    def open(self, room: str, identity: str, tag: bytes, blob: bytes) -> Any:
+    def open(
+        self, room: str, identity: str, tag: bytes, blob: bytes, loads: Any = json.loads
+    ) -> Any:
         """Decode a blob; raise CorruptRecordError with the reason when it cannot be read."""
         if blob.startswith(MAGIC):
             if self.keyring is None:
@@ -196,7 +219,7 @@ class RecordCodec:
             except DecryptionError as exc:
                 raise CorruptRecordError(f"{tag.decode()}: {exc}") from None
         try:
-            return json.loads(blob)
+            return loads(blob)
         except (ValueError, UnicodeDecodeError) as exc:
             raise CorruptRecordError(f"{tag.decode()}: not valid JSON ({exc})") from None
 
@@ -219,8 +242,13 @@ class RecordCodec:
         fields: Mapping[str, bytes],
         items: Sequence[bytes],
         transcript: Sequence[bytes],
+        own_who: bytes | None = None,
     ) -> SessionRecord:
-        """Build a record from its stored form; raise CorruptRecordError if any part is bad."""
+        """Build a record from its stored form; raise CorruptRecordError if any part is bad.
+
+        ``own_who``: the ``who`` blob this worker sealed for (room, identity); a record holding
+        exactly it is known to be theirs without opening it.
+        """
         version = _int_field(fields, F_VERSION)
         if not 1 <= version <= SCHEMA_VERSION:
             raise CorruptRecordError(
@@ -228,7 +256,11 @@ class RecordCodec:
             )
         key_hash = participant_hash(room, identity)
         who_blob = fields.get(F_WHO)
-        if who_blob is not None and self.open_who(key_hash, who_blob) != (room, identity):
+        if (
+            who_blob is not None
+            and who_blob != own_who
+            and self.open_who(key_hash, who_blob) != (room, identity)
+        ):
             raise CorruptRecordError("who: names another participant")
         decoded_items = tuple(self._entries(room, identity, TAG_ITEM, items))
         decoded_segments = tuple(self._entries(room, identity, TAG_SEGMENT, transcript))
@@ -285,9 +317,9 @@ class RecordCodec:
                 room, identity, F_GEMINI, gemini_value(record.gemini)
             )
             fields[F_GEMINI_AT] = str(ms(record.gemini.issued_at)).encode()
-        items = [self.seal(room, identity, TAG_ITEM, encode_json(i, "item")) for i in record.items]
+        items = [self.seal(room, identity, TAG_ITEM, encode_entry(i, "item")) for i in record.items]
         segments = [
-            self.seal(room, identity, TAG_SEGMENT, encode_json(s, "segment"))
+            self.seal(room, identity, TAG_SEGMENT, encode_entry(s, "segment"))
             for s in record.transcript
         ]
         return fields, items, segments
@@ -305,7 +337,7 @@ class RecordCodec:
         self, room: str, identity: str, tag: bytes, blobs: Sequence[bytes]
     ) -> Iterable[dict[str, Any]]:
         for blob in blobs:
-            entry = self.open(room, identity, tag, blob)
+            entry = self.open(room, identity, tag, blob, orjson.loads)
             if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
                 raise CorruptRecordError(f"{tag.decode()}: entry without an id")
             yield entry
@@ -320,30 +352,55 @@ class RecordCodec:
         return GeminiHandle(value["handle"], tuple(covered), issued_ms / 1000)
 
 
-class Framed(list[bytes]):
-    """Blobs Redis returned joined by ',' plus their lengths (see redis_scripts.frames)."""
+class Framed(Sequence[bytes]):
+    """Blobs Redis returned as one JSON array text ``[b1,b2,...]`` plus their lengths.
 
-    def __init__(self, joined: bytes, lengths: bytes) -> None:
-        self.joined = joined
-        sizes = [int(size) + 1 for size in lengths.split(b",")] if lengths else []
-        ends = list(itertools.accumulate(sizes))
-        super().__init__(
-            joined[end - size : end - 1] for size, end in zip(sizes, ends, strict=True)
-        )
+    Plaintext entries are read with one orjson call on the whole array; the lengths (split
+    only when needed: sealed blobs, a bad entry, or a cached copy being appended to) give the
+    blobs one by one. See redis_scripts.frame.
+    """
+
+    __slots__ = ("array", "lengths", "_count", "_blobs")
+
+    def __init__(self, array: bytes, lengths: bytes) -> None:
+        self.array = array
+        self.lengths = lengths
+        self._count = lengths.count(b",") + 1 if lengths else 0
+        self._blobs: list[bytes] | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.blobs()[index]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.blobs())
+
+    def blobs(self) -> list[bytes]:
+        """The blobs one by one (split once, on first use)."""
+        if self._blobs is None:
+            sizes = [int(size) + 1 for size in self.lengths.split(b",")] if self.lengths else []
+            ends = itertools.accumulate(sizes, initial=1)  # 1: after the opening '['
+            array = self.array
+            self._blobs = [
+                array[end : end + size - 1] for size, end in zip(sizes, ends, strict=False)
+            ]  # ends has one more
+        return self._blobs
 
     def parse_plain(self) -> list[dict[str, Any]] | None:
-        """Every blob in one json.loads when all are plaintext entries; else None."""
-        if MAGIC in self.joined:  # plaintext JSON never holds a raw NUL byte
-            return None
+        """Every entry in one orjson call when all blobs are plaintext entries; else None."""
         try:
-            entries = json.loads(b"[" + self.joined + b"]")
-        except (ValueError, UnicodeDecodeError):
+            # sealed blobs start with a NUL byte, which no JSON text holds: they fail here
+            entries = orjson.loads(self.array)
+        except orjson.JSONDecodeError:
             return None
         # a blob holding '{..},{..}' would add entries: the count catches it
-        if len(entries) != len(self) or not all(
-            isinstance(e, dict) and isinstance(e.get("id"), str) for e in entries
-        ):
+        if type(entries) is not list or len(entries) != self._count:
             return None
+        for entry in entries:
+            if type(entry) is not dict or type(entry.get("id")) is not str:
+                return None
         return entries
 
 

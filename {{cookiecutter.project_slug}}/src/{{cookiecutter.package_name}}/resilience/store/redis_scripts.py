@@ -29,32 +29,32 @@ end
 local function expire_all(ttl)
   for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
 end
+local function create_record(schema, session, who, now, rev)
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+  redis.call('HSET', KEYS[1], 'v', schema, 'joined', now, 'seen', now, 'reconnects', 0,
+             'active', session, 'rev', rev, 'who', who)
+end
 local function ensure_record(schema, session, who, now)
-  if redis.call('EXISTS', KEYS[1]) == 0 then
-    redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-    redis.call('HSET', KEYS[1], 'v', schema, 'joined', now, 'seen', now, 'reconnects', 0,
-               'active', session, 'rev', 0, 'who', who)
+  local found = redis.call('HMGET', KEYS[1], 'v', 'reconnects')
+  if not found[1] then
+    create_record(schema, session, who, now, 0)
     return true
   end
-  if redis.call('HGET', KEYS[1], 'v') ~= schema
-     or not tonumber(redis.call('HGET', KEYS[1], 'reconnects') or '') then
-    return nil
-  end
+  if found[1] ~= schema or not tonumber(found[2] or '') then return nil end
   return false
 end
--- a list as two bulk strings (blobs joined by ',', and their lengths): the client parses a
--- handful of strings instead of thousands, which keeps a long conversation's restore cheap
+-- a list as two bulk strings: the blobs as one JSON array text '[b1,b2,...]' (plaintext
+-- entries decode in one call) and their lengths (to split sealed blobs one by one)
 local function frame(blobs)
   local lens = {}
   for i = 1, #blobs do lens[i] = #blobs[i] end
-  return table.concat(blobs, ','), table.concat(lens, ',')
+  return '[' .. table.concat(blobs, ',') .. ']', table.concat(lens, ',')
 end
--- the whole record as 6 bulk strings: hash fields, items, transcript (each joined + lengths)
-local function record_frames()
-  local hj, hl = frame(redis.call('HGETALL', KEYS[1]))
-  local ij, il = frame(redis.call('LRANGE', KEYS[2], 0, -1))
-  local sj, sl = frame(redis.call('LRANGE', KEYS[3], 0, -1))
-  return hj, hl, ij, il, sj, sl
+-- the whole record: the hash as a flat field/value array, then items and transcript framed
+local function record_reply(kind)
+  local ia, il = frame(redis.call('LRANGE', KEYS[2], 0, -1))
+  local sa, sl = frame(redis.call('LRANGE', KEYS[3], 0, -1))
+  return {kind, redis.call('HGETALL', KEYS[1]), ia, il, sa, sl}
 end
 local function refresh(now, active_ttl, retention)
   redis.call('HSET', KEYS[1], 'seen', now)
@@ -68,32 +68,39 @@ local function refresh(now, active_ttl, retention)
 end
 """
 
-# ARGV: fence, schema, session_id, active_ttl_ms, who, channel, room, participant_hash
+# ARGV: fence, schema, session_id, active_ttl_ms, who, channel, event_head
+# event_head is the returned event's JSON up to its last fields: '{"type":...,"participant":"..."'
 JOIN = (
     _PRELUDE
     + """
 local err = fence_error(ARGV[1])
 if err then return redis.error_reply(err) end
 local now = now_ms()
-local created = ensure_record(ARGV[2], ARGV[3], ARGV[5], now)
-if created == nil then return redis.error_reply('CORRUPT unknown schema version or bad fields') end
-local kind = 'new'
-if not created then
-  if redis.call('HGET', KEYS[1], 'active') == ARGV[3] then
-    kind = 'duplicate'
-  else
-    kind = 'returning'
-    local n = redis.call('HINCRBY', KEYS[1], 'reconnects', 1)
-    redis.call('HSET', KEYS[1], 'active', ARGV[3])
-    redis.call('HDEL', KEYS[1], 'left')
-    redis.call('PUBLISH', ARGV[6], cjson.encode({type = 'participant_returned', room = ARGV[7],
-      participant = ARGV[8], reconnect_count = n, at = now / 1000}))
-  end
+local ttl = tonumber(ARGV[4])
+local found = redis.call('HMGET', KEYS[1], 'v', 'reconnects', 'active')
+if not found[1] then
+  -- a new participant: only the record hash exists, nobody is told, nothing to read back
+  create_record(ARGV[2], ARGV[3], ARGV[5], now, 1)
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  return {'new', redis.call('HGETALL', KEYS[1]), '[]', '', '[]', ''}
 end
-redis.call('HSET', KEYS[1], 'seen', now)
+if found[1] ~= ARGV[2] or not tonumber(found[2] or '') then
+  return redis.error_reply('CORRUPT unknown schema version or bad fields')
+end
+local kind = 'duplicate'
+if found[3] ~= ARGV[3] then
+  kind = 'returning'
+  local n = redis.call('HINCRBY', KEYS[1], 'reconnects', 1)
+  redis.call('HDEL', KEYS[1], 'left')
+  redis.call('HSET', KEYS[1], 'active', ARGV[3], 'seen', now)
+  redis.call('PUBLISH', ARGV[6], ARGV[7] .. ',"reconnect_count":' .. n
+    .. ',"at":' .. string.format('%.3f', now / 1000) .. '}')
+else
+  redis.call('HSET', KEYS[1], 'seen', now)
+end
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
-expire_all(tonumber(ARGV[4]))
-return {kind, record_frames()}
+expire_all(ttl)
+return record_reply(kind)
 """
 )
 
@@ -179,7 +186,7 @@ LOAD = (
     _PRELUDE
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-return {record_frames()}
+return record_reply('found')
 """
 )
 

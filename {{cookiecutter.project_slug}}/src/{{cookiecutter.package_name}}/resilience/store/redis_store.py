@@ -9,6 +9,7 @@ nobody else can see would defeat its purpose.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -64,6 +65,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_WHO_CACHE = 4096
 _SCRIPTS = ("JOIN", "APPEND", "SET", "LEAVE", "EXTEND", "LOAD", "QUARANTINE", "ACQUIRE", "RELEASE")
 
 
@@ -93,6 +95,7 @@ class RedisStore:
         self.quarantine_ttl = quarantine_ttl
         self._client = client
         self._codec = RecordCodec(keyring)
+        self._who_cache: dict[tuple[str, str], bytes] = {}
         self._cache = MemoryStore(
             retention=retention,
             active_ttl=active_ttl,
@@ -130,15 +133,15 @@ class RedisStore:
         check_session_id(session_id)
         validate_names(room, identity)
         keys = participant_keys(self.prefix, room, identity)
+        who = self._who(room, identity)
         args = [
             _fence(fence),
             SCHEMA_VERSION,
             session_id,
             ms(self.active_ttl),
-            self._who(room, identity),
+            who,
             self.channel,
-            room,
-            identity_hash(identity),
+            _event_head("participant_returned", room, identity),
         ]
 
         stored: list[Any] = []
@@ -148,14 +151,14 @@ class RedisStore:
                 rev = ""
                 try:
                     reply = await self._eval("JOIN", keys, args)
-                    kind, (fields, items, segments) = reply[0], _unframe(reply[1:])
+                    fields, items, segments = _unframe(reply)
                     rev = fields.get(F_REV, b"").decode()
-                    record = self._codec.decode(room, identity, fields, items, segments)
+                    record = self._codec.decode(room, identity, fields, items, segments, who)
                 except CorruptRecordError as exc:
                     await self._quarantine(keys, room, identity, rev, str(exc))
                     continue
                 stored[:] = [record, fields, items, segments]
-                return JoinOutcome(JoinKind(kind.decode()), record)
+                return JoinOutcome(JoinKind(reply[0].decode()), record)
             raise CorruptRecordError("record unreadable right after quarantine")
 
         async def remember(outcome: JoinOutcome) -> None:
@@ -449,7 +452,16 @@ class RedisStore:
         ]
 
     def _who(self, room: str, identity: str) -> bytes:
-        return self._codec.seal_who(participant_hash(room, identity), room, identity)
+        # sealed once per participant: every write carries it, and a record whose who field
+        # holds exactly these bytes needs no decryption to prove whose it is
+        key = (room, identity)
+        who = self._who_cache.get(key)
+        if who is None:
+            if len(self._who_cache) >= _WHO_CACHE:
+                self._who_cache.clear()
+            who = self._codec.seal_who(participant_hash(room, identity), room, identity)
+            self._who_cache[key] = who
+        return who
 
     async def _eval(self, name: str, keys: ParticipantKeys, args: list[Any]) -> Any:
         try:
@@ -541,8 +553,15 @@ def _fence(fence: int | None) -> str:
     return str(fence)
 
 
-def _unframe(reply: Sequence[bytes]) -> tuple[dict[str, bytes], Framed, Framed]:
-    """Fields, items and transcript from a script's six framed bulk strings."""
-    flat = Framed(reply[0], reply[1])
+def _unframe(reply: Sequence[Any]) -> tuple[dict[str, bytes], Framed, Framed]:
+    """Fields, items and transcript from a script's record reply (see redis_scripts)."""
+    flat = reply[1]
     fields = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
     return fields, Framed(reply[2], reply[3]), Framed(reply[4], reply[5])
+
+
+@functools.lru_cache(maxsize=4096)
+def _event_head(event_type: str, room: str, identity: str) -> str:
+    """An event's JSON without its closing brace, for a script to add its own fields."""
+    head = {"type": event_type, "room": room, "participant": identity_hash(identity)}
+    return json.dumps(head)[:-1]

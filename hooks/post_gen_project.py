@@ -66,5 +66,5 @@ def finish(project: Path, answers: dict[str, object]) -> None:
 
 
 if __name__ == "__main__":
-    finish(Path.cwd(), json.loads({{ cookiecutter | jsonify | tojson }}))
+    finish(Path.cwd(), json.loads({{cookiecutter | jsonify | tojson}}))  # noqa: F821
     sys.exit(0)

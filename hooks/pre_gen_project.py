@@ -17,6 +17,9 @@ SESSION_STORES = ("memory", "redis")
 ROOM_MODES = ("one-to-one", "multi-participant")
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 
+MAX_NAME_LENGTH = 50
+# The package name appears in import lines; longer ones would not fit the line length.
+MAX_PACKAGE_LENGTH = 40
 SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 PACKAGE_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 AGENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -32,16 +35,25 @@ def validate(answers: dict[str, object]) -> list[str]:
     package = str(answers.get("package_name", ""))
     agent_name = str(answers.get("agent_name", ""))
 
-    if not SLUG_RE.match(slug):
+    name = str(answers.get("project_name", ""))
+    if not name.strip() or len(name) > MAX_NAME_LENGTH:
         problems.append(
-            f"project_slug {slug!r} is not a valid project name: use lowercase letters, digits "
-            "and single hyphens, starting with a letter (e.g. 'voice-agent')"
+            f"project_name must be 1 to {MAX_NAME_LENGTH} characters (it names the project "
+            "in code and docs)"
+        )
+    if not SLUG_RE.match(slug) or len(slug) > MAX_PACKAGE_LENGTH:
+        problems.append(
+            f"project_slug {slug!r} is not a valid project name: use up to {MAX_PACKAGE_LENGTH} "
+            "lowercase letters, digits and single hyphens, starting with a letter "
+            "(e.g. 'voice-agent')"
         )
     if not PACKAGE_RE.match(package) or keyword.iskeyword(package):
         problems.append(
             f"package_name {package!r} is not a Python identifier: use lowercase letters, digits "
             "and underscores, starting with a letter (e.g. 'voice_agent')"
         )
+    elif len(package) > MAX_PACKAGE_LENGTH:
+        problems.append(f"package_name must be at most {MAX_PACKAGE_LENGTH} characters")
     elif package in RESERVED_PACKAGES:
         problems.append(
             f"package_name {package!r} would shadow a module the worker imports: pick another"
@@ -75,4 +87,4 @@ def main(answers: dict[str, object]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(json.loads({{ cookiecutter | jsonify | tojson }})))
+    sys.exit(main(json.loads({{cookiecutter | jsonify | tojson}})))  # noqa: F821

@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from cookiecutter.exceptions import FailedHookException
-
 from conftest import DEFAULTS, bake, run
+from cookiecutter.exceptions import FailedHookException
 
 OPTIONS = {
     "model_stack": DEFAULTS["model_stack"],
@@ -18,7 +17,9 @@ OPTIONS = {
     "python_version": DEFAULTS["python_version"],
     "include_dockerfile": [True, False],
 }
-COMBINATIONS = [dict(zip(OPTIONS, values)) for values in itertools.product(*OPTIONS.values())]
+COMBINATIONS = [
+    dict(zip(OPTIONS, values, strict=True)) for values in itertools.product(*OPTIONS.values())
+]
 
 
 def combo_id(answers: dict[str, object]) -> str:
@@ -77,16 +78,21 @@ def test_bake(tmp_path: Path, answers: dict[str, object], ruff: str) -> None:
 
 
 def test_custom_names_flow_everywhere(tmp_path: Path, ruff: str) -> None:
+    """The longest names the hook accepts still give a project that lints and formats clean."""
+    long_name = "Front Desk Bot " + "x" * 25  # a 40-character slug and package
     project = bake(tmp_path, project_name="Front Desk Bot", agent_name="front-desk")
     assert project.name == "front-desk-bot"
     assert (project / "src/front_desk_bot/worker.py").is_file()
     assert "from front_desk_bot.cli import main" in (project / "agent.py").read_text()
     assert 'front-desk-bot = "front_desk_bot.cli:main"' in (project / "pyproject.toml").read_text()
-    assert 'agent_name: str = Field(default="front-desk"' in (
-        project / "src/front_desk_bot/settings.py"
-    ).read_text()
+    assert 'default="front-desk",' in (project / "src/front_desk_bot/settings.py").read_text()
     run([ruff, "check", "--no-cache", "."], cwd=project)
     run([ruff, "format", "--check", "--no-cache", "."], cwd=project)
+
+    longest = bake(tmp_path / "long", project_name=long_name, agent_name="a" * 64)
+    assert longest.name == "front-desk-bot-" + "x" * 25
+    run([ruff, "check", "--no-cache", "."], cwd=longest)
+    run([ruff, "format", "--check", "--no-cache", "."], cwd=longest)
 
 
 @pytest.mark.parametrize(

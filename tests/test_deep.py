@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import bake, run
 
 pytestmark = pytest.mark.deep

@@ -22,6 +22,7 @@ pre = load("pre_gen_project")
 post = load("post_gen_project")
 
 GOOD = {
+    "project_name": "Voice Agent",
     "project_slug": "voice-agent",
     "package_name": "voice_agent",
     "agent_name": "",
@@ -43,6 +44,10 @@ def test_defaults_are_valid() -> None:
         ("project_slug", "Voice Agent", "project_slug"),
         ("project_slug", "9lives", "project_slug"),
         ("project_slug", "a--b", "project_slug"),
+        ("project_slug", "a" * 41, "project_slug"),
+        ("package_name", "a" * 41, "package_name"),
+        ("project_name", "x" * 51, "project_name"),
+        ("project_name", "  ", "project_name"),
         ("package_name", "voice-agent", "not a Python identifier"),
         ("package_name", "class", "not a Python identifier"),
         ("package_name", "livekit", "shadow"),

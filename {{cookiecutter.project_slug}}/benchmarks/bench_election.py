@@ -23,12 +23,20 @@ from livekit.agents.testing import fake_job_context
 
 from {{ cookiecutter.package_name }}.resilience import _livekit
 from {{ cookiecutter.package_name }}.resilience.election import SessionElection
-from {{ cookiecutter.package_name }}.resilience.room_lease import RedisRoomLease, RoomPrimacy
+from {{ cookiecutter.package_name }}.resilience.room_lease import (
+    RedisRoomLease,
+    RoomPrimacy,
+)
 from {{ cookiecutter.package_name }}.resilience.store.redis_client import connect
-from {{ cookiecutter.package_name }}.resilience.transcribers import TranscriberPool
-from {{ cookiecutter.package_name }}.simulation.scenario_multi import SpeechCodebook, ToneSTT
+from {{ cookiecutter.package_name }}.resilience.transcribers import (
+    TranscriberPool,
+)
 from {{ cookiecutter.package_name }}.testing import SimulatedRoom
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
+from {{ cookiecutter.package_name }}.testing.speech import (
+    SpeechCodebook,
+    ToneSTT,
+)
 
 
 async def failover_once(url: str, room: str, ttl: float, at: float) -> float:

@@ -26,9 +26,16 @@ from google.genai import types
 from livekit.agents import Agent, AgentSession, APIConnectOptions
 from livekit.plugins import google
 
-from {{ cookiecutter.package_name }}.testing.gemini_faults import Drop, GoAway, NoSetupComplete
+from {{ cookiecutter.package_name }}.testing.gemini_faults import (
+    Drop,
+    GoAway,
+    NoSetupComplete,
+)
 from {{ cookiecutter.package_name }}.testing.gemini_protocol import HistoryItem
-from {{ cookiecutter.package_name }}.testing.gemini_server import LocalGeminiLiveServer, default_responder
+from {{ cookiecutter.package_name }}.testing.gemini_server import (
+    LocalGeminiLiveServer,
+    default_responder,
+)
 
 MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 FAST_RETRY = APIConnectOptions(max_retry=3, retry_interval=0.1)

@@ -35,7 +35,9 @@ from {{ cookiecutter.package_name }}.testing.gemini_faults import (
     RefuseHandle,
     SlowSetup,
 )
-from {{ cookiecutter.package_name }}.testing.gemini_server import LocalGeminiLiveServer
+from {{ cookiecutter.package_name }}.testing.gemini_server import (
+    LocalGeminiLiveServer,
+)
 
 FAST_RETRY = APIConnectOptions(max_retry=3, retry_interval=0.1)
 POLICY = ReconnectPolicy(backoff_base=0.05)

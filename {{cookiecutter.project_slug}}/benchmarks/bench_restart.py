@@ -31,10 +31,18 @@ from livekit.agents import Agent, AgentSession, llm
 from livekit.agents.testing import fake_job_context
 
 from {{ cookiecutter.package_name }}.models import ModelStack
-from {{ cookiecutter.package_name }}.resilience.restart_policy import RestartPolicy
+from {{ cookiecutter.package_name }}.resilience.restart_policy import (
+    RestartPolicy,
+)
 from {{ cookiecutter.package_name }}.resilience.store import MemoryStore
-from {{ cookiecutter.package_name }}.resilience.supervisor import SessionSupervisor
-from {{ cookiecutter.package_name }}.testing import ScriptedLLM, ScriptedTTS, SimulatedRoom
+from {{ cookiecutter.package_name }}.resilience.supervisor import (
+    SessionSupervisor,
+)
+from {{ cookiecutter.package_name }}.testing import (
+    ScriptedLLM,
+    ScriptedTTS,
+    SimulatedRoom,
+)
 
 USER = "user-1"
 AGENT = "agent"

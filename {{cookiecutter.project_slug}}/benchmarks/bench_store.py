@@ -25,7 +25,10 @@ from typing import Any
 from redis.asyncio import Redis
 
 from {{ cookiecutter.package_name }}.resilience.store import RedisStore
-from {{ cookiecutter.package_name }}.resilience.store.redis_client import connect, participant_keys
+from {{ cookiecutter.package_name }}.resilience.store.redis_client import (
+    connect,
+    participant_keys,
+)
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
 
 ROOM = "bench-room"

@@ -21,7 +21,10 @@ from {{ cookiecutter.package_name }}.resilience.room_lease import (
     RedisRoomLease,
     RoomPrimacy,
 )
-from {{ cookiecutter.package_name }}.resilience.store import RedisStore, StaleLeaseError
+from {{ cookiecutter.package_name }}.resilience.store import (
+    RedisStore,
+    StaleLeaseError,
+)
 from {{ cookiecutter.package_name }}.resilience.store.redis_client import connect
 
 PARTICIPANT = "caller"

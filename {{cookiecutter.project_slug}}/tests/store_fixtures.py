@@ -12,7 +12,11 @@ from typing import Any
 
 import pytest
 
-from {{ cookiecutter.package_name }}.resilience.store import KeyRing, MemoryStore, RedisStore
+from {{ cookiecutter.package_name }}.resilience.store import (
+    KeyRing,
+    MemoryStore,
+    RedisStore,
+)
 from {{ cookiecutter.package_name }}.resilience.store.redis_client import connect
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
 

@@ -24,11 +24,24 @@ from {{ cookiecutter.package_name }}.resilience.election import (
     SessionElection,
     SupervisedConversation,
 )
-from {{ cookiecutter.package_name }}.resilience.restart_policy import RestartPolicy
-from {{ cookiecutter.package_name }}.resilience.supervisor import SessionSupervisor
-from {{ cookiecutter.package_name }}.resilience.transcribers import TranscriberPool
-from {{ cookiecutter.package_name }}.testing import ScriptedLLM, ScriptedTTS, SimulatedRoom
-from {{ cookiecutter.package_name }}.testing.speech import SpeechCodebook, ToneSTT
+from {{ cookiecutter.package_name }}.resilience.restart_policy import (
+    RestartPolicy,
+)
+from {{ cookiecutter.package_name }}.resilience.supervisor import (
+    SessionSupervisor,
+)
+from {{ cookiecutter.package_name }}.resilience.transcribers import (
+    TranscriberPool,
+)
+from {{ cookiecutter.package_name }}.testing import (
+    ScriptedLLM,
+    ScriptedTTS,
+    SimulatedRoom,
+)
+from {{ cookiecutter.package_name }}.testing.speech import (
+    SpeechCodebook,
+    ToneSTT,
+)
 
 AGENT = "agent"
 HOST_TOPIC = "lk.agent.session"

@@ -16,7 +16,9 @@ from google.genai import types
 from livekit.agents import Agent, AgentSession, llm
 from livekit.agents.voice.events import CloseEvent
 
-from {{ cookiecutter.package_name }}.resilience.gemini_link import SetupTimeoutError
+from {{ cookiecutter.package_name }}.resilience.gemini_link import (
+    SetupTimeoutError,
+)
 from {{ cookiecutter.package_name }}.resilience.gemini_resume import (
     ExhaustedEvent,
     GeminiResume,

@@ -33,7 +33,9 @@ from {{ cookiecutter.package_name }}.testing.gemini_faults import (
     ResumableFalse,
     SlowSetup,
 )
-from {{ cookiecutter.package_name }}.testing.gemini_server import LocalGeminiLiveServer
+from {{ cookiecutter.package_name }}.testing.gemini_server import (
+    LocalGeminiLiveServer,
+)
 
 TURNS = 200
 SEED = 20240611

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from {{ cookiecutter.package_name }}.settings import load_settings
-from {{ cookiecutter.package_name }}.simulation import run_scenario, scenario_gemini
+from {{ cookiecutter.package_name }}.simulation import (
+    run_scenario,
+    scenario_gemini,
+)
 from {{ cookiecutter.package_name }}.simulation.scenarios import SCENARIOS
 
 

@@ -28,8 +28,14 @@ from {{ cookiecutter.package_name }}.testing.gemini_faults import (
     ResumableFalse,
     SlowSetup,
 )
-from {{ cookiecutter.package_name }}.testing.gemini_protocol import FunctionCall, HistoryItem, Reply
-from {{ cookiecutter.package_name }}.testing.gemini_server import LocalGeminiLiveServer
+from {{ cookiecutter.package_name }}.testing.gemini_protocol import (
+    FunctionCall,
+    HistoryItem,
+    Reply,
+)
+from {{ cookiecutter.package_name }}.testing.gemini_server import (
+    LocalGeminiLiveServer,
+)
 
 MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 TEXT_CONFIG = types.LiveConnectConfig(

@@ -18,7 +18,11 @@ from livekit.agents.testing import fake_job_context
 from livekit.agents.voice import io
 
 from {{ cookiecutter.package_name }}.resilience import _livekit
-from {{ cookiecutter.package_name }}.testing import ScriptedLLM, ScriptedTTS, SimulatedRoom
+from {{ cookiecutter.package_name }}.testing import (
+    ScriptedLLM,
+    ScriptedTTS,
+    SimulatedRoom,
+)
 
 USER = "user-1"
 AGENT = "agent"

@@ -82,7 +82,10 @@ async def test_fields_arrive_from_a_real_process_mode_job() -> None:
 async def test_no_raw_identity_reaches_the_log_handlers(caplog: pytest.LogCaptureFixture) -> None:
     """livekit logs the linked participant's identity at INFO; the handlers see a hash."""
     from {{ cookiecutter.package_name }}.settings import load_settings
-    from {{ cookiecutter.package_name }}.simulation import SCENARIOS, run_scenario
+    from {{ cookiecutter.package_name }}.simulation import (
+        SCENARIOS,
+        run_scenario,
+    )
 
     identity = "alice@example.com"
 

@@ -8,14 +8,21 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from {{ cookiecutter.package_name }}.resilience.store import MemoryStore, SessionStore, open_store
+from {{ cookiecutter.package_name }}.resilience.store import (
+    MemoryStore,
+    SessionStore,
+    open_store,
+)
 from {{ cookiecutter.package_name }}.settings import load_settings
 from {{ cookiecutter.package_name }}.simulation import (
     SCENARIOS,
     Simulation,
     run_scenario,
 )
-from {{ cookiecutter.package_name }}.simulation.scenarios import REFRESH_AFTER, REFRESH_BEFORE
+from {{ cookiecutter.package_name }}.simulation.scenarios import (
+    REFRESH_AFTER,
+    REFRESH_BEFORE,
+)
 from {{ cookiecutter.package_name }}.testing import ScriptedLLM
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
 

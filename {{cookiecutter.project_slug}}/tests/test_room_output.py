@@ -13,7 +13,9 @@ from livekit.agents.testing import fake_job_context
 from livekit.agents.voice.events import UserInputTranscribedEvent
 
 from {{ cookiecutter.package_name }}.models import ModelStack
-from {{ cookiecutter.package_name }}.resilience.restart_policy import RestartPolicy
+from {{ cookiecutter.package_name }}.resilience.restart_policy import (
+    RestartPolicy,
+)
 from {{ cookiecutter.package_name }}.resilience.room_output import (
     RoomOutput,
     TranscriptLog,
@@ -25,8 +27,14 @@ from {{ cookiecutter.package_name }}.resilience.rpc import (
     METHOD_HISTORY,
     history_page,
 )
-from {{ cookiecutter.package_name }}.resilience.supervisor import SessionSupervisor
-from {{ cookiecutter.package_name }}.testing import ScriptedLLM, ScriptedTTS, SimulatedRoom
+from {{ cookiecutter.package_name }}.resilience.supervisor import (
+    SessionSupervisor,
+)
+from {{ cookiecutter.package_name }}.testing import (
+    ScriptedLLM,
+    ScriptedTTS,
+    SimulatedRoom,
+)
 
 USER = "user-1"
 AGENT = "agent"

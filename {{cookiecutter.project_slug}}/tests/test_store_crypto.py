@@ -13,7 +13,9 @@ from {{ cookiecutter.package_name }}.resilience.store import (
     KeyRingError,
     open_store,
 )
-from {{ cookiecutter.package_name }}.resilience.store.crypto import associated_data
+from {{ cookiecutter.package_name }}.resilience.store.crypto import (
+    associated_data,
+)
 
 
 def key() -> str:

@@ -11,8 +11,13 @@ import store_fixtures
 from store_fixtures import KEY_A, KEY_B, build_store
 
 from {{ cookiecutter.package_name }}.resilience.store import JoinKind
-from {{ cookiecutter.package_name }}.resilience.store.records import identity_hash, participant_hash
-from {{ cookiecutter.package_name }}.resilience.store.redis_client import participant_keys
+from {{ cookiecutter.package_name }}.resilience.store.records import (
+    identity_hash,
+    participant_hash,
+)
+from {{ cookiecutter.package_name }}.resilience.store.redis_client import (
+    participant_keys,
+)
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
 
 # fixtures shared by the store tests (conftest.py is the whole suite's)

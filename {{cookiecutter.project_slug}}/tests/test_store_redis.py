@@ -13,7 +13,9 @@ from redis.crc import key_slot
 from store_fixtures import KEY_A, build_store, new_prefix
 
 from {{ cookiecutter.package_name }}.resilience.store import JoinKind, open_store
-from {{ cookiecutter.package_name }}.resilience.store.redis_client import participant_keys
+from {{ cookiecutter.package_name }}.resilience.store.redis_client import (
+    participant_keys,
+)
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
 
 # fixtures shared by the store tests (conftest.py is the whole suite's)

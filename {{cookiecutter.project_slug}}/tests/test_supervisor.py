@@ -22,8 +22,14 @@ from livekit.agents.testing import fake_job_context
 
 from {{ cookiecutter.package_name }}.models import ModelStack
 from {{ cookiecutter.package_name }}.resilience import _livekit
-from {{ cookiecutter.package_name }}.resilience.restart_policy import RestartBudget, RestartPolicy
-from {{ cookiecutter.package_name }}.resilience.rpc import ERROR_FORBIDDEN, METHOD_RESTART
+from {{ cookiecutter.package_name }}.resilience.restart_policy import (
+    RestartBudget,
+    RestartPolicy,
+)
+from {{ cookiecutter.package_name }}.resilience.rpc import (
+    ERROR_FORBIDDEN,
+    METHOD_RESTART,
+)
 from {{ cookiecutter.package_name }}.resilience.supervisor import (
     APOLOGY,
     RESTART_NOTE,
@@ -412,8 +418,13 @@ def test_restart_budget_backs_off_with_jitter_and_refills_after_the_window() -> 
 async def test_restart_scenario_passes_through_the_job_wiring() -> None:
     """The ``simulate restart`` scenario, through run_job's real supervisor wiring."""
     from {{ cookiecutter.package_name }}.settings import load_settings
-    from {{ cookiecutter.package_name }}.simulation import SCENARIOS, run_scenario
-    from {{ cookiecutter.package_name }}.simulation.scenario_restart import RESTART_TURNS
+    from {{ cookiecutter.package_name }}.simulation import (
+        SCENARIOS,
+        run_scenario,
+    )
+    from {{ cookiecutter.package_name }}.simulation.scenario_restart import (
+        RESTART_TURNS,
+    )
 
     restart = SCENARIOS["restart"]
     obs = await run_scenario(

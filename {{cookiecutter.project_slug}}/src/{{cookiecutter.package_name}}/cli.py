@@ -1,4 +1,4 @@
-"""The command line behind `python agent.py ...` and the `{{ cookiecutter.project_slug }}` script.
+"""The command line behind `python agent.py ...` and the project's console script.
 
 `dev`, `start`, `console` and `download-files` validate the settings, then hand over to
 livekit's supported entry point (`python -m livekit.agents`). `doctor`, `token` and

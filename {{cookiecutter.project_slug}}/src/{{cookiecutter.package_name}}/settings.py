@@ -42,7 +42,10 @@ class Settings(BaseSettings):
     livekit_url: str | None = None
     livekit_api_key: str | None = None
     livekit_api_secret: SecretStr | None = None
-    agent_name: str = Field(default="{{ cookiecutter.agent_name }}", max_length=64)
+    agent_name: str = Field(
+        default="{{ cookiecutter.agent_name }}",
+        max_length=64,
+    )
 
     # Models.
     model_stack: ModelStack = "{{ cookiecutter.model_stack }}"

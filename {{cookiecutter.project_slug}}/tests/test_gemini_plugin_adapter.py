@@ -134,3 +134,23 @@ async def test_recv_task_records_the_error_and_asks_for_a_restart() -> None:
     finally:
         sess._active_session = None
         await sess.aclose()
+
+
+def test_the_plugin_still_logs_drops_as_receive_task_errors() -> None:
+    """The filter that turns recovered drops into warnings matches the plugin's message."""
+    import inspect
+    import logging
+
+    from livekit.plugins.google.realtime import realtime_api
+
+    from {{ cookiecutter.package_name }}.resilience._gemini_plugin import (
+        RECEIVE_ERROR_PREFIX,
+        RecoveredDropsAreWarnings,
+    )
+
+    assert f'logger.error(f"{RECEIVE_ERROR_PREFIX}: ' in inspect.getsource(realtime_api)
+    record = logging.LogRecord(
+        "livekit.plugins.google", logging.ERROR, "", 0, f"{RECEIVE_ERROR_PREFIX}: 1006", (), None
+    )
+    assert RecoveredDropsAreWarnings().filter(record)
+    assert (record.levelname, record.exc_info) == ("WARNING", None)

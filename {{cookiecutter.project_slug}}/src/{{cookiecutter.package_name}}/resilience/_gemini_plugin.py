@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Collection
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 from google.genai import types
 from livekit.agents import llm, utils
 from livekit.plugins import google
+from livekit.plugins.google import log as google_log
 from livekit.plugins.google.realtime import realtime_api
 
 from ..log import get_logger
@@ -81,6 +83,29 @@ def check_plugin_version(version: str | None = None) -> None:
         )
 
 
+# The plugin logs every dropped connection at ERROR with a traceback ("error in receive
+# task"); with the resume handler a drop is routine and recovered, so it is a warning.
+RECEIVE_ERROR_PREFIX = "error in receive task"
+
+
+class RecoveredDropsAreWarnings(logging.Filter):
+    """Downgrade the plugin's receive-task errors to one-line warnings (the handler reconnects;
+    it logs ERROR itself when its reconnect budget is spent)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and str(record.msg).startswith(RECEIVE_ERROR_PREFIX):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quieten_recovered_drops() -> None:
+    """Install `RecoveredDropsAreWarnings` on the plugin's logger (idempotent)."""
+    plugin_logger = logging.getLogger(google_log.logger.name)
+    if not any(isinstance(f, RecoveredDropsAreWarnings) for f in plugin_logger.filters):
+        plugin_logger.addFilter(RecoveredDropsAreWarnings())
+
+
 def _is_trigger(msg: Any) -> bool:
     """A clientContent that asks the model to answer (generate_reply's ``.`` turn)."""
     return (
@@ -99,6 +124,7 @@ class ResumableRealtimeModel(google.realtime.RealtimeModel):
 
     def __init__(self, *, resume: GeminiResume | None = None, **kwargs: Any) -> None:
         check_plugin_version()
+        quieten_recovered_drops()
         if "session_resumption" in kwargs:
             raise ValueError(
                 "pass the handle through GeminiResume.resume_from(), not session_resumption"

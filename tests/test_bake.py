@@ -37,6 +37,7 @@ ALWAYS = [
     "README.md",
     "AGENTS.md",
     ".env.example",
+    ".gitignore",
     ".cookiecutter.json",
     ".python-version",
     "src/{pkg}/__init__.py",
@@ -67,6 +68,9 @@ def test_bake(tmp_path: Path, answers: dict[str, object], ruff: str) -> None:
         if path.is_file():
             text = path.read_text(encoding="utf-8")
             assert not LEFTOVER.search(text), f"template syntax left in {path.relative_to(project)}"
+
+    ignored = (project / ".gitignore").read_text().splitlines()
+    assert ".env.*" in ignored and "!.env.example" in ignored  # .env.local never committed
 
     env = (project / ".env.example").read_text()
     assert f"MODEL_STACK={answers['model_stack']}" in env

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["RedisServer", "redis_server_binary"]
+__all__ = ["RedisSentinel", "RedisServer", "redis_server_binary"]
 
 
 def redis_server_binary() -> str:
@@ -171,3 +171,64 @@ class RedisServer:
                 if time.monotonic() > deadline:
                     raise RuntimeError("single-node cluster did not become ready")
                 time.sleep(0.05)
+
+
+class RedisSentinel:
+    """A real Redis Sentinel (``redis-server --sentinel``) watching ``primary`` as ``service``.
+
+    ``url`` is the ``redis+sentinel://`` URL the worker's settings take.
+    """
+
+    def __init__(self, primary: RedisServer, *, service: str = "voice-agent") -> None:
+        self.primary = primary
+        self.service = service
+        self.port = free_port()
+        self._dir = tempfile.mkdtemp(prefix="redis-sentinel-")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}"
+
+    def start(self, timeout: float = 10.0) -> RedisSentinel:
+        """Start the sentinel and wait until it reports the primary's address."""
+        config = Path(self._dir, "sentinel.conf")  # sentinel rewrites its config: a file of its own
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self._dir}\nprotected-mode no\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+        )
+        log = open(os.path.join(self._dir, "sentinel.log"), "ab")  # noqa: SIM115
+        self._proc = subprocess.Popen(
+            [redis_server_binary(), str(config), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5) as probe:
+            while True:
+                try:
+                    address = probe.execute_command(
+                        "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
+                    )
+                    if address:
+                        return self
+                except redis.ConnectionError:
+                    pass
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    text = Path(self._dir, "sentinel.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"redis sentinel did not start:\n{text}")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop the sentinel and delete its files."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.wait(10)
+        self._proc = None
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisSentinel:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

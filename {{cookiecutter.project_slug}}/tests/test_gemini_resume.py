@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
+from gemini_helpers import ask, connected
 from google.genai import types
 from livekit.agents import Agent, AgentSession, llm
 from livekit.agents.voice.events import CloseEvent
@@ -74,21 +75,6 @@ async def talking(
         yield session, agent, resume
     finally:
         await session.aclose()
-
-
-async def ask(session: AgentSession, text: str) -> str:
-    result = await session.run(user_input=text)
-    return " ".join(e.item.text_content or "" for e in result.events if e.type == "message")
-
-
-async def connected(srv: LocalGeminiLiveServer, count: int) -> None:
-    await srv.wait_for(
-        lambda: (
-            len(srv.connections) >= count
-            and srv.connections[count - 1].setup_complete_after is not None
-        ),
-        what=f"connection {count}",
-    )
 
 
 def assert_in_sync(srv: LocalGeminiLiveServer, agent: Agent) -> None:

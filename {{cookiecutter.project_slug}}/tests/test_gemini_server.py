@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import websockets
+from gemini_helpers import ask, connected
 from google import genai
 from google.genai import errors, types
 from livekit.agents import Agent, AgentSession, APIConnectOptions, llm
@@ -402,23 +403,6 @@ async def headless(
         await session.aclose()
 
 
-async def ask(session: AgentSession, text: str) -> str:
-    """Run one user turn and return what the agent said."""
-    result = await session.run(user_input=text)
-    return " ".join(e.item.text_content or "" for e in result.events if e.type == "message")
-
-
-async def reconnected(srv: LocalGeminiLiveServer, count: int) -> None:
-    """Wait until connection ``count - 1`` is past setupComplete."""
-    await srv.wait_for(
-        lambda: (
-            len(srv.connections) >= count
-            and srv.connections[count - 1].setup_complete_after is not None
-        ),
-        what=f"connection {count}",
-    )
-
-
 @pytest.mark.parametrize("modality", ["TEXT", "AUDIO"])
 async def test_plugin_gets_the_scripted_reply(srv: LocalGeminiLiveServer, modality: str) -> None:
     async with headless(realtime_model(srv, modality=modality)) as (session, _):
@@ -446,7 +430,7 @@ async def test_plugin_resumes_by_handle_with_zero_replay_after_a_drop(
     async with headless(realtime_model(srv)) as (session, _):
         await ask(session, "first")
         await srv.inject(Drop())
-        await reconnected(srv, 2)
+        await connected(srv, 2)
         assert await ask(session, "second") == "reply to: second"
     first, resumed = srv.connections
     assert resumed.handle == first.handles_issued[-1]
@@ -471,7 +455,7 @@ async def test_plugin_sends_only_the_delta_made_while_disconnected(
         ctx = agent.chat_ctx.copy()
         ctx.add_message(role="user", content="a note added while away")
         await agent.update_chat_ctx(ctx)
-        await reconnected(srv, 2)
+        await connected(srv, 2)
         await ask(session, "second")
     assert texts(srv.history()) == [
         ("user", "first"),
@@ -517,7 +501,7 @@ async def test_plugin_reconnects_at_once_on_go_away(srv: LocalGeminiLiveServer) 
     async with headless(realtime_model(srv)) as (session, _):
         await ask(session, "first")
         await srv.inject(GoAway(time_left=30))
-        await reconnected(srv, 2)
+        await connected(srv, 2)
         await srv.wait_for(lambda: not srv.connections[0].open, what="old connection closed")
         assert await ask(session, "second") == "reply to: second"
     first, resumed = srv.connections
@@ -531,7 +515,7 @@ async def test_plugin_go_away_cuts_the_reply_in_progress() -> None:
         srv.arm(GoAway(time_left=30, at="reply", after_chunks=1))
         async with headless(realtime_model(srv)) as (session, _):
             await ask(session, "tell me a long story please")
-            await reconnected(srv, 2)
+            await connected(srv, 2)
         assert srv.connections[0].closed_by == "client"
         assert not srv.connections[0].replies[0].completed
         cut = srv.history(connection=0)[-1]
@@ -548,7 +532,7 @@ async def test_plugin_keeps_the_old_handle_while_updates_are_not_resumable(
         srv.arm(ResumableFalse(count=100))
         await ask(session, "second")
         await srv.inject(Drop())
-        await reconnected(srv, 2)
+        await connected(srv, 2)
         await ask(session, "third")
     assert srv.connections[1].handle == last_good
     # the handle predates "second": the plugin sends that turn again as the delta
@@ -576,7 +560,7 @@ async def test_plugin_gives_up_after_four_drops_without_a_server_frame(
             assert event.reason.value == "error"
             assert len(srv.connections) == drops
         else:
-            await reconnected(srv, drops + 1)
+            await connected(srv, drops + 1)
             assert await ask(session, "still there?") == "reply to: still there?"
 
 
@@ -596,7 +580,7 @@ async def test_plugin_handle_given_to_a_new_model_resumes_but_sends_nothing_newe
     carried.add_message(role="user", content="said after the handle")
     agent = Agent(instructions=INSTRUCTIONS, chat_ctx=carried)
     async with headless(realtime_model(srv, handle=handle), agent) as (session, _):
-        await reconnected(srv, 2)
+        await connected(srv, 2)
         await ask(session, "second")
     assert srv.connections[1].handle == handle
     assert texts(srv.history()) == [

@@ -41,8 +41,26 @@ class TrackRecord:
         return self.unpublished_at is None
 
 
+class _StreamState:
+    """What a receiver knows of any stream: whether it ended, and its final attributes."""
+
+    closed_at: float | None
+    header_attributes: dict[str, str]
+    close_attributes: dict[str, str]
+
+    @property
+    def closed(self) -> bool:
+        """True once the sender closed the stream."""
+        return self.closed_at is not None
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        """Header attributes overlaid with the close attributes."""
+        return {**self.header_attributes, **self.close_attributes}
+
+
 @dataclass
-class TextStreamRecord:
+class TextStreamRecord(_StreamState):
     """A text stream, as its receiver sees it once it has ended.
 
     ``header_attributes`` are those sent when the stream opened; ``attributes`` adds the ones
@@ -67,19 +85,9 @@ class TextStreamRecord:
         """All text written so far."""
         return "".join(self.chunks)
 
-    @property
-    def closed(self) -> bool:
-        """True once the sender closed the stream."""
-        return self.closed_at is not None
-
-    @property
-    def attributes(self) -> dict[str, str]:
-        """Header attributes overlaid with the close attributes."""
-        return {**self.header_attributes, **self.close_attributes}
-
 
 @dataclass
-class ByteStreamRecord:
+class ByteStreamRecord(_StreamState):
     """A byte stream (file, session message); same attribute rules as text streams."""
 
     stream_id: str
@@ -100,16 +108,6 @@ class ByteStreamRecord:
     def data(self) -> bytes:
         """All bytes written so far."""
         return b"".join(self.chunks)
-
-    @property
-    def closed(self) -> bool:
-        """True once the sender closed the stream."""
-        return self.closed_at is not None
-
-    @property
-    def attributes(self) -> dict[str, str]:
-        """Header attributes overlaid with the close attributes."""
-        return {**self.header_attributes, **self.close_attributes}
 
 
 @dataclass

@@ -19,6 +19,7 @@ import itertools
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from livekit import rtc
 from livekit.rtc._proto import ffi_pb2 as proto_ffi
@@ -200,12 +201,14 @@ class SimulatedByteStreamWriter(rtc.ByteStreamWriter):
         self._recorder.emit("byte_stream_closed", self.record)
 
 
-class SimulatedTextStreamReader(rtc.TextStreamReader):
-    """An incoming text stream handed to a handler registered with
-    ``room.register_text_stream_handler`` (RoomIO's ``lk.chat`` handler, for one)."""
+class _LocalReader:
+    """What the simulated text and byte readers share: the SDK reader's state, fed from a
+    local queue instead of an FFI subscription. ``_EVENT`` names the FFI event field."""
 
-    def __init__(self, info: rtc.TextStreamInfo, *, on_close: Callable[[], None] | None = None):
-        # mirrors rtc.TextStreamReader.__init__ minus the FFI subscription and request
+    _EVENT: str
+
+    def __init__(self, info: Any, *, on_close: Callable[[], None] | None = None):
+        # mirrors the SDK reader's __init__ minus the FFI subscription and request
         self._info = info
         self._reader_handle = 0
         self._on_close = on_close
@@ -217,19 +220,21 @@ class SimulatedTextStreamReader(rtc.TextStreamReader):
         # nothing to unsubscribe from: the queue is local
         pass
 
-    def deliver_chunk(self, text: str) -> None:
+    def deliver_chunk(self, content: str | bytes) -> None:
         """Queue a chunk as the FFI would deliver it."""
         event = proto_ffi.FfiEvent()
-        event.text_stream_reader_event.reader_handle = self._reader_handle
-        event.text_stream_reader_event.chunk_received.content = text
+        reader_event = getattr(event, self._EVENT)
+        reader_event.reader_handle = self._reader_handle
+        reader_event.chunk_received.content = content
         self._queue.put_nowait(event)
 
     def deliver_end(self, attributes: dict[str, str] | None = None, error: str = "") -> None:
         """Queue the end of the stream (trailer attributes, or an error)."""
         event = proto_ffi.FfiEvent()
-        eos = event.text_stream_reader_event.eos
+        reader_event = getattr(event, self._EVENT)
+        eos = reader_event.eos
         eos.SetInParent()
-        event.text_stream_reader_event.reader_handle = self._reader_handle
+        reader_event.reader_handle = self._reader_handle
         if attributes:
             eos.attributes.update(attributes)
         if error:
@@ -237,37 +242,15 @@ class SimulatedTextStreamReader(rtc.TextStreamReader):
         self._queue.put_nowait(event)
 
 
-class SimulatedByteStreamReader(rtc.ByteStreamReader):
+class SimulatedTextStreamReader(_LocalReader, rtc.TextStreamReader):
+    """An incoming text stream handed to a handler registered with
+    ``room.register_text_stream_handler`` (RoomIO's ``lk.chat`` handler, for one)."""
+
+    _EVENT = "text_stream_reader_event"
+
+
+class SimulatedByteStreamReader(_LocalReader, rtc.ByteStreamReader):
     """An incoming byte stream handed to a handler registered with
     ``room.register_byte_stream_handler`` (the session host's messages, for one)."""
 
-    def __init__(self, info: rtc.ByteStreamInfo, *, on_close: Callable[[], None] | None = None):
-        # mirrors rtc.ByteStreamReader.__init__ minus the FFI subscription and request
-        self._info = info
-        self._reader_handle = 0
-        self._on_close = on_close
-        self._closed = False
-        self._error: rtc.StreamError | None = None
-        self._queue: asyncio.Queue[proto_ffi.FfiEvent] = asyncio.Queue()
-
-    def _unsubscribe(self) -> None:
-        pass
-
-    def deliver_chunk(self, data: bytes) -> None:
-        """Queue a chunk as the FFI would deliver it."""
-        event = proto_ffi.FfiEvent()
-        event.byte_stream_reader_event.reader_handle = self._reader_handle
-        event.byte_stream_reader_event.chunk_received.content = data
-        self._queue.put_nowait(event)
-
-    def deliver_end(self, attributes: dict[str, str] | None = None, error: str = "") -> None:
-        """Queue the end of the stream (trailer attributes, or an error)."""
-        event = proto_ffi.FfiEvent()
-        eos = event.byte_stream_reader_event.eos
-        eos.SetInParent()
-        event.byte_stream_reader_event.reader_handle = self._reader_handle
-        if attributes:
-            eos.attributes.update(attributes)
-        if error:
-            eos.error.description = error
-        self._queue.put_nowait(event)
+    _EVENT = "byte_stream_reader_event"

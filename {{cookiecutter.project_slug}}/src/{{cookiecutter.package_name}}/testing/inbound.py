@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from livekit import rtc
 
@@ -64,18 +65,10 @@ class InboundStreamsMixin(rtc.Room):
         )
         self.recorder.text_streams.append(record)
         self.recorder.emit("text_stream_received", record)
-        handler = self._text_stream_handlers.get(topic)
-        if handler is None:
-            logger.info("ignoring text stream, no handler", extra={"topic": topic})
-            return info
-        key = id(record)
-        reader = SimulatedTextStreamReader(
-            info, on_close=lambda: self._text_stream_readers.pop(key, None)
-        )
-        self._text_stream_readers[key] = reader
-        reader.deliver_chunk(text)
-        reader.deliver_end()
-        handler(reader, identity)
+        self._hand_over(
+            self._text_stream_handlers, self._text_stream_readers, SimulatedTextStreamReader,
+            info, text, identity, key=id(record),
+        )  # fmt: skip
         return info
 
     async def send_bytes_as(
@@ -116,16 +109,30 @@ class InboundStreamsMixin(rtc.Room):
         )
         self.recorder.byte_streams.append(record)
         self.recorder.emit("byte_stream_received", record)
-        handler = self._byte_stream_handlers.get(topic)
+        self._hand_over(
+            self._byte_stream_handlers, self._byte_stream_readers, SimulatedByteStreamReader,
+            info, bytes(data), identity, key=id(record),
+        )  # fmt: skip
+        return info
+
+    def _hand_over(
+        self,
+        handlers: dict[str, Any],
+        readers: dict[int, Any],
+        reader_cls: Any,
+        info: Any,
+        content: str | bytes,
+        identity: str,
+        *,
+        key: int,
+    ) -> None:
+        """Give a complete stream to the handler registered for its topic, as the SDK does."""
+        handler = handlers.get(info.topic)
         if handler is None:
-            logger.info("ignoring byte stream, no handler", extra={"topic": topic})
-            return info
-        key = id(record)
-        reader = SimulatedByteStreamReader(
-            info, on_close=lambda: self._byte_stream_readers.pop(key, None)
-        )
-        self._byte_stream_readers[key] = reader
-        reader.deliver_chunk(bytes(data))
+            logger.info("ignoring stream, no handler", extra={"topic": info.topic})
+            return
+        reader = reader_cls(info, on_close=lambda: readers.pop(key, None))
+        readers[key] = reader
+        reader.deliver_chunk(content)
         reader.deliver_end()
         handler(reader, identity)
-        return info

@@ -60,8 +60,8 @@ async def main(args: argparse.Namespace) -> None:
             await asyncio.sleep(args.window)
             item = {"id": item_id, "type": "message", "role": "user", "content": [item_id]}
             try:
-                await store.append(args.room, PARTICIPANT, items=[item], fence=fence)
-                emit("wrote", id=item_id)
+                result = await store.append(args.room, PARTICIPANT, items=[item], fence=fence)
+                emit("merged" if result.merged else "wrote", id=item_id)
             except StaleLeaseError as exc:
                 emit("refused", id=item_id, error=str(exc))
             await asyncio.sleep(args.every)

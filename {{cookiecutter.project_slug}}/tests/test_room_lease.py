@@ -31,8 +31,10 @@ from {{ cookiecutter.package_name }}.resilience.store import (
     MemoryStore,
     RedisStore,
     StaleLeaseError,
+    StoreUnavailableError,
 )
 from {{ cookiecutter.package_name }}.resilience.store.redis_client import connect
+from {{ cookiecutter.package_name }}.testing.netfault import FaultyLink
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
 
 ROOM = "room-1"
@@ -52,11 +54,13 @@ async def test_one_holder_at_a_time_and_tokens_only_grow(redis_server: RedisServ
     assert first is not None and await b.acquire() is None
     assert await a.acquire() == first  # the holder asking again keeps its token
     assert (await a.state()).owner == "worker-a"
-    await asyncio.sleep(0.4)  # lapsed: the holder cannot renew it, another may take it
-    assert not await a.renew(first)
+    await asyncio.sleep(0.4)  # lapsed, nobody took it: the holder reclaims it, same token
+    assert await a.renew(first) and (await a.state()).owner == "worker-a"
+    await asyncio.sleep(0.4)  # lapsed again, and this time another worker takes it
     second = await b.acquire()
     assert second is not None and second > first
-    assert not await a.release(first) and (await b.state()).owner == "worker-b"
+    assert not await a.renew(first) and not await a.release(first)
+    assert (await b.state()).owner == "worker-b"
     assert await b.release(second) and (await b.state()).owner is None
     third = await a.acquire()
     assert third is not None and third > second
@@ -69,14 +73,16 @@ async def test_local_lease_behaves_the_same() -> None:
     first = await a.acquire()
     assert first is not None and await b.acquire() is None and await a.renew(first)
     await asyncio.sleep(0.25)
-    assert not await a.renew(first)
+    assert await a.renew(first)  # a stalled loop is not a lost lease
+    await asyncio.sleep(0.25)
     second = await b.acquire()
     assert second is not None and second > first
+    assert not await a.renew(first)
     assert await b.release(second)
 
 
 @pytest.mark.parametrize("kind", ["memory", "redis"])
-async def test_a_lapsed_holder_writes_nothing_once_a_successor_took_over(
+async def test_a_lapsed_holder_loses_nothing_and_overwrites_nothing_after_a_takeover(
     kind: str,
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
@@ -88,39 +94,92 @@ async def test_a_lapsed_holder_writes_nothing_once_a_successor_took_over(
         store = RedisStore(connect(redis_server.url), prefix=prefix)
         client = connect(redis_server.url)
         leases = [RedisRoomLease(client, ROOM, w, ttl=0.3, prefix=prefix) for w in ("a", "b")]
-    old, new = (RoomPrimacy(lease, renew_every=10, poll_every=10) for lease in leases)
+    lost = asyncio.Event()
+    old = RoomPrimacy(leases[0], renew_every=10, poll_every=10, on_lost=lost.set)
+    new = RoomPrimacy(leases[1], renew_every=10, poll_every=10)
     old_store, new_store = FencedStore(store, old), FencedStore(store, new)
     assert await old.start() and not await new.start()
     await old_store.append(ROOM, CALLER, items=[item("a-1")])
     with pytest.raises(StaleLeaseError):
-        await new_store.append(ROOM, CALLER, items=[item("b-0")])  # the standby writes nothing
+        await new_store.set_gemini_handle(ROOM, CALLER, "b-handle", [])  # a standby writes nothing
 
-    stale_fence = await old_store.fence(ROOM, CALLER)
     await asyncio.sleep(0.35)  # the old holder stalls past its lease (a pause, a partition)
-    assert not old.is_primary
-    with pytest.raises(StaleLeaseError):  # refused before it reaches the store...
-        await old_store.append(ROOM, CALLER, items=[item("a-2")])
+    assert old.is_primary  # nothing it can see says otherwise yet
     assert await new.start()
     await new_store.append(ROOM, CALLER, items=[item("b-1")])
-    with pytest.raises(StaleLeaseError):  # ...and by the store, for a write already in flight
-        await store.append(ROOM, CALLER, items=[item("a-3")], fence=stale_fence)
+    await new_store.set_gemini_handle(ROOM, CALLER, "b-handle", ["b-1"])
+    # the stalled holder wakes up: its turns are merged after the successor's, never lost...
+    merged = await old_store.append(ROOM, CALLER, items=[item("a-2")])
+    assert merged.merged
+    with pytest.raises(StaleLeaseError):  # ...and it overwrites nothing
+        await old_store.set_gemini_handle(ROOM, CALLER, "a-handle", ["a-1"])
     record = await store.load(ROOM, CALLER)
-    assert record is not None and [i["id"] for i in record.items] == ["a-1", "b-1"]
-    await old.aclose()
+    assert record is not None and [i["id"] for i in record.items] == ["a-1", "b-1", "a-2"]
+    assert record.gemini.handle == "b-handle"
+    # its heartbeat finds the successor: it steps down
+    await old.aclose(release=False)
+    old = RoomPrimacy(leases[0], on_lost=lost.set)
+    assert not await old.start()
     await new.aclose()
     await store.aclose()
 
 
-async def test_a_worker_cut_off_from_redis_steps_down_within_the_lease() -> None:
+async def test_a_worker_cut_off_from_redis_keeps_its_room_and_its_token() -> None:
     with RedisServer(durable=False) as server:
         lease = RedisRoomLease(connect(server.url), ROOM, "worker-a", ttl=0.5)
         lost = asyncio.Event()
         primacy = RoomPrimacy(lease, on_lost=lost.set, renew_every=0.1)
         assert await primacy.start()
+        token = primacy.token
         server.kill()
-        await asyncio.wait_for(lost.wait(), 5)  # no renewal answered: it steps down by itself
-        assert not primacy.is_primary and primacy.token is None
-        await primacy.aclose(release=False)
+        await asyncio.sleep(1.5)  # three lease times without an answer: nobody else can take it
+        assert not lost.is_set() and primacy.is_primary and primacy.token == token
+        await asyncio.to_thread(server.restart)  # back without its data
+        async with asyncio.timeout(5):
+            while (await lease.state()).owner != "worker-a":  # noqa: ASYNC110 - Redis is polled
+                await asyncio.sleep(0.05)
+        assert (await lease.state()).token == token and not lost.is_set()
+        await primacy.aclose()
+
+
+async def test_a_job_started_during_an_outage_serves_then_takes_the_lease() -> None:
+    with RedisServer(durable=False) as server:
+        server.kill()
+        lease = RedisRoomLease(connect(server.url), ROOM, "worker-a", ttl=0.5)
+        primacy = RoomPrimacy(lease)
+        assert await primacy.start()  # served at once, provisionally
+        assert primacy.token is None and primacy.is_primary
+        with pytest.raises(StoreUnavailableError):
+            primacy.fencing_token()  # its writes wait in the store's queue
+        await asyncio.to_thread(server.restart)
+        async with asyncio.timeout(5):
+            while primacy.token is None:  # noqa: ASYNC110 - the heartbeat polls Redis
+                await asyncio.sleep(0.05)
+        assert primacy.fencing_token() == primacy.token
+        await primacy.aclose()
+
+
+async def test_a_provisional_worker_steps_down_when_redis_shows_another_holder(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    prefix = new_prefix()
+    async with FaultyLink(redis_server.url) as link:
+        link.cut()  # this worker cannot reach Redis; another worker can
+        lost = asyncio.Event()
+        primacy = RoomPrimacy(
+            RedisRoomLease(connect(link.url), ROOM, "worker-a", ttl=5, prefix=prefix),
+            on_lost=lost.set,
+            poll_every=0.05,
+        )
+        assert await primacy.start() and primacy.token is None  # serving provisionally
+        holder = RedisRoomLease(connect(redis_server.url), ROOM, "worker-b", ttl=5, prefix=prefix)
+        assert await holder.acquire() is not None
+        link.heal()
+        await asyncio.wait_for(lost.wait(), 5)
+        assert not primacy.is_primary
+        with pytest.raises(StaleLeaseError):
+            primacy.fencing_token()
+        await primacy.aclose()
 
 
 # -- two worker processes --------------------------------------------------------------------
@@ -209,11 +268,12 @@ def test_kill_9_the_primary_and_the_standby_continues_from_the_store(
         a.stop()
 
 
-def test_a_frozen_primary_that_wakes_up_after_the_takeover_is_refused_by_token(
+def test_a_frozen_primary_that_wakes_up_after_the_takeover_has_its_turns_merged(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
     """A primary frozen (SIGSTOP) between taking its token and writing: its lease lapses, the
-    standby takes over; when it wakes (SIGCONT) its in-flight write is refused by the store."""
+    standby takes over; when it wakes (SIGCONT) its in-flight turn is merged after the
+    successor's (turns are never lost), and it steps down."""
     prefix, ttl = new_prefix(), 1.0
     a = WorkerProcess(redis_server.url, prefix, "A", ttl, window=1.5)
     b = None
@@ -231,14 +291,17 @@ def test_a_frozen_primary_that_wakes_up_after_the_takeover_is_refused_by_token(
         taken = b.wait_for("primary", timeout=3 * ttl + 5)
         b.wait_for("wrote")
         a.proc.send_signal(signal.SIGCONT)
-        refused = a.wait_for("refused")
+        merged = a.wait_for("merged")
         a.wait_for("standby")  # and it knows it is no longer primary
-        assert refused["id"] == in_flight["id"] and "fencing token" in refused["error"]
+        a.drain()
+        assert merged["id"] == in_flight["id"]
+        assert not [e for e in a.events if e["event"] == "wrote" and e["t"] > taken["t"]]
         ids = stored_ids(redis_server, prefix)
-        assert in_flight["id"] not in ids
+        assert ids.count(in_flight["id"]) == 1 and len(ids) == len(set(ids))
         first_b = next(n for n, i in enumerate(ids) if i.startswith("B-"))
         assert ids[:first_b] == taken["loaded"]
-        assert not [i for i in ids[first_b:] if i.startswith("A-")]
+        # everything A wrote after the takeover came after B's first turn, merged
+        assert set(a.ids("merged")) <= set(ids[first_b:])
     finally:
         if a.proc.poll() is None:
             a.proc.send_signal(signal.SIGCONT)

@@ -21,6 +21,7 @@ from {{ cookiecutter.package_name }}.resilience.store import (
     StaleLeaseError,
     identity_hash,
 )
+from {{ cookiecutter.package_name }}.resilience.store.records import TRIMMED_MARK, StorageLimits
 
 # fixtures shared by the store tests (conftest.py is the whole suite's)
 make_store = store_fixtures.make_store
@@ -163,7 +164,7 @@ async def test_list_and_purge(store: Any) -> None:
     assert (await store.load("r2", "a")).identity == "a"
 
 
-async def test_lease_fences_out_a_stale_writer(store: Any) -> None:
+async def test_lease_fences_out_a_stale_writer_and_merges_its_turns(store: Any) -> None:
     await store.join(ROOM, "hal", "s1")
     token = await store.acquire_lease(ROOM, "hal", "worker-a", ttl=30)
     assert await store.acquire_lease(ROOM, "hal", "worker-a", ttl=30) == token  # renewal
@@ -174,19 +175,27 @@ async def test_lease_fences_out_a_stale_writer(store: Any) -> None:
 
     newer = await store.acquire_lease(ROOM, "hal", "worker-b", ttl=30, force=True)
     assert newer > token
-    with pytest.raises(StaleLeaseError):
-        await store.append(ROOM, "hal", items=[turn(2)], fence=token)
-    with pytest.raises(StaleLeaseError):
-        await store.append(ROOM, "hal", items=[turn(2)])  # unfenced while a lease is held
+    # turns are facts: the stale writer's are merged, never dropped...
+    merged = await store.append(ROOM, "hal", items=[turn(2)], fence=token)
+    assert merged.merged and merged.items_added == 1
+    again = await store.append(ROOM, "hal", items=[turn(2)])  # unfenced while a lease is held
+    assert again.merged and again.items_added == 0
+    # ...but nothing else it writes lands
     with pytest.raises(StaleLeaseError):
         await store.leave(ROOM, "hal", "s1", fence=token)
-    await store.append(ROOM, "hal", items=[turn(3)], fence=newer)
+    with pytest.raises(StaleLeaseError):
+        await store.set_gemini_handle(ROOM, "hal", "h", [], fence=token)
+    current = await store.append(ROOM, "hal", items=[turn(3)], fence=newer)
+    assert not current.merged
     record = await store.load(ROOM, "hal")
-    assert record.item_ids == ["item_1", "item_3"] and record.active_session == "s1"
+    assert record.item_ids == ["item_1", "item_2", "item_3"] and record.active_session == "s1"
+    assert record.gemini is None
 
     assert not await store.release_lease(ROOM, "hal", "worker-a", token)
     assert await store.release_lease(ROOM, "hal", "worker-b", newer)
-    await store.append(ROOM, "hal", items=[turn(4)])
+    await store.set_gemini_handle(ROOM, "hal", "h", [])  # unfenced once nobody holds it
+    with pytest.raises(StaleLeaseError):  # a released lease still outranks older tokens
+        await store.set_gemini_handle(ROOM, "hal", "h", [], fence=token)
 
 
 async def test_fencing_tokens_keep_increasing_after_expiry(store: Any) -> None:
@@ -196,6 +205,51 @@ async def test_fencing_tokens_keep_increasing_after_expiry(store: Any) -> None:
     assert second > first
     with pytest.raises(StaleLeaseError):
         await store.set_gemini_handle(ROOM, "ivy", "h", [], fence=first)
+
+
+async def test_a_lapsed_lease_nobody_took_stays_its_holders(store: Any) -> None:
+    """An outage or a stalled loop longer than the lease costs the holder nothing."""
+    token = await store.acquire_lease(ROOM, "jo", "w1", ttl=0.2)
+    await asyncio.sleep(0.4)
+    # a write queued during the fault lands after the lease lapsed: still accepted
+    await store.join(ROOM, "jo", "s1", fence=token)
+    await store.set_gemini_handle(ROOM, "jo", "h", ["a"], fence=token)
+    # the holder reclaims it with the same token
+    assert await store.acquire_lease(ROOM, "jo", "w1", ttl=5) == token
+    with pytest.raises(LeaseHeldError):
+        await store.acquire_lease(ROOM, "jo", "w2", ttl=5)
+    assert (await store.load(ROOM, "jo")).gemini.handle == "h"
+
+
+async def test_a_callable_fence_is_resolved_when_the_write_is_sent(store: Any) -> None:
+    token = await store.acquire_lease(ROOM, "kim", "w1", ttl=5)
+    calls = []
+
+    async def fence() -> int:
+        calls.append(1)
+        return token
+
+    await store.join(ROOM, "kim", "s1", fence=fence)
+    await store.append(ROOM, "kim", items=[turn(1)], fence=fence)
+    assert len(calls) == 2
+    assert (await store.load(ROOM, "kim")).item_ids == ["item_1"]
+
+
+async def test_one_participant_cannot_fill_the_store(make_store: Any) -> None:
+    limits = StorageLimits(max_entry_bytes=2048, max_entries=5, max_list_bytes=64 * 1024)
+    store = make_store(limits=limits)
+    huge = {"id": "big", "type": "message", "role": "user", "content": ["x" * 1_000_000]}
+    await store.append(ROOM, "lou", items=[huge], transcript=[{"id": "seg", "text": "y" * 50_000}])
+    record = await store.load(ROOM, "lou")
+    (item,) = record.items
+    assert item["content"][0].endswith(TRIMMED_MARK) and item["trimmed_bytes"] > 990_000
+    assert len(item["content"][0]) < 2048
+    assert record.transcript[0]["text"].endswith(TRIMMED_MARK)
+    # the whole history: the oldest go first, counted, and the newest always stays
+    await store.append(ROOM, "lou", items=[turn(n) for n in range(8)])
+    record = await store.load(ROOM, "lou")
+    assert record.item_ids == [f"item_{n}" for n in range(3, 8)]
+    assert record.items_trimmed == 4
 
 
 @pytest.mark.parametrize(

@@ -72,7 +72,10 @@ async def test_keys_share_one_slot_hide_identities_and_expire(redis_server: Redi
         assert len(keys) == 5
         assert len({key_slot(k.encode()) for k in keys}) == 1
         assert not any("alice" in k for k in keys)
-        assert all(0 < admin.pttl(k) <= 3600_000 for k in keys)
+        lease_key = participant_keys(store.prefix, ROOM, identity).lease
+        assert all(0 < admin.pttl(k) <= 3600_000 for k in keys if k != lease_key)
+        # a lease's token is remembered a day after it lapses, so fences never go back
+        assert 86_400_000 < admin.pttl(lease_key) <= 86_430_000
         await store.leave(ROOM, identity, "s1", fence=token)
         record_key = participant_keys(store.prefix, ROOM, identity).record
         # retention runs on Redis's clock: the record's own TTL, 300 s by default
@@ -121,24 +124,30 @@ async def test_outage_answers_from_memory_and_replays_in_order() -> None:
         await store.aclose()
 
 
-async def test_a_full_queue_drops_loudly_and_keeps_the_first_writes(
+async def test_a_full_queue_drops_loudly_and_a_live_conversation_is_rewritten(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with RedisServer() as server:
         store = build_store("redis", server, max_queued_writes=5)
         await store.join(ROOM, "di", "s1")
+        await store.join(ROOM, "gone", "s2")
+        await store.leave(ROOM, "gone", "s2")
         server.kill()
         with caplog.at_level(logging.ERROR):
             for n in range(10):
                 await store.append(ROOM, "di", items=[turn(n)])
+                await store.append(ROOM, "gone", items=[turn(n)])
         drops = [r for r in caplog.records if "queue full" in r.getMessage()]
         assert drops and drops[0].levelno == logging.ERROR and drops[0].max_writes == 5
-        assert store.write_queue.dropped == 5
+        assert store.write_queue.dropped == 15
         assert (await store.load(ROOM, "di")).item_ids == [f"item_{n}" for n in range(10)]
         server.start()
         assert await store.wait_flushed(15)
-        store._cache.forget(ROOM, "di")
-        assert (await store.load(ROOM, "di")).item_ids == [f"item_{n}" for n in range(5)]
+        store._cache.forget(ROOM)
+        # the live participant's conversation is given to Redis again from memory...
+        assert (await store.load(ROOM, "di")).item_ids == [f"item_{n}" for n in range(10)]
+        # ...one who had left keeps what the queue held: the first writes, in order
+        assert (await store.load(ROOM, "gone")).item_ids == [f"item_{n}" for n in range(2)]
         await store.aclose()
 
 

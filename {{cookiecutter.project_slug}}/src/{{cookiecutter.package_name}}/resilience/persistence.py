@@ -25,6 +25,10 @@ logger = get_logger(__name__)
 # Item types the model needs to continue a conversation; others (config updates, handoffs)
 # describe the session, not the conversation.
 CONVERSATION_TYPES = ("message", "function_call", "function_call_output")
+TRIMMED_HISTORY_NOTE = (
+    "The {count} oldest items of this conversation were trimmed from storage; "
+    "what follows is the rest."
+)
 
 
 def item_to_dict(item: llm.ChatItem) -> dict[str, Any]:
@@ -39,6 +43,15 @@ def chat_ctx_from_record(record: SessionRecord) -> llm.ChatContext:
     is skipped with a warning naming its id; the rest of the conversation is kept.
     """
     items: list[llm.ChatItem] = []
+    if record.items_trimmed:
+        # the store keeps a bounded history (StorageLimits): say where the rest was
+        items.append(
+            llm.ChatMessage(
+                role="system",
+                content=[TRIMMED_HISTORY_NOTE.format(count=record.items_trimmed)],
+                created_at=record.joined_at,
+            )
+        )
     for stored in record.items:
         if stored.get("type", "message") not in CONVERSATION_TYPES:
             continue

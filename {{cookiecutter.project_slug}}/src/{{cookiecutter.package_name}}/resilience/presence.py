@@ -17,7 +17,7 @@ from collections.abc import Callable
 from livekit import rtc
 
 from ..log import get_logger, identity_ref
-from .store import JoinKind, JoinOutcome, SessionStore, StoreError
+from .store import JoinKind, JoinOutcome, SessionRecord, SessionStore, StoreError
 
 logger = get_logger(__name__)
 
@@ -62,12 +62,31 @@ class ParticipantPresence:
         self._room.on("participant_connected", self._on_connected)
         self._room.on("participant_disconnected", self._on_disconnected)
 
-    async def join(self, participant: rtc.RemoteParticipant) -> JoinOutcome | None:
-        """Record a connection; None when the store cannot answer (the call goes on as new)."""
+    async def join(
+        self, participant: rtc.RemoteParticipant, *, answer_within: float | None = None
+    ) -> JoinOutcome | None:
+        """Record a connection; None when the store refused it (the call goes on as new).
+
+        With ``answer_within``, a store that has not answered by then (a frozen server, a
+        network that swallows packets) does not hold the participant up: they are served as
+        new at once, and the outcome's ``settled`` brings the store's answer when it comes.
+        """
+        pending = asyncio.ensure_future(
+            self._store.join(self._room.name, self._identity, visit_id(participant, self._job_id))
+        )
+        if answer_within is not None:
+            await asyncio.wait({pending}, timeout=answer_within)
+            if not pending.done():
+                logger.warning(
+                    "session store slow to answer; serving the participant as new for now",
+                    participant=identity_ref(self._identity),
+                    waited_s=answer_within,
+                )
+                return JoinOutcome(
+                    JoinKind.NEW, SessionRecord.blank(self._room.name, self._identity), pending
+                )
         try:
-            outcome = await self._store.join(
-                self._room.name, self._identity, visit_id(participant, self._job_id)
-            )
+            outcome = await pending
         except StoreError as exc:
             logger.error(
                 "participant join not recorded",

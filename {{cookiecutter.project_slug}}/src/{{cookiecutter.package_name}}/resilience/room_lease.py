@@ -3,32 +3,52 @@
 Two workers can end up in one room (a dispatch retried after a timeout, a second agent
 deployment). Each asks for the room's lease; the holder runs the conversation, the other
 stands by (listen-only, or leaves). The holder renews every ``ttl / 3``; if it dies, its lease
-lapses at most ``ttl`` later and a standby (polling every ``ttl / 10``, at most 0.5 s) takes
-it with a higher fencing token and continues from the session store.
+lapses ``ttl`` later and a standby (polling every ``ttl / 10``, at most 0.5 s) takes it with a
+higher fencing token and continues from the session store.
 
-- :class:`RedisRoomLease`: one Redis hash per room (owner, token) with a TTL, plus a counter
-  that never expires, so tokens only ever grow; each operation is one Lua script.
-- :class:`LocalRoomLease`: the same in one process, for the in-memory store (one worker).
-- :class:`RoomPrimacy`: the heartbeat. It acquires, renews, notices a lost lease, and stops
-  calling itself primary once its lease may have lapsed even when Redis cannot answer.
+The lease follows the rules of ``store/leases.py``. What matters for a call:
+
+- An unreachable or refusing Redis never ends a call and never demotes the holder: while Redis
+  cannot answer, nobody else can take the lease either. Renewals are retried every poll
+  interval, and a holder whose lease lapsed during the fault reclaims it with the same token.
+  A worker steps down only when Redis answers and shows another holder.
+- A job that starts while Redis cannot answer serves its room at once (provisionally) and
+  takes the lease once Redis answers, or steps down if another worker had it.
+- A stalled event loop is not a lost lease: with nobody else asking, the holder reclaims it.
+
+- :class:`RedisRoomLease`: one Redis hash per room, shared by every worker.
+- :class:`SqliteRoomLease`: one row in the SQLite session file, shared by every job and worker
+  process on a host (the default store's lease).
+- :class:`LocalRoomLease`: the same within one process (the in-memory store: one worker).
+- :class:`RoomPrimacy`: the heartbeat that acquires, renews and reports losing the lease.
 - :class:`FencedStore`: a SessionStore whose writes carry the participant's store lease
-  token, taken by force while this worker holds the room lease; a worker whose room lease
-  lapsed writes nothing (refused here, and by token in the store once a successor took over).
+  token, taken by force while this worker holds the room lease; a worker that lost the room
+  writes nothing but conversation entries, which the store merges (see ``SessionStore``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from redis.exceptions import ResponseError
+
 from ..log import get_logger
-from .store import SessionStore, StaleLeaseError, StoreUnavailableError
+from .store import (
+    LeaseHeldError,
+    SessionStore,
+    StaleLeaseError,
+    StoreUnavailableError,
+    redis_scripts,
+    sqlite_ops,
+)
+from .store.leases import LeaseTable, check_ttl
 from .store.redis_client import UNAVAILABLE
+from .store.sqlite_db import SqliteDatabase
 
 logger = get_logger(__name__)
 
@@ -36,35 +56,8 @@ logger = get_logger(__name__)
 # ttl + poll after its last renewal: 8.5 s with the defaults, inside the 10 s promised
 DEFAULT_TTL_S = 8.0
 MAX_POLL_S = 0.5
-
-# KEYS: lease hash, token counter. ARGV: owner, ttl_ms. Same owner: renew and keep its token.
-_ACQUIRE = """
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {'ok', redis.call('HGET', KEYS[1], 'token')}
-end
-if owner then return {'held', owner, redis.call('PTTL', KEYS[1])} end
-local token = redis.call('INCR', KEYS[2])
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', token)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {'ok', tostring(token)}
-"""
-# KEYS: lease hash. ARGV: owner, token, ttl_ms. Extends only the holder's own live lease.
-_RENEW = """
-if redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
-   and redis.call('HGET', KEYS[1], 'token') == ARGV[2] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[3])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
-   and redis.call('HGET', KEYS[1], 'token') == ARGV[2] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+# how long a job waits for the lease's first answer before serving its room provisionally
+FIRST_ANSWER_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -99,8 +92,7 @@ class RoomLease(Protocol):
 def _check(room: str, owner: str, ttl: float) -> None:
     if not room or not owner:
         raise ValueError("a room lease needs a room name and an owner id")
-    if ttl <= 0:
-        raise ValueError("the room lease time must be positive seconds")
+    check_ttl(ttl)
 
 
 class RedisRoomLease:
@@ -112,108 +104,131 @@ class RedisRoomLease:
     ) -> None:  # fmt: skip
         _check(room, owner, ttl)
         self.room, self.owner, self.ttl = room, owner, ttl
-        # one hash tag: both keys in one Cluster slot; the room name is hashed, never stored
+        # a hash tag of its own: one Cluster slot; the room name is hashed, never stored
         tag = "{" + prefix + ":room:" + hashlib.sha256(room.encode()).hexdigest()[:32] + "}"
-        self.key, self.counter_key = tag + ":lease", tag + ":epoch"
+        self.key = tag + ":lease"
         self._client = client
-        self._acquire = client.register_script(_ACQUIRE)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._acquire = client.register_script(redis_scripts.ACQUIRE)
+        self._release = client.register_script(redis_scripts.RELEASE)
 
     async def acquire(self) -> int | None:
         """See :meth:`RoomLease.acquire`; raises StoreUnavailableError without Redis."""
-        reply = await self._call(
-            self._acquire, [self.key, self.counter_key], [self.owner, _ms(self.ttl)]
-        )
+        reply = await self._call(self._acquire, [self.owner, _ms(self.ttl), "0"])
         return int(reply[1]) if reply[0] == b"ok" else None
 
     async def renew(self, token: int) -> bool:
         """See :meth:`RoomLease.renew`; raises StoreUnavailableError without Redis."""
-        return bool(await self._call(self._renew, [self.key], [self.owner, token, _ms(self.ttl)]))
+        reply = await self._call(self._acquire, [self.owner, _ms(self.ttl), "0", token])
+        return reply[0] == b"ok" and int(reply[1]) == token
 
     async def release(self, token: int) -> bool:
         """See :meth:`RoomLease.release`; False when Redis cannot answer (it then lapses)."""
         try:
-            return bool(await self._call(self._release, [self.key], [self.owner, token]))
+            return bool(await self._call(self._release, [self.owner, token]))
         except StoreUnavailableError:
             return False
 
     async def state(self) -> LeaseState:
         """Who holds it now (operators, tests)."""
-        owner, token = await self._client.hmget(self.key, "owner", "token")
-        ttl = await self._client.pttl(self.key)
-        if owner is None:
+        owner, token, until = await self._client.hmget(self.key, "owner", "token", "until")
+        now_s, now_us = await self._client.time()
+        left = (int(until or 0) - (now_s * 1000 + now_us // 1000)) / 1000
+        if not owner or left <= 0:
             return LeaseState(None, None, None)
-        return LeaseState(owner.decode(), int(token), ttl / 1000 if ttl > 0 else None)
+        return LeaseState(owner.decode(), int(token), left)
 
-    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def _call(self, script: Any, args: list[Any]) -> Any:
         try:
-            return await script(keys=keys, args=args)
-        except UNAVAILABLE as exc:
+            return await script(keys=[self.key], args=args)
+        except (*UNAVAILABLE, ResponseError) as exc:  # refusals (OOM...) count as outages
             raise StoreUnavailableError(
-                f"redis is unavailable ({type(exc).__name__}); the room lease cannot be checked"
+                f"redis cannot answer ({type(exc).__name__}: {str(exc)[:120]}); "
+                "the room lease cannot be checked"
             ) from None
 
 
-@dataclass
-class _LocalHold:
-    owner: str
-    token: int
-    expires_at: float
+class SqliteRoomLease:
+    """The room lease in the SQLite session file (SESSION_DB_PATH), seen by every job and
+    worker process on the host; the same rules and outage behaviour as ``RedisRoomLease``
+    (a locked or failing file raises StoreUnavailableError: the holder keeps its room)."""
+
+    def __init__(
+        self, db: SqliteDatabase | str, room: str, owner: str, *, ttl: float = DEFAULT_TTL_S
+    ) -> None:
+        _check(room, owner, ttl)
+        self.room, self.owner, self.ttl = room, owner, ttl
+        self.key = sqlite_ops.room_lease(room)  # the room name hashed, never stored
+        self._db = db if isinstance(db, SqliteDatabase) else SqliteDatabase(db)
+
+    async def acquire(self) -> int | None:
+        """See :meth:`RoomLease.acquire`; raises StoreUnavailableError without the file."""
+        try:
+            return await self._db.write(
+                sqlite_ops.acquire, self.key, self.owner, _ms(self.ttl), False
+            )
+        except LeaseHeldError:
+            return None
+
+    async def renew(self, token: int) -> bool:
+        """See :meth:`RoomLease.renew`; raises StoreUnavailableError without the file."""
+        try:
+            renewed = await self._db.write(
+                sqlite_ops.acquire, self.key, self.owner, _ms(self.ttl), False, token
+            )
+        except LeaseHeldError:
+            return False
+        return renewed == token
+
+    async def release(self, token: int) -> bool:
+        """See :meth:`RoomLease.release`; False when the file cannot answer (it then lapses)."""
+        try:
+            return await self._db.write(sqlite_ops.release, self.key, self.owner, token)
+        except StoreUnavailableError:
+            return False
+
+    async def state(self) -> LeaseState:
+        """Who holds it now (operators, tests)."""
+        found = await self._db.read(sqlite_ops.lease_state, self.key)
+        return LeaseState(*found) if found is not None else LeaseState(None, None, None)
+
+
+# the room leases of this process's jobs (LocalRoomLease's default)
+PROCESS_ROOM_LEASES = LeaseTable()
 
 
 class LocalRoomLease:
     """The room lease within one process (the in-memory store: one worker per room)."""
 
-    _holds: dict[str, _LocalHold] = {}
-    _tokens = itertools.count(1)
-
-    def __init__(self, room: str, owner: str, *, ttl: float = DEFAULT_TTL_S) -> None:
+    def __init__(
+        self, room: str, owner: str, *, ttl: float = DEFAULT_TTL_S,
+        table: LeaseTable = PROCESS_ROOM_LEASES,
+    ) -> None:  # fmt: skip
         _check(room, owner, ttl)
         self.room, self.owner, self.ttl = room, owner, ttl
+        self._table = table
 
     async def acquire(self) -> int | None:
         """See :meth:`RoomLease.acquire`."""
-        now = time.monotonic()
-        hold = self._holds.get(self.room)
-        if hold is not None and hold.expires_at > now and hold.owner != self.owner:
+        try:
+            return self._table.acquire(self.room, self.owner, self.ttl)
+        except LeaseHeldError:
             return None
-        if hold is None or hold.expires_at <= now:
-            hold = _LocalHold(self.owner, next(self._tokens), now)
-            self._holds[self.room] = hold
-        hold.expires_at = now + self.ttl
-        return hold.token
 
     async def renew(self, token: int) -> bool:
         """See :meth:`RoomLease.renew`."""
-        hold, now = self._holds.get(self.room), time.monotonic()
-        if (
-            hold is None
-            or hold.owner != self.owner
-            or hold.token != token
-            or hold.expires_at <= now
-        ):
-            return False
-        hold.expires_at = now + self.ttl
-        return True
+        return await self.acquire() == token
 
     async def release(self, token: int) -> bool:
         """See :meth:`RoomLease.release`."""
-        hold = self._holds.get(self.room)
-        if hold is None or hold.owner != self.owner or hold.token != token:
-            return False
-        del self._holds[self.room]
-        return True
+        return self._table.release(self.room, self.owner, token)
 
 
 class RoomPrimacy:
     """Holds (or waits for) a room's lease and says whether this worker is primary.
 
-    ``on_acquired(token)`` and ``on_lost()`` are called as that changes, and ``heartbeat()``
-    after each successful renewal (``FencedStore.renew``). ``is_primary`` turns
-    False as soon as a renewal is refused, or when no renewal succeeded for ``ttl`` seconds
-    (measured from before the last successful one was sent), so a worker cut off from Redis
-    steps down no later than Redis lets its lease lapse.
+    ``on_acquired(token)`` and ``on_lost()`` are called as that changes, and each heartbeat
+    (``add_heartbeat``) after every successful renewal. ``on_lost`` means Redis answered and
+    showed another holder; a Redis that cannot answer changes nothing (module docstring).
     """
 
     def __init__(
@@ -233,23 +248,41 @@ class RoomPrimacy:
         self._renew_every = renew_every or lease.ttl / 3
         self._poll_every = poll_every or min(lease.ttl / 10, MAX_POLL_S)
         self._token: int | None = None
-        self._valid_until = 0.0
+        self._provisional = False  # serving without the lease: Redis could not answer yet
+        self._unreachable_since: float | None = None
         self._primary = asyncio.Event()
+        self._first: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
     def token(self) -> int | None:
-        """The fencing token while primary, else None."""
-        return self._token if self.is_primary else None
+        """The fencing token while this worker holds the lease, else None."""
+        return self._token
 
     @property
     def is_primary(self) -> bool:
-        """Whether this worker holds the room's lease (and it cannot have lapsed yet)."""
-        return self._token is not None and time.monotonic() < self._valid_until
+        """Whether this worker runs the room: it holds the lease, or serves provisionally."""
+        return self._token is not None or self._provisional
 
     async def start(self) -> bool:
-        """Try once now, then keep trying / renewing in the background; True when primary."""
-        await self._attempt()
+        """Try once now, then keep trying / renewing in the background; True when serving.
+
+        When Redis cannot answer (within ``FIRST_ANSWER_S``: a frozen server answers
+        nothing), the worker serves provisionally (True) and takes the lease once Redis
+        answers; ``on_lost`` is called if another worker turns out to hold it.
+        """
+        self._first = asyncio.ensure_future(self._attempt())
+        await asyncio.wait({self._first}, timeout=FIRST_ANSWER_S)
+        if not self._first.done() and self._unreachable_since is None:
+            self._unreachable_since = time.monotonic()
+            logger.warning("room lease cannot be checked: redis does not answer")
+        if self._unreachable_since is not None and self._token is None:
+            self._provisional = True
+            self._primary.set()
+            logger.warning(
+                "redis unavailable: serving this room at once; the room lease is taken "
+                "when redis answers"
+            )
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="room_primacy")
         return self.is_primary
@@ -258,61 +291,82 @@ class RoomPrimacy:
         """Also call ``beat()`` after each successful renewal."""
         self._heartbeats.append(beat)
 
-    async def wait_until_primary(self) -> int:
-        """Wait until this worker holds the lease; returns the token."""
-        while True:
-            await self._primary.wait()
-            token = self.token
-            if token is not None:
-                return token
-            self._primary.clear()
+    async def wait_until_primary(self) -> int | None:
+        """Wait until this worker serves the room; the token (None while provisional)."""
+        await self._primary.wait()
+        return self._token
+
+    def fencing_token(self) -> int:
+        """The lease's token for a write: StoreUnavailableError while serving provisionally
+        (the write waits in the store's queue), StaleLeaseError once the room is lost."""
+        if self._token is not None:
+            return self._token
+        if self._provisional:
+            raise StoreUnavailableError("the room lease is not taken yet (redis unavailable)")
+        raise StaleLeaseError("this worker does not hold the room's lease; it must not write")
 
     async def aclose(self, *, release: bool = True) -> None:
         """Stop the heartbeat and (by default) give the lease up for a fast handover."""
-        if self._task is not None:
-            task, self._task = self._task, None
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        token, self._token = self._token, None
+        for task in (self._task, self._first):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._first = None
+        token, self._token, self._provisional = self._token, None, False
         self._primary.clear()
         if release and token is not None:
             await self.lease.release(token)
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._renew_every if self._token is not None else self._poll_every)
+            healthy = self._token is not None and self._unreachable_since is None
+            await asyncio.sleep(self._renew_every if healthy else self._poll_every)
             await self._attempt()
 
     async def _attempt(self) -> None:
-        sent = time.monotonic()
         try:
             if self._token is None:
                 token = await self.lease.acquire()
+                self._reachable()
                 if token is not None:
-                    self._gain(token, sent)
+                    self._gain(token)
+                elif self._provisional:
+                    self._lose("another worker holds the room lease")
                 return
-            if await self.lease.renew(self._token):
-                self._valid_until = sent + self.lease.ttl
-                for beat in self._heartbeats:
-                    await beat()
-            else:
-                self._lose("renewal refused")
+            renewed = await self.lease.renew(self._token)
+            self._reachable()
+            if not renewed:
+                self._lose("another worker holds the room lease")
+                return
+            for beat in self._heartbeats:
+                await beat()
         except StoreUnavailableError as exc:
-            logger.warning("room lease not renewed", error=str(exc))
+            if self._unreachable_since is None:
+                self._unreachable_since = time.monotonic()
+                logger.warning(
+                    "room lease cannot be checked: redis unavailable; keeping the room",
+                    error=str(exc),
+                )
         except Exception:
             logger.exception("room lease heartbeat failed")
-        if self._token is not None and not self.is_primary:
-            self._lose("lease may have lapsed")
 
-    def _gain(self, token: int, sent: float) -> None:
-        self._token, self._valid_until = token, sent + self.lease.ttl
+    def _reachable(self) -> None:
+        if self._unreachable_since is not None:
+            logger.info(
+                "room lease checked again",
+                unreachable_s=round(time.monotonic() - self._unreachable_since, 1),
+            )
+            self._unreachable_since = None
+
+    def _gain(self, token: int) -> None:
+        self._token, self._provisional = token, False
         self._primary.set()
         logger.info("room lease acquired", token=token, ttl_s=self.lease.ttl)
         if self._on_acquired is not None:
             self._on_acquired(token)
 
     def _lose(self, reason: str) -> None:
-        token, self._token = self._token, None
+        token, self._token, self._provisional = self._token, None, False
         self._primary.clear()
         logger.warning("room lease lost", token=token, reason=reason)
         if self._on_lost is not None:
@@ -324,8 +378,10 @@ class FencedStore:
 
     The first write for a participant under a room-lease token takes the participant's store
     lease by force (``acquire_lease(force=True)``): from then on the store refuses the
-    writes of any earlier holder by token, and this worker's own, once a successor does the
-    same. Reads pass through. The primacy's heartbeat renews the participant leases.
+    writes of any earlier holder by token (their conversation entries are merged, not lost),
+    and this worker's own once a successor does the same. Writes pass the store a fence
+    resolved when they are sent, so a write queued during an outage carries the lease held
+    when it lands. Reads pass through. The primacy's heartbeat renews the participant leases.
     """
 
     def __init__(self, store: SessionStore, primacy: RoomPrimacy) -> None:
@@ -337,9 +393,7 @@ class FencedStore:
 
     async def fence(self, room: str, identity: str) -> int:
         """This worker's fencing token for the participant; StaleLeaseError unless primary."""
-        room_token = self._primacy.token
-        if room_token is None:
-            raise StaleLeaseError("this worker does not hold the room's lease; it must not write")
+        room_token = self._primacy.fencing_token()
         async with self._lock:
             held = self._fences.get((room, identity))
             if held is not None and held[0] == room_token:
@@ -351,16 +405,26 @@ class FencedStore:
             return fence
 
     async def renew(self) -> None:
-        """Extend the participant leases taken under the current room-lease token."""
+        """Extend (or reclaim) the participant leases taken under the current room token."""
         room_token = self._primacy.token
-        for (room, identity), (token, _) in list(self._fences.items()):
-            if token == room_token:
-                await self._store.acquire_lease(
-                    room, identity, self._primacy.lease.owner, self._primacy.lease.ttl
+        for key, (token, fence) in list(self._fences.items()):
+            if token != room_token:
+                continue
+            try:
+                renewed = await self._store.acquire_lease(
+                    *key, self._primacy.lease.owner, self._primacy.lease.ttl
                 )
+            except LeaseHeldError:
+                del self._fences[key]  # taken over; the next write takes it back by force
+                continue
+            if renewed != fence:
+                self._fences[key] = (token, renewed)
+
+    def _writer(self, room: str, identity: str) -> Callable[[], Awaitable[int]]:
+        return lambda: self.fence(room, identity)
 
     async def join(self, room: str, identity: str, session_id: str, **_: Any) -> Any:
-        fence = await self.fence(room, identity)
+        fence = self._writer(room, identity)
         return await self._store.join(room, identity, session_id, fence=fence)
 
     async def append(
@@ -371,21 +435,21 @@ class FencedStore:
         transcript: Sequence[Mapping[str, Any]] = (),
         **_: Any,
     ) -> Any:
-        fence = await self.fence(room, identity)
+        fence = self._writer(room, identity)
         return await self._store.append(room, identity, items, transcript, fence=fence)
 
     async def set_gemini_handle(
         self, room: str, identity: str, handle: str, covered_item_ids: Sequence[str], **_: Any
     ) -> None:
-        fence = await self.fence(room, identity)
+        fence = self._writer(room, identity)
         await self._store.set_gemini_handle(room, identity, handle, covered_item_ids, fence=fence)
 
     async def update_profile(self, room: str, identity: str, **kwargs: Any) -> None:
-        kwargs["fence"] = await self.fence(room, identity)
+        kwargs["fence"] = self._writer(room, identity)
         await self._store.update_profile(room, identity, **kwargs)
 
     async def leave(self, room: str, identity: str, session_id: str, **_: Any) -> None:
-        fence = await self.fence(room, identity)
+        fence = self._writer(room, identity)
         await self._store.leave(room, identity, session_id, fence=fence)
 
     def __getattr__(self, name: str) -> Any:

@@ -214,6 +214,27 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
             session.generate_reply(instructions=greeting)
         return session
 
+    async def add_earlier_context(self, chat_ctx: llm.ChatContext) -> int:
+        """Put an earlier conversation before this one, without a restart or a greeting.
+
+        For a participant the store recognised only after the conversation started (it could
+        not answer at once). Returns how many items were added to the model's context.
+        """
+        async with self._lock:
+            earlier = [
+                i for i in conversation_items(chat_ctx.items) if i.id not in self._context_ids
+            ]
+            if not earlier or self._closed:
+                return 0
+            self._context[:0] = earlier
+            self._context_ids.update(i.id for i in earlier)
+            if self._session is not None:
+                agent = self._session.current_agent
+                ctx = agent.chat_ctx.copy()
+                ctx.items[:0] = earlier
+                await agent.update_chat_ctx(ctx)
+            return len(earlier)
+
     async def restart(
         self, reason: str, *, models: ModelSource | None = None
     ) -> AgentSession | None:

@@ -7,9 +7,10 @@ what lets the worker call them from event handlers that may fire twice or race.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EVENTS_CHANNEL_SUFFIX",
     "AppendResult",
+    "Fence",
     "CorruptRecordError",
     "DecryptionError",
     "InvalidInputError",
@@ -29,11 +31,13 @@ __all__ = [
     "KeyRingError",
     "LeaseHeldError",
     "LeaveInfo",
+    "MissingKeyError",
     "RetentionPolicy",
     "SessionStore",
     "StaleLeaseError",
     "StoreError",
     "StoreUnavailableError",
+    "resolve_fence",
 ]
 
 # Operators subscribe to f"{prefix}:events" (prefix defaults to "lkagent"); see SessionStore.
@@ -53,7 +57,27 @@ class KeyRingError(StoreError, ValueError):
 
 
 class DecryptionError(StoreError):
-    """A sealed blob could not be opened: unknown key id, or it was altered or moved."""
+    """A sealed blob is proven bad: malformed, altered, or moved from another owner or field."""
+
+
+class MissingKeyError(StoreError):
+    """Data sealed under a key id this worker's key ring lacks (``key_id`` names it).
+
+    Not corruption: stores leave such a record where it is, never quarantined or overwritten,
+    and adding the key to SESSION_ENCRYPTION_KEYS makes it readable again.
+    """
+
+    def __init__(self, key_id: str, *, ring_configured: bool = True) -> None:
+        self.key_id = key_id
+        lacking = (
+            "which SESSION_ENCRYPTION_KEYS lacks"
+            if ring_configured
+            else "but SESSION_ENCRYPTION_KEYS is not set"
+        )
+        super().__init__(
+            f"record sealed under key id {key_id!r}, {lacking}; add that key to "
+            "SESSION_ENCRYPTION_KEYS to read it (the record is left as it is)"
+        )
 
 
 class CorruptRecordError(StoreError):
@@ -87,18 +111,29 @@ class JoinKind(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class JoinOutcome:
-    """Result of ``SessionStore.join``; welcome back exactly when ``kind`` is RETURNING."""
+    """Result of ``SessionStore.join``; welcome back exactly when ``kind`` is RETURNING.
+
+    ``settled`` is set when the store could not reach its backend and answered from what this
+    process knows (a participant it has not seen looks NEW): it resolves to the backend's own
+    answer once the queued join lands there, or raises what refused it.
+    """
 
     kind: JoinKind
     record: SessionRecord
+    settled: asyncio.Future[JoinOutcome] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    """How many of the given items and transcript segments were new (the rest were repeats)."""
+    """How many of the given items and transcript segments were new (the rest were repeats).
+
+    ``merged``: the write's fencing token was stale (another worker took the participant over),
+    so its new items were merged into the record, after what the newer writer had stored.
+    """
 
     items_added: int
     transcript_added: int
+    merged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +147,27 @@ class LeaveInfo:
     reconnect_count: int
     joined_at: float
     left_at: float
+
+
+Fence = int | Callable[[], Awaitable[int]] | None
+"""A write's fencing token: the token itself, or a function giving the current one when the
+write is sent (so a write queued during an outage carries the lease held when it lands)."""
+
+
+async def resolve_fence(fence: Fence, *, stale_ok: bool = False) -> int | None:
+    """The token a fence stands for now.
+
+    With ``stale_ok`` a writer that lost its lease gets 0, a token older than any lease: the
+    store merges an append carrying it instead of refusing it.
+    """
+    if not callable(fence):
+        return fence
+    try:
+        return await fence()
+    except StaleLeaseError:
+        if stale_ok:
+            return 0
+        raise
 
 
 RetentionPolicy = Callable[[LeaveInfo], float]
@@ -134,9 +190,13 @@ class SessionStore(Protocol):
     """Participant session records. ``MemoryStore`` and ``RedisStore`` implement it.
 
     Timestamps are epoch seconds from the store's clock (Redis ``TIME`` for Redis). Writes take
-    an optional ``fence``: the token from ``acquire_lease``. A fenced write is refused with
-    ``StaleLeaseError`` unless that token is the participant's live lease; an unfenced write is
-    refused while anyone holds a lease. Without leases, writes need no token.
+    an optional ``fence``: the token from ``acquire_lease``, or a function returning it when
+    the write is sent (``Fence``). The rules are in leases.py: a write carrying the newest
+    token is accepted while its lease lives and after it lapsed; an older token is refused
+    with ``StaleLeaseError``; an unfenced write is refused while anyone holds a live lease.
+    ``append`` is the exception: conversation entries are append-only with unique ids, so a
+    stale writer's new entries are merged after the newer writer's (``AppendResult.merged``),
+    never dropped. Without leases, writes need no token.
 
     Events (participant returned, session ended, and whatever ``publish_event`` sends) go to the
     pub/sub channel ``<prefix>:events`` as JSON objects with ``type``, ``room``, ``participant``
@@ -144,7 +204,7 @@ class SessionStore(Protocol):
     """
 
     async def join(
-        self, room: str, identity: str, session_id: str, *, fence: int | None = None
+        self, room: str, identity: str, session_id: str, *, fence: Fence = None
     ) -> JoinOutcome:
         """Atomically create, resume (reconnect_count + 1) or recognise a repeated join."""
         ...
@@ -156,7 +216,7 @@ class SessionStore(Protocol):
         items: Sequence[Mapping[str, Any]] = (),
         transcript: Sequence[Mapping[str, Any]] = (),
         *,
-        fence: int | None = None,
+        fence: Fence = None,
     ) -> AppendResult:
         """Add conversation items / transcript segments not seen before (by ``id``), in order."""
         ...
@@ -168,7 +228,7 @@ class SessionStore(Protocol):
         handle: str,
         covered_item_ids: Sequence[str],
         *,
-        fence: int | None = None,
+        fence: Fence = None,
     ) -> None:
         """Remember the latest Gemini resumption handle and the item ids the server has."""
         ...
@@ -180,27 +240,36 @@ class SessionStore(Protocol):
         *,
         language: str | None = None,
         metadata: Mapping[str, Any] | None = None,
-        fence: int | None = None,
+        fence: Fence = None,
     ) -> None:
         """Replace the language and/or metadata (``None`` leaves that field as it is)."""
         ...
 
     async def leave(
-        self, room: str, identity: str, session_id: str, *, fence: int | None = None
+        self, room: str, identity: str, session_id: str, *, fence: Fence = None
     ) -> None:
         """End ``session_id``; the record is kept for the retention period, then deleted."""
         ...
 
     async def load(self, room: str, identity: str) -> SessionRecord | None:
-        """The record, or None when there is none (never joined, expired, purged)."""
+        """The record, or None when there is none (never joined, expired, purged).
+
+        A corrupt record is quarantined (None); one sealed under a key this worker lacks
+        raises MissingKeyError and stays where it is (it is not corrupt).
+        """
         ...
 
     async def list_records(self, room: str | None = None) -> list[SessionRecord]:
-        """Every live record (of one room). An operator tool: it scans the whole store."""
+        """Every readable live record (of one room); read-only, unreadable ones are skipped.
+
+        An operator tool: it scans the whole store (Redis: straight from Redis, raising
+        StoreUnavailableError when it cannot answer).
+        """
         ...
 
     async def purge(self, room: str, identity: str | None = None) -> int:
-        """Delete one participant's record, or a whole room's; returns how many were deleted."""
+        """Delete one participant's record, or a whole room's, with their quarantined copies;
+        returns how many live records were deleted (Redis: StoreUnavailableError when down)."""
         ...
 
     async def acquire_lease(

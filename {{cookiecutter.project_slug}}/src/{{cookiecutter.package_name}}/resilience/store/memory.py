@@ -21,6 +21,7 @@ from typing import Any
 from .base import (
     AppendResult,
     CorruptRecordError,
+    Fence,
     InvalidInputError,
     JoinKind,
     JoinOutcome,
@@ -28,18 +29,26 @@ from .base import (
     LeaveInfo,
     RetentionPolicy,
     StaleLeaseError,
+    StoreError,
+    resolve_fence,
     retention_for,
 )
 from .crypto import KeyRing
+from .leases import LeaseTable, check_ttl
+from .quarantine import QuarantinedRecord, QuarantineNote, QuarantineShelf, room_hash
 from .records import (
     F_ACTIVE,
     F_GEMINI,
     F_GEMINI_AT,
+    F_ITEM_BYTES,
+    F_ITEMS_TRIMMED,
     F_JOINED,
     F_LEFT,
     F_RECONNECTS,
     F_REV,
     F_SEEN,
+    F_SEGMENT_BYTES,
+    F_SEGMENTS_TRIMMED,
     F_VERSION,
     F_WHO,
     SCHEMA_VERSION,
@@ -47,6 +56,7 @@ from .records import (
     TAG_SEGMENT,
     RecordCodec,
     SessionRecord,
+    StorageLimits,
     check_session_id,
     gemini_input,
     identity_hash,
@@ -85,13 +95,6 @@ class _Entry:
         return self
 
 
-@dataclass
-class _Lease:
-    owner: str
-    token: int
-    expires_at: float
-
-
 class MemoryStore:
     """A bounded in-process ``SessionStore`` (one worker; lost when the process exits)."""
 
@@ -103,9 +106,10 @@ class MemoryStore:
         max_records: int = 10_000,
         keyring: KeyRing | None = None,
         retention_policy: RetentionPolicy | None = None,
-        quarantine_ttl: float = 7 * 86400.0,
+        quarantine_ttl: float | None = None,
         as_cache: bool = False,
         clock: Callable[[], float] = time.time,
+        limits: StorageLimits | None = None,
     ) -> None:
         if max_records < 1:
             raise InvalidInputError("max_records must be at least 1")
@@ -113,26 +117,27 @@ class MemoryStore:
         self.active_ttl = active_ttl
         self.max_records = max_records
         self.retention_policy = retention_policy
-        self.quarantine_ttl = quarantine_ttl
+        # unreadable records are kept aside this long (default: as long as a record)
+        self.quarantine_ttl = retention if quarantine_ttl is None else quarantine_ttl
+        self.limits = limits or StorageLimits()
         self._codec = RecordCodec(keyring)
         self._cache = as_cache  # a cache for RedisStore: no fences, no events, quiet evictions
         self._clock = clock
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
-        self._leases: dict[tuple[str, str], _Lease] = {}
-        self._quarantine: OrderedDict[str, tuple[str, _Entry, float]] = OrderedDict()
+        self._leases = LeaseTable()
+        self._quarantine = QuarantineShelf(self.quarantine_ttl, _MAX_QUARANTINED)
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
-        self._last_token = 0
         self._last_sweep = 0.0
         self.evicted = 0
 
     # -- the SessionStore operations -------------------------------------------------------
 
     async def join(
-        self, room: str, identity: str, session_id: str, *, fence: int | None = None
+        self, room: str, identity: str, session_id: str, *, fence: Fence = None
     ) -> JoinOutcome:
         """See ``SessionStore.join``."""
         check_session_id(session_id)
-        key = self._prepare(room, identity, fence)
+        key = self._prepare(room, identity, await resolve_fence(fence))
         now = self._now_ms()
         entry = self._live(key)
         if entry is None:
@@ -163,26 +168,49 @@ class MemoryStore:
         items: Sequence[Mapping[str, Any]] = (),
         transcript: Sequence[Mapping[str, Any]] = (),
         *,
-        fence: int | None = None,
+        fence: Fence = None,
     ) -> AppendResult:
         """See ``SessionStore.append``."""
-        new_items = validate_entries(items, "items")
-        new_segments = validate_entries(transcript, "transcript")
-        key = self._prepare(room, identity, fence)
+        new_items = validate_entries(items, "items", self.limits.max_entry_bytes)
+        new_segments = validate_entries(transcript, "transcript", self.limits.max_entry_bytes)
+        fence = await resolve_fence(fence, stale_ok=True)
+        try:
+            key, merged = self._prepare(room, identity, fence), False
+        except StaleLeaseError:
+            # items are append-only with unique ids: a stale writer's are merged, never lost
+            key, merged = (room, identity), True
         now = self._now_ms()
         entry = (self._live(key) or self._create(key, "", now)).mutable()
         added = [0, 0]
-        for slot, (entries, tag, target) in enumerate(
-            ((new_items, TAG_ITEM, entry.items), (new_segments, TAG_SEGMENT, entry.transcript))
+        for slot, (entries, tag, target, bytes_field, trimmed_field) in enumerate(
+            (
+                (new_items, TAG_ITEM, entry.items, F_ITEM_BYTES, F_ITEMS_TRIMMED),
+                (new_segments, TAG_SEGMENT, entry.transcript, F_SEGMENT_BYTES, F_SEGMENTS_TRIMMED),
+            )
         ):
+            size = int(entry.fields.get(bytes_field, b"0"))
             for entry_id, raw, _ in entries:
                 marker = f"{tag.decode()}:{entry_id}"
                 if marker not in entry.ids:
                     entry.ids.add(marker)
                     target.append(self._codec.seal(room, identity, tag, raw))
+                    size += len(target[-1])
                     added[slot] += 1
+            # the same bounds as the Redis APPEND script: oldest entries go first
+            trimmed = 0
+            limits = self.limits
+            while len(target) - trimmed > 1 and (
+                len(target) - trimmed > limits.max_entries or size > limits.max_list_bytes
+            ):
+                size -= len(target[trimmed])
+                trimmed += 1
+            if trimmed:
+                del target[:trimmed]
+                done = int(entry.fields.get(trimmed_field, b"0"))
+                entry.fields[trimmed_field] = str(done + trimmed).encode()
+            entry.fields[bytes_field] = str(size).encode()
         self._refresh(entry, now)
-        return AppendResult(*added)
+        return AppendResult(*added, merged=merged)
 
     async def set_gemini_handle(
         self,
@@ -191,11 +219,11 @@ class MemoryStore:
         handle: str,
         covered_item_ids: Sequence[str],
         *,
-        fence: int | None = None,
+        fence: Fence = None,
     ) -> None:
         """See ``SessionStore.set_gemini_handle``."""
         value = gemini_input(handle, covered_item_ids)
-        key = self._prepare(room, identity, fence)
+        key = self._prepare(room, identity, await resolve_fence(fence))
         now = self._now_ms()
         entry = self._live(key) or self._create(key, "", now)
         entry.fields[F_GEMINI] = self._codec.seal_value(room, identity, F_GEMINI, value)
@@ -209,22 +237,22 @@ class MemoryStore:
         *,
         language: str | None = None,
         metadata: Mapping[str, Any] | None = None,
-        fence: int | None = None,
+        fence: Fence = None,
     ) -> None:
         """See ``SessionStore.update_profile``."""
         updates = profile_updates(self._codec, room, identity, language, metadata)
-        key = self._prepare(room, identity, fence)
+        key = self._prepare(room, identity, await resolve_fence(fence))
         now = self._now_ms()
         entry = self._live(key) or self._create(key, "", now)
         entry.fields.update(updates)
         self._refresh(entry, now)
 
     async def leave(
-        self, room: str, identity: str, session_id: str, *, fence: int | None = None
+        self, room: str, identity: str, session_id: str, *, fence: Fence = None
     ) -> None:
         """See ``SessionStore.leave``."""
         check_session_id(session_id)
-        key = self._prepare(room, identity, fence)
+        key = self._prepare(room, identity, await resolve_fence(fence))
         entry = self._live(key)
         # a repeated leave, or one for a session already replaced by a newer join, is a no-op
         if entry is None or entry.fields.get(F_ACTIVE) != session_id.encode():
@@ -259,53 +287,45 @@ class MemoryStore:
             return None
 
     async def list_records(self, room: str | None = None) -> list[SessionRecord]:
-        """See ``SessionStore.list_records``."""
+        """See ``SessionStore.list_records``; read-only: an unreadable record is skipped."""
         self._sweep()
-        keys = [k for k in self._entries if room is None or k[0] == room]
-        records = [await self.load(*k) for k in keys]
-        return [r for r in records if r is not None]
+        mono = time.monotonic()
+        records = []
+        for key, entry in list(self._entries.items()):
+            if (room is None or key[0] == room) and entry.expires_at > mono:
+                try:
+                    records.append(self._decode(key, entry))
+                except StoreError:  # corrupt, or under a missing key: reads never move it
+                    continue
+        return records
 
     async def purge(self, room: str, identity: str | None = None) -> int:
-        """See ``SessionStore.purge``."""
+        """See ``SessionStore.purge``; quarantined copies go too."""
         keys = [k for k in self._entries if k[0] == room and (identity is None or k[1] == identity)]
         for key in keys:
             del self._entries[key]
-            self._leases.pop(key, None)
+            self._leases.forget(key)
+        self._quarantine.purge(room, identity)
         return len(keys)
 
     async def acquire_lease(
         self, room: str, identity: str, owner: str, ttl: float, *, force: bool = False
     ) -> int:
-        """See ``SessionStore.acquire_lease``."""
+        """See ``SessionStore.acquire_lease`` (the rules are in leases.py)."""
         validate_names(room, identity)
-        if ttl <= 0:
-            raise InvalidInputError("lease ttl must be positive")
-        key = (room, identity)
-        lease = self._live_lease(key)
-        mono = time.monotonic()
-        if lease is not None and lease.owner == owner and not force:
-            lease.expires_at = mono + ttl
-            return lease.token
-        if lease is not None and not force:
+        check_ttl(ttl)
+        try:
+            return self._leases.acquire((room, identity), owner, ttl, force=force)
+        except LeaseHeldError as exc:
             raise LeaseHeldError(
                 "participant lease is held by another owner",
-                owner=lease.owner,
-                expires_in=lease.expires_at - mono,
-            )
-        # tokens never repeat or go back, even after the lease expired and was forgotten
-        token = max(self._last_token + 1, int(self._clock() * 1_000_000))
-        self._last_token = token
-        self._leases[key] = _Lease(owner, token, mono + ttl)
-        return token
+                owner=exc.owner,
+                expires_in=exc.expires_in,
+            ) from None
 
     async def release_lease(self, room: str, identity: str, owner: str, token: int) -> bool:
         """See ``SessionStore.release_lease``."""
-        key = (room, identity)
-        lease = self._live_lease(key)
-        if lease is None or lease.owner != owner or lease.token != token:
-            return False
-        del self._leases[key]
-        return True
+        return self._leases.release((room, identity), owner, token)
 
     async def publish_event(self, event_type: str, room: str, identity: str, **fields: Any) -> None:
         """See ``SessionStore.publish_event`` (delivered to ``subscribe_events`` iterators)."""
@@ -352,26 +372,20 @@ class MemoryStore:
         for key in [k for k in self._entries if k[0] == room and identity in (None, k[1])]:
             del self._entries[key]
 
-    def quarantined(self) -> list[tuple[str, str]]:
-        """(participant hash, reason) of every record moved aside, oldest first."""
-        return [(name.split("#")[0], reason) for name, (reason, _, _) in self._quarantine.items()]
+    def quarantined(self, room: str | None = None) -> list[QuarantinedRecord]:
+        """Every record moved aside (of one room) and not expired yet, oldest first."""
+        return self._quarantine.listing(room)
 
     # -- internals ----------------------------------------------------------------------------
 
     def _prepare(self, room: str, identity: str, fence: int | None) -> tuple[str, str]:
+        # callers resolve a callable fence first (resolve_fence)
         validate_names(room, identity)
         self._sweep()
         key = (room, identity)
         if not self._cache:
-            self._check_fence(key, fence)
+            self._leases.check_fence(key, fence)
         return key
-
-    def _check_fence(self, key: tuple[str, str], fence: int | None) -> None:
-        lease = self._live_lease(key)
-        if fence is None and lease is not None:
-            raise StaleLeaseError("this participant's lease is held; pass its fencing token")
-        if fence is not None and (lease is None or lease.token != fence):
-            raise StaleLeaseError(f"fencing token {fence} is not the participant's live lease")
 
     def _live(self, key: tuple[str, str]) -> _Entry | None:
         entry = self._entries.get(key)
@@ -385,13 +399,6 @@ class MemoryStore:
             return None
         self._entries.move_to_end(key)
         return entry
-
-    def _live_lease(self, key: tuple[str, str]) -> _Lease | None:
-        lease = self._leases.get(key)
-        if lease is not None and lease.expires_at <= time.monotonic():
-            del self._leases[key]
-            return None
-        return lease
 
     def _create(self, key: tuple[str, str], session_id: str, now: int) -> _Entry:
         room, identity = key
@@ -446,14 +453,14 @@ class MemoryStore:
         entry = self._entries.pop(key, None)
         if entry is None:
             return
-        name = f"{participant_hash(*key)}#{time.monotonic_ns()}"
-        self._quarantine[name] = (reason, entry, time.monotonic() + self.quarantine_ttl)
-        while len(self._quarantine) > _MAX_QUARANTINED:
-            self._quarantine.popitem(last=False)
+        room, identity = key
+        note = QuarantineNote(reason, identity_hash(identity), room_hash(room), self._clock())
+        name = self._quarantine.put(room, identity, note, entry)
         logger.error(
             "unreadable session record moved to quarantine; the participant starts fresh",
-            extra={"room": key[0], "participant": identity_hash(key[1]), "reason": reason},
-        )
+            extra={"room": room, "participant": note.participant, "reason": reason,
+                   "quarantine_key": name},
+        )  # fmt: skip
 
     def _sweep(self) -> None:
         mono = time.monotonic()
@@ -462,10 +469,8 @@ class MemoryStore:
         self._last_sweep = mono
         for key in [k for k, e in self._entries.items() if e.expires_at <= mono]:
             del self._entries[key]
-        for key in [k for k, lease in self._leases.items() if lease.expires_at <= mono]:
-            del self._leases[key]
-        for name in [n for n, (_, _, exp) in self._quarantine.items() if exp <= mono]:
-            del self._quarantine[name]
+        self._leases.sweep()
+        self._quarantine.sweep()
 
     def _emit(self, event_type: str, room: str, identity: str, **fields: Any) -> None:
         if self._cache:

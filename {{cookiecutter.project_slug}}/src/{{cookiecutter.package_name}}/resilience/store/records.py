@@ -19,22 +19,26 @@ import functools
 import hashlib
 import itertools
 import json
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from .base import CorruptRecordError, DecryptionError, InvalidInputError
-from .crypto import MAGIC, KeyRing, associated_data
+from ...log import identity_ref
+from .base import CorruptRecordError, DecryptionError, InvalidInputError, MissingKeyError
+from .crypto import MAGIC, KeyRing, associated_data, sealed_key_id
 
 __all__ = [
     "SCHEMA_VERSION",
     "GeminiHandle",
     "RecordCodec",
     "SessionRecord",
+    "StorageLimits",
     "identity_hash",
     "participant_hash",
+    "unframe",
 ]
 
 SCHEMA_VERSION = 1
@@ -52,6 +56,11 @@ F_LANG = "lang"
 F_META = "meta"
 F_GEMINI = "gem"
 F_GEMINI_AT = "gem_at"
+# stored bytes and entries trimmed so far, per list (see StorageLimits)
+F_ITEM_BYTES = "ib"
+F_SEGMENT_BYTES = "sb"
+F_ITEMS_TRIMMED = "it"
+F_SEGMENTS_TRIMMED = "st"
 
 # the field tag each blob is sealed under (part of the associated data)
 TAG_ITEM = b"item"
@@ -88,6 +97,14 @@ class SessionRecord:
     items: tuple[dict[str, Any], ...] = ()
     transcript: tuple[dict[str, Any], ...] = ()
     gemini: GeminiHandle | None = None
+    items_trimmed: int = 0
+    transcript_trimmed: int = 0
+
+    @classmethod
+    def blank(cls, room: str, identity: str) -> SessionRecord:
+        """A participant's record before anything is known of them."""
+        now = time.time()
+        return cls(room, identity, SCHEMA_VERSION, now, now, 0, None)
 
     @property
     def item_ids(self) -> list[str]:
@@ -97,17 +114,21 @@ class SessionRecord:
 
 @functools.lru_cache(maxsize=4096)  # every operation needs it several times
 def participant_hash(room: str, identity: str) -> str:
-    """128-bit key for (room, identity); length prefixes make every pair distinct."""
+    """128-bit key for (room, identity); length prefixes make every pair distinct.
+
+    Unkeyed on purpose, unlike ``identity_hash``: it names the Redis keys a record lives
+    under, so it must not change when a deployment's secrets do, or every stored record and
+    quarantined copy would become unreachable. It is not shown in logs or events.
+    """
     data = b"lk-session"
     for part in (room.encode(), identity.encode()):
         data += len(part).to_bytes(8, "big") + part
     return hashlib.sha256(data).hexdigest()[:32]
 
 
-@functools.lru_cache(maxsize=4096)
 def identity_hash(identity: str) -> str:
-    """Short hash of an identity for logs and events (never log the identity itself)."""
-    return hashlib.sha256(identity.encode()).hexdigest()[:12]
+    """A participant in logs and events: ``log.identity_ref``, the one keyed identity hash."""
+    return identity_ref(identity)
 
 
 def ms(seconds: float) -> int:
@@ -149,10 +170,40 @@ def encode_entry(value: Any, what: str) -> bytes:
     return data
 
 
+@dataclass(frozen=True, slots=True)
+class StorageLimits:
+    """How much one participant may store, so no participant can fill a shared store.
+
+    - An entry (conversation item or transcript segment) over ``max_entry_bytes`` of JSON keeps
+      the start of its longest texts, each cut one ending in ``TRIMMED_MARK`` and the entry
+      marked ``"trimmed_bytes": n``.
+    - Each list (items, transcript) keeps at most ``max_entries`` entries and
+      ``max_list_bytes`` bytes as stored: beyond that its oldest entries are dropped and
+      counted in the record (``items_trimmed`` / ``transcript_trimmed``); the newest entry is
+      always kept.
+    """
+
+    max_entry_bytes: int = 64 * 1024
+    max_entries: int = 5000
+    max_list_bytes: int = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if min(self.max_entry_bytes, self.max_entries, self.max_list_bytes) < 1:
+            raise InvalidInputError("storage limits must be positive")
+        if self.max_entry_bytes < 1024:
+            raise InvalidInputError("max_entry_bytes must be at least 1024")
+
+
+TRIMMED_MARK = " [trimmed]"
+
+
 def validate_entries(
-    entries: Iterable[Mapping[str, Any]], what: str
+    entries: Iterable[Mapping[str, Any]], what: str, max_bytes: int = 64 * 1024
 ) -> list[tuple[str, bytes, dict[str, Any]]]:
-    """Check items/segments and return (id, json bytes, copy) for each, in order."""
+    """Check items/segments and return (id, json bytes, copy) for each, in order.
+
+    An entry over ``max_bytes`` is trimmed (see StorageLimits).
+    """
     out: list[tuple[str, bytes, dict[str, Any]]] = []
     for index, entry in enumerate(entries):
         label = f"{what}[{index}]"
@@ -162,8 +213,34 @@ def validate_entries(
         if not isinstance(entry_id, str) or not entry_id:
             raise InvalidInputError(f"{label} needs a non-empty string 'id'")
         raw = encode_entry(dict(entry), label)
+        if len(raw) > max_bytes:
+            raw = _trim_entry(orjson.loads(raw), len(raw), max_bytes, label)
         out.append((entry_id, raw, orjson.loads(raw)))
     return out
+
+
+def _trim_entry(entry: dict[str, Any], size: int, max_bytes: int, label: str) -> bytes:
+    """Cut the entry's longest strings (top level and in lists) until its JSON fits."""
+    slots: list[tuple[int, list[Any] | dict[str, Any], Any]] = []
+    for key, value in entry.items():
+        if isinstance(value, str) and key != "id":
+            slots.append((len(value), entry, key))
+        elif isinstance(value, list):
+            slots += [(len(v), value, i) for i, v in enumerate(value) if isinstance(v, str)]
+    slots.sort(key=lambda slot: slot[0], reverse=True)
+    excess = size - max_bytes + 64  # room for the marks and the trimmed_bytes field
+    for length, holder, key in slots:
+        if excess <= 0:
+            break
+        text: str = holder[key]  # type: ignore[index]
+        keep = max(0, length - excess - len(TRIMMED_MARK))
+        holder[key] = text[:keep] + TRIMMED_MARK  # type: ignore[index]
+        excess -= len(text[keep:].encode()) - len(TRIMMED_MARK)
+    entry["trimmed_bytes"] = size - max_bytes
+    raw = orjson.dumps(entry)
+    if len(raw) > max_bytes:
+        raise InvalidInputError(f"{label} is over {max_bytes} bytes even with its texts trimmed")
+    return raw
 
 
 def validate_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -208,20 +285,30 @@ class RecordCodec:
     def open(
         self, room: str, identity: str, tag: bytes, blob: bytes, loads: Any = json.loads
     ) -> Any:
-        """Decode a blob; raise CorruptRecordError with the reason when it cannot be read."""
+        """Decode a blob.
+
+        MissingKeyError: sealed under a key id this worker lacks (or with no key ring at all);
+        not corruption, so callers leave the record alone. CorruptRecordError, with the
+        reason: proven bad (altered, moved, malformed, not JSON), or unsealed while a key
+        ring is configured, which only tampering produces (this worker seals every blob).
+        """
+        what = tag.decode()
         if blob.startswith(MAGIC):
-            if self.keyring is None:
-                raise CorruptRecordError(
-                    "record is encrypted but SESSION_ENCRYPTION_KEYS is not set"
-                )
             try:
+                if self.keyring is None:
+                    raise MissingKeyError(sealed_key_id(blob), ring_configured=False)
                 blob = self.keyring.open(blob, associated_data(room, identity, tag))
             except DecryptionError as exc:
-                raise CorruptRecordError(f"{tag.decode()}: {exc}") from None
+                raise CorruptRecordError(f"{what}: {exc}") from None
+        elif self.keyring is not None:
+            raise CorruptRecordError(
+                f"{what}: unsealed data in an encrypted store (tampering, or written before "
+                "SESSION_ENCRYPTION_KEYS was set)"
+            )
         try:
             return loads(blob)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise CorruptRecordError(f"{tag.decode()}: not valid JSON ({exc})") from None
+            raise CorruptRecordError(f"{what}: not valid JSON ({exc})") from None
 
     def open_who(self, key_hash: str, blob: bytes) -> tuple[str, str]:
         """Room and identity of a stored record, checked against the key it was found under."""
@@ -293,6 +380,8 @@ class RecordCodec:
             items=decoded_items,
             transcript=decoded_segments,
             gemini=gemini,
+            items_trimmed=_int_field(fields, F_ITEMS_TRIMMED),
+            transcript_trimmed=_int_field(fields, F_SEGMENTS_TRIMMED),
         )
 
     def encode(self, record: SessionRecord) -> tuple[dict[str, bytes], list[bytes], list[bytes]]:
@@ -327,7 +416,8 @@ class RecordCodec:
     def _entries(
         self, room: str, identity: str, tag: bytes, blobs: Sequence[bytes]
     ) -> Iterable[dict[str, Any]]:
-        if isinstance(blobs, Framed):
+        # with a key ring every entry must be sealed: no plaintext fast path to slip through
+        if self.keyring is None and isinstance(blobs, Framed):
             fast = blobs.parse_plain()
             if fast is not None:
                 return fast
@@ -402,6 +492,13 @@ class Framed(Sequence[bytes]):
             if type(entry) is not dict or type(entry.get("id")) is not str:
                 return None
         return entries
+
+
+def unframe(reply: Sequence[Any]) -> tuple[dict[str, bytes], Framed, Framed]:
+    """Fields, items and transcript from a script's record reply (see redis_scripts)."""
+    flat = reply[1]
+    fields = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+    return fields, Framed(reply[2], reply[3]), Framed(reply[4], reply[5])
 
 
 def gemini_value(gemini: GeminiHandle) -> dict[str, Any]:

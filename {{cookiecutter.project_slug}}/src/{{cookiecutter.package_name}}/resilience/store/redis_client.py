@@ -1,14 +1,6 @@
 """One pooled redis-py asyncio client from a URL, and the key layout of a participant.
 
-URL forms (``REDIS_URL``):
-
-* ``redis://[user:password@]host:6379/0`` and ``rediss://...`` (TLS): one server.
-* ``redis+cluster://host:7000`` / ``rediss+cluster://...``, or any ``redis://`` URL with
-  ``cluster=True`` (``REDIS_CLUSTER=true``): Redis Cluster, discovered from that node.
-* ``redis+sentinel://[user:password@]host1:26379,host2:26379/service_name[/db]`` and
-  ``rediss+sentinel://...`` (TLS to the data nodes): Sentinel finds the current primary of
-  ``service_name``. The password is the data nodes'; ``?sentinel_password=...`` sets the
-  sentinels' own if they need one. Default sentinel port: 26379.
+The URL forms (``REDIS_URL``: one server, Cluster, Sentinel) are in redis_url.py.
 
 Timeouts are short and a failed command is retried once at once (a pooled connection broken by
 a server restart) and then reported, so the store can switch to memory instead of stalling.
@@ -19,7 +11,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.exceptions as rex
 from redis.asyncio import Redis, RedisCluster
@@ -27,14 +18,24 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
-from .base import InvalidInputError
+from .base import InvalidInputError, StoreUnavailableError
 from .records import participant_hash
+from .redis_url import check_redis_url, parse_sentinel, plain_url, redact_url
 
-__all__ = ["UNAVAILABLE", "ParticipantKeys", "connect", "participant_keys"]
+__all__ = ["UNAVAILABLE", "ParticipantKeys", "RedisRefusedError", "connect", "participant_keys"]
 
-# Errors that mean "Redis cannot answer now" (down, restarting, loading, failing over), as
-# opposed to a refused or malformed command.
+
+class RedisRefusedError(rex.RedisError):
+    """Redis answered a command with an error of its own (out of memory, a busy script, no
+    replicas): the store treats it like an outage, keeps the write queued and retries it."""
+
+
+# Errors that mean "Redis cannot answer now" (down, restarting, loading, failing over, out of
+# memory or otherwise refusing), as opposed to our own refusals (fencing, corrupt records).
 UNAVAILABLE: tuple[type[BaseException], ...] = (
+    StoreUnavailableError,
+    RedisRefusedError,
+    rex.OutOfMemoryError,
     rex.ConnectionError,
     rex.TimeoutError,
     rex.ReadOnlyError,
@@ -56,7 +57,14 @@ def connect(
     socket_timeout: float = 2.0,
     connect_timeout: float = 1.0,
 ) -> Redis | RedisCluster:
-    """Build the client for ``url`` (no I/O happens until the first command)."""
+    """Build the client for ``url`` (no I/O happens until the first command).
+
+    Raises InvalidInputError, one line with the URL's secrets redacted, when it is malformed.
+    """
+    try:
+        kind = check_redis_url(url, cluster=cluster)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"REDIS_URL is invalid: {exc} (got {redact_url(url)!r})") from None
     options: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": connect_timeout,
@@ -64,58 +72,30 @@ def connect(
         "decode_responses": False,
     }
     scheme, _, rest = url.partition("://")
-    if not rest:
-        raise InvalidInputError(f"REDIS_URL {_redact(url)!r} is not a URL like redis://host:6379")
-    if scheme in ("redis+sentinel", "rediss+sentinel"):
+    if kind == "sentinel":
         return _sentinel(scheme.startswith("rediss"), rest, options)
-    if scheme in ("redis+cluster", "rediss+cluster"):
-        cluster, url = True, scheme.split("+")[0] + "://" + rest
-    elif scheme not in ("redis", "rediss", "unix"):
-        raise InvalidInputError(
-            f"REDIS_URL scheme {scheme!r} is not supported; use redis://, rediss://, "
-            "redis+cluster:// or redis+sentinel://"
-        )
-    if cluster:
+    if kind == "cluster":
         options.pop("retry")  # the cluster client retries by itself across nodes
-        return RedisCluster.from_url(url, **options)
+        return RedisCluster.from_url(plain_url(url), **options)
     return Redis.from_url(url, **options)
 
 
 def _sentinel(tls: bool, rest: str, options: dict[str, Any]) -> Redis:
-    parts = urlsplit("redis://" + rest)
-    creds, _, hosts = parts.netloc.rpartition("@")
-    username, _, password = creds.partition(":") if creds else ("", "", "")
-    sentinels = []
-    for host in filter(None, hosts.split(",")):
-        name, _, port = host.rpartition(":") if ":" in host else (host, "", "26379")
-        try:
-            sentinels.append((name.strip("[]"), int(port)))
-        except ValueError:
-            raise InvalidInputError(f"sentinel address {host!r} has a bad port") from None
-    path = [p for p in parts.path.split("/") if p]
-    if not sentinels or not path:
-        raise InvalidInputError(
-            "redis+sentinel URL needs hosts and a service: "
-            "redis+sentinel://host1:26379,host2:26379/service_name[/db]"
-        )
-    query = parse_qs(parts.query)
-    sentinel_kwargs = {"socket_timeout": options["socket_timeout"]}
-    if "sentinel_password" in query:
-        sentinel_kwargs["password"] = query["sentinel_password"][0]
+    parsed = parse_sentinel(rest)
+    # the sentinels get the same short timeouts and single retry as the data nodes (redis-py's
+    # default retries with backoff would stall a command ~8 s when no sentinel answers)
+    sentinel_kwargs = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout", "retry")}
+    if parsed.sentinel_password is not None:
+        sentinel_kwargs["password"] = parsed.sentinel_password
     node = dict(options, ssl=tls)
-    if username:
-        node["username"] = unquote(username)
-    if password:
-        node["password"] = unquote(password)
-    if len(path) > 1:
-        node["db"] = int(path[1])
-    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **node)
-    return manager.master_for(path[0])
-
-
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    return scheme + sep + rest.rpartition("@")[2] if "@" in rest else url
+    if parsed.username:
+        node["username"] = parsed.username
+    if parsed.password:
+        node["password"] = parsed.password
+    if parsed.db is not None:
+        node["db"] = parsed.db
+    manager = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs, **node)
+    return manager.master_for(parsed.service)
 
 
 @dataclass(frozen=True, slots=True)

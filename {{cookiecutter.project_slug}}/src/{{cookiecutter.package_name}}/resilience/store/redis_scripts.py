@@ -17,12 +17,19 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function fence_error(fence)
-  local token = redis.call('HGET', KEYS[5], 'token')
+-- the fencing rules of leases.py: a write carrying the newest token goes ahead while its
+-- lease lives or after it lapsed; an unfenced one only while no lease is live
+local function fence_error(fence, now)
+  local lease = redis.call('HMGET', KEYS[5], 'token', 'until')
+  if not lease[1] then return nil end
+  local live = tonumber(lease[2] or '0') > now
   if fence == '' then
-    if token then return "STALELEASE this participant's lease is held; pass its fencing token" end
-  elseif token ~= fence then
-    return 'STALELEASE fencing token ' .. fence .. " is not the participant's live lease"
+    if live then return "STALELEASE this participant's lease is held; pass its fencing token" end
+    return nil
+  end
+  if tonumber(fence) < tonumber(lease[1]) or (live and fence ~= lease[1]) then
+    return 'STALELEASE fencing token ' .. fence .. " is older than the lease's ("
+      .. lease[1] .. '): another worker took over'
   end
   return nil
 end
@@ -73,9 +80,9 @@ end
 JOIN = (
     _PRELUDE
     + """
-local err = fence_error(ARGV[1])
-if err then return redis.error_reply(err) end
 local now = now_ms()
+local err = fence_error(ARGV[1], now)
+if err then return redis.error_reply(err) end
 local ttl = tonumber(ARGV[4])
 local found = redis.call('HMGET', KEYS[1], 'v', 'reconnects', 'active')
 if not found[1] then
@@ -104,35 +111,46 @@ return record_reply(kind)
 """
 )
 
-# ARGV: fence, schema, active_ttl_ms, retention_ms, who, n_items, then (id, blob) for n_items
-# items followed by (id, blob) for each transcript segment
+# ARGV: fence, schema, active_ttl_ms, retention_ms, who, n_items, max_entries, max_bytes,
+# then (id, blob) for n_items items followed by (id, blob) for each transcript segment.
+# A stale fence does not refuse the write: entries are append-only with unique ids, so a
+# writer that lost the participant has its new entries merged (reply's third value 1).
 APPEND = (
     _PRELUDE
     + """
-local err = fence_error(ARGV[1])
-if err then return redis.error_reply(err) end
 local now = now_ms()
+local merged = 0
+if fence_error(ARGV[1], now) then merged = 1 end
 if ensure_record(ARGV[2], '', ARGV[5], now) == nil then
   return redis.error_reply('CORRUPT unknown schema version or bad fields')
 end
-local idx, added_items, added_segments = 7, 0, 0
-local last_item = 7 + 2 * tonumber(ARGV[6])
-while idx < last_item do
-  if redis.call('SADD', KEYS[4], 'item:' .. ARGV[idx]) == 1 then
-    redis.call('RPUSH', KEYS[2], ARGV[idx + 1])
-    added_items = added_items + 1
+local max_n, max_bytes = tonumber(ARGV[7]), tonumber(ARGV[8])
+-- push a list's new entries, then drop its oldest beyond the bounds (counted in the record)
+local function push(list, tag, from, to, bytes_field, trimmed_field)
+  local added = 0
+  local bytes = tonumber(redis.call('HGET', KEYS[1], bytes_field) or '0')
+  for idx = from, to, 2 do
+    if redis.call('SADD', KEYS[4], tag .. ARGV[idx]) == 1 then
+      redis.call('RPUSH', list, ARGV[idx + 1])
+      bytes = bytes + #ARGV[idx + 1]
+      added = added + 1
+    end
   end
-  idx = idx + 2
-end
-while idx < #ARGV do
-  if redis.call('SADD', KEYS[4], 'seg:' .. ARGV[idx]) == 1 then
-    redis.call('RPUSH', KEYS[3], ARGV[idx + 1])
-    added_segments = added_segments + 1
+  local n, trimmed = redis.call('LLEN', list), 0
+  while n > 1 and (n > max_n or bytes > max_bytes) do
+    bytes = bytes - #redis.call('LPOP', list)
+    n = n - 1
+    trimmed = trimmed + 1
   end
-  idx = idx + 2
+  redis.call('HSET', KEYS[1], bytes_field, bytes)
+  if trimmed > 0 then redis.call('HINCRBY', KEYS[1], trimmed_field, trimmed) end
+  return added
 end
+local first_segment = 9 + 2 * tonumber(ARGV[6])
+local added_items = push(KEYS[2], 'item:', 9, first_segment - 1, 'ib', 'it')
+local added_segments = push(KEYS[3], 'seg:', first_segment, #ARGV - 1, 'sb', 'st')
 refresh(now, tonumber(ARGV[3]), tonumber(ARGV[4]))
-return {added_items, added_segments}
+return {added_items, added_segments, merged}
 """
 )
 
@@ -140,9 +158,9 @@ return {added_items, added_segments}
 SET = (
     _PRELUDE
     + """
-local err = fence_error(ARGV[1])
-if err then return redis.error_reply(err) end
 local now = now_ms()
+local err = fence_error(ARGV[1], now)
+if err then return redis.error_reply(err) end
 if ensure_record(ARGV[2], '', ARGV[5], now) == nil then
   return redis.error_reply('CORRUPT unknown schema version or bad fields')
 end
@@ -157,11 +175,11 @@ return 1
 LEAVE = (
     _PRELUDE
     + """
-local err = fence_error(ARGV[1])
+local now = now_ms()
+local err = fence_error(ARGV[1], now)
 if err then return redis.error_reply(err) end
 -- a repeated leave, or one for a session a newer join replaced, changes nothing
 if redis.call('HGET', KEYS[1], 'active') ~= ARGV[2] then return {'ignored'} end
-local now = now_ms()
 redis.call('HSET', KEYS[1], 'active', '', 'left', now, 'seen', now)
 local rev = redis.call('HINCRBY', KEYS[1], 'rev', 1)
 expire_all(tonumber(ARGV[3]))
@@ -191,7 +209,7 @@ return record_reply('found')
 )
 
 # Move an unreadable record aside. KEYS 1-4 the record, 5-8 their quarantine names, 9 the
-# reason key. ARGV: rev ('' = whatever it is now), ttl_ms, reason
+# note key. ARGV: rev ('' = whatever it is now), ttl_ms, note (quarantine.QuarantineNote JSON)
 QUARANTINE = """
 if redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3], KEYS[4]) == 0 then return 0 end
 if ARGV[1] ~= '' and redis.call('TYPE', KEYS[1]).ok == 'hash'
@@ -208,33 +226,45 @@ redis.call('SET', KEYS[9], ARGV[3], 'PX', ARGV[2])
 return 1
 """
 
-# KEYS: lease hash. ARGV: owner, ttl_ms, force (0/1)
+# The lease rules of leases.py, for a participant's lease and a room's.
+# KEYS: lease hash (owner, token, until: Redis ms). ARGV: owner, ttl_ms, force (0/1), and
+# optionally the token the caller holds: if Redis lost the lease entirely (restarted without
+# its data, failed over to a replica that never had it) the holder gets it back with that token.
+# The hash outlives a lapse by a day, so its token keeps fences monotonic.
 ACQUIRE = """
 redis.replicate_commands()
-local owner = redis.call('HGET', KEYS[1], 'owner')
-local token = redis.call('HGET', KEYS[1], 'token')
-if owner and ARGV[3] ~= '1' then
-  if owner == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return {'ok', token}
-  end
-  return {'held', owner, redis.call('PTTL', KEYS[1])}
-end
--- microseconds of Redis TIME: tokens keep increasing even after a lease key expired
 local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+local lease = redis.call('HMGET', KEYS[1], 'owner', 'token', 'until')
+local token = tonumber(lease[2] or '')
+if not token and ARGV[4] and ARGV[3] ~= '1' then
+  lease = {ARGV[1], ARGV[4]}
+  token = tonumber(ARGV[4])
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', ARGV[4])
+end
+if lease[1] == ARGV[1] and token and ARGV[3] ~= '1' then
+  -- the holder renews; a holder whose lease lapsed untaken reclaims it with its own token
+  redis.call('HSET', KEYS[1], 'until', now + ttl)
+  redis.call('PEXPIRE', KEYS[1], ttl + 86400000)
+  return {'ok', lease[2]}
+end
+local left = tonumber(lease[3] or '0') - now
+if token and left > 0 and ARGV[3] ~= '1' then return {'held', lease[1], left} end
+-- microseconds of Redis TIME at least: tokens keep growing even if Redis lost its data
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local next_token = math.max((tonumber(token) or 0) + 1, now_us)
-local text = string.format('%.0f', next_token)
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', text)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local text = string.format('%.0f', math.max((token or 0) + 1, now_us))
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', text, 'until', now + ttl)
+redis.call('PEXPIRE', KEYS[1], ttl + 86400000)
 return {'ok', text}
 """
 
-# KEYS: lease hash. ARGV: owner, token
+# KEYS: lease hash. ARGV: owner, token. The token stays remembered (see ACQUIRE).
 RELEASE = """
 if redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
    and redis.call('HGET', KEYS[1], 'token') == ARGV[2] then
-  return redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'owner', '', 'until', 0)
+  return 1
 end
 return 0
 """

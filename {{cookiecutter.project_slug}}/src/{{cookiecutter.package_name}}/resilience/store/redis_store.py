@@ -1,14 +1,21 @@
 """Redis session store: records shared by every worker, on Redis's clock.
 
 Each operation is one Lua script call (one round trip, atomic); see redis_scripts.py for the
-key layout. When Redis cannot answer, operations do not fail: reads come from the last known
-records (an in-process MemoryStore used as a cache) and writes are applied there and queued
-(write_queue.py) until Redis is back. Only leases refuse to work without Redis, because a lease
-nobody else can see would defeat its purpose.
+key layout. When Redis cannot answer (down, failing over, out of memory, refusing), operations
+do not fail: reads come from the last known records (an in-process MemoryStore used as a
+cache), writes are applied there and queued (write_queue.py) until Redis answers, and a join
+is answered from memory with ``JoinOutcome.settled`` resolving to Redis's answer later. When
+Redis answers again, the conversations of participants still here are given to it again from
+the cache first (a Redis that came back without its data gets them back), then the queued
+writes replay in order. Only leases refuse to work without Redis, because a lease nobody else
+can see would defeat its purpose, and so do the operator calls ``list_records`` and ``purge``
+(admin.py), whose answers must be Redis's own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -21,10 +28,12 @@ from typing import Any, TypeVar
 import redis.exceptions as rex
 
 from . import redis_scripts
+from .admin import RedisAdmin
 from .base import (
     EVENTS_CHANNEL_SUFFIX,
     AppendResult,
     CorruptRecordError,
+    Fence,
     InvalidInputError,
     JoinKind,
     JoinOutcome,
@@ -33,10 +42,12 @@ from .base import (
     RetentionPolicy,
     StaleLeaseError,
     StoreUnavailableError,
+    resolve_fence,
     retention_for,
 )
 from .crypto import KeyRing
 from .memory import MemoryStore
+from .quarantine import QuarantineNote, room_hash
 from .records import (
     F_GEMINI,
     F_REV,
@@ -46,6 +57,7 @@ from .records import (
     Framed,
     RecordCodec,
     SessionRecord,
+    StorageLimits,
     check_session_id,
     gemini_input,
     identity_hash,
@@ -56,7 +68,13 @@ from .records import (
     validate_entries,
     validate_names,
 )
-from .redis_client import UNAVAILABLE, ParticipantKeys, keys_for_tag, participant_keys
+from .records import unframe as _unframe
+from .redis_client import (
+    UNAVAILABLE,
+    ParticipantKeys,
+    RedisRefusedError,
+    participant_keys,
+)
 from .write_queue import PendingWrite, WriteQueue
 
 __all__ = ["RedisStore"]
@@ -81,9 +99,10 @@ class RedisStore:
         active_ttl: float = 3600.0,
         keyring: KeyRing | None = None,
         retention_policy: RetentionPolicy | None = None,
-        quarantine_ttl: float = 7 * 86400.0,
+        quarantine_ttl: float | None = None,
         cache_records: int = 1000,
         max_queued_writes: int = 10_000,
+        limits: StorageLimits | None = None,
     ) -> None:
         if not _PREFIX.match(prefix):
             raise InvalidInputError("store prefix must be 1-64 letters, digits, '_', '.', '-'")
@@ -92,8 +111,17 @@ class RedisStore:
         self.retention = retention
         self.active_ttl = active_ttl
         self.retention_policy = retention_policy
-        self.quarantine_ttl = quarantine_ttl
+        # unreadable records are kept aside this long (default: as long as a record)
+        self.quarantine_ttl = retention if quarantine_ttl is None else quarantine_ttl
+        self.limits = limits or StorageLimits()
         self._client = client
+        # operator reads and deletes: straight to Redis, never through the cache or queue
+        self._admin = RedisAdmin(
+            client, prefix=prefix, keyring=keyring, retention=retention, owns_client=False
+        )
+        # participants whose join reached Redis and who have not left: rewritten from the
+        # cache after an outage, in case Redis came back without their data
+        self._live: dict[tuple[str, str], tuple[str, Fence]] = {}
         self._codec = RecordCodec(keyring)
         self._who_cache: dict[tuple[str, str], bytes] = {}
         self._cache = MemoryStore(
@@ -102,11 +130,14 @@ class RedisStore:
             max_records=cache_records,
             keyring=keyring,  # holds Redis's stored form as is, so nothing is re-encoded
             as_cache=True,  # no retention policy: Redis applies it when the leave lands
+            limits=self.limits,
         )
-        unavailable = (*UNAVAILABLE, rex.OutOfMemoryError)
-        self._unavailable = unavailable
+        self._unavailable = UNAVAILABLE
         self._queue = WriteQueue(
-            probe=client.ping, unavailable=unavailable, max_writes=max_queued_writes
+            probe=client.ping,
+            unavailable=UNAVAILABLE,
+            max_writes=max_queued_writes,
+            before_replay=self._rewrite_live,
         )
         self._scripts = {n: client.register_script(getattr(redis_scripts, n)) for n in _SCRIPTS}
 
@@ -127,7 +158,7 @@ class RedisStore:
     # -- SessionStore ------------------------------------------------------------------------
 
     async def join(
-        self, room: str, identity: str, session_id: str, *, fence: int | None = None
+        self, room: str, identity: str, session_id: str, *, fence: Fence = None
     ) -> JoinOutcome:
         """See ``SessionStore.join``; join and load are one script call."""
         check_session_id(session_id)
@@ -135,7 +166,7 @@ class RedisStore:
         keys = participant_keys(self.prefix, room, identity)
         who = self._who(room, identity)
         args = [
-            _fence(fence),
+            "",  # the fence, resolved when sent
             SCHEMA_VERSION,
             session_id,
             ms(self.active_ttl),
@@ -145,8 +176,29 @@ class RedisStore:
         ]
 
         stored: list[Any] = []
+        settled: asyncio.Future[JoinOutcome] | None = None
 
         async def send() -> JoinOutcome:
+            try:
+                outcome = await send_once()
+            except self._unavailable:
+                raise
+            except Exception as exc:
+                if settled is not None and not settled.done():
+                    settled.set_exception(exc)
+                raise
+            if settled is not None:
+                # a queued join: keep Redis's record, then what this process added meanwhile
+                meanwhile = await self._cache.load(room, identity)
+                await remember(outcome)
+                if meanwhile is not None:
+                    await self._cache.append(room, identity, meanwhile.items, meanwhile.transcript)
+                if not settled.done():
+                    settled.set_result(outcome)
+            return outcome
+
+        async def send_once() -> JoinOutcome:
+            args[0] = _fence(await resolve_fence(fence))
             for _ in range(2):
                 rev = ""
                 try:
@@ -163,15 +215,15 @@ class RedisStore:
 
         async def remember(outcome: JoinOutcome) -> None:
             self._cache.put_stored(*stored)
+            self._live[(room, identity)] = (session_id, fence)
 
-        return await self._write(
-            "join",
-            room,
-            identity,
-            send,
-            lambda: self._cache.join(room, identity, session_id),
-            remember,
-        )
+        async def local() -> JoinOutcome:
+            nonlocal settled
+            settled = asyncio.get_running_loop().create_future()
+            outcome = await self._cache.join(room, identity, session_id)
+            return dataclasses.replace(outcome, settled=settled)
+
+        return await self._write("join", room, identity, send, local, remember)
 
     async def append(
         self,
@@ -180,23 +232,15 @@ class RedisStore:
         items: Sequence[Mapping[str, Any]] = (),
         transcript: Sequence[Mapping[str, Any]] = (),
         *,
-        fence: int | None = None,
+        fence: Fence = None,
     ) -> AppendResult:
         """See ``SessionStore.append``; one script call whatever the number of entries."""
-        new_items = validate_entries(items, "items")
-        new_segments = validate_entries(transcript, "transcript")
+        new_items = validate_entries(items, "items", self.limits.max_entry_bytes)
+        new_segments = validate_entries(transcript, "transcript", self.limits.max_entry_bytes)
         validate_names(room, identity)
-        keys = participant_keys(self.prefix, room, identity)
-        args: list[Any] = [*self._write_args(room, identity, fence), len(new_items)]
-        for tag, entries in ((TAG_ITEM, new_items), (TAG_SEGMENT, new_segments)):
-            for entry_id, raw, _ in entries:
-                args += [entry_id, self._codec.seal(room, identity, tag, raw)]
+        send = self._append_sender(room, identity, new_items, new_segments, fence)
         local_items = [copy for _, _, copy in new_items]
         local_segments = [copy for _, _, copy in new_segments]
-
-        async def send() -> AppendResult:
-            added = await self._eval_write("APPEND", keys, args, room, identity)
-            return AppendResult(int(added[0]), int(added[1]))
 
         def local() -> Awaitable[AppendResult]:
             return self._cache.append(room, identity, local_items, local_segments)
@@ -212,18 +256,18 @@ class RedisStore:
         handle: str,
         covered_item_ids: Sequence[str],
         *,
-        fence: int | None = None,
+        fence: Fence = None,
     ) -> None:
         """See ``SessionStore.set_gemini_handle``; the issue time is Redis's."""
         value = gemini_input(handle, covered_item_ids)
         validate_names(room, identity)
         blob = self._codec.seal_value(room, identity, F_GEMINI, value)
-        args = [*self._write_args(room, identity, fence), "1", F_GEMINI, blob]
+        args = [*self._write_args(room, identity), "1", F_GEMINI, blob]
 
         def local() -> Awaitable[None]:
             return self._cache.set_gemini_handle(room, identity, value["handle"], value["covered"])
 
-        await self._set("set_gemini_handle", room, identity, args, local)
+        await self._set("set_gemini_handle", room, identity, args, fence, local)
 
     async def update_profile(
         self,
@@ -232,28 +276,28 @@ class RedisStore:
         *,
         language: str | None = None,
         metadata: Mapping[str, Any] | None = None,
-        fence: int | None = None,
+        fence: Fence = None,
     ) -> None:
         """See ``SessionStore.update_profile``."""
         updates = profile_updates(self._codec, room, identity, language, metadata)
-        args: list[Any] = [*self._write_args(room, identity, fence), "0"]
+        args: list[Any] = [*self._write_args(room, identity), "0"]
         for name, blob in updates.items():
             args += [name, blob]
 
         def local() -> Awaitable[None]:
             return self._cache.update_profile(room, identity, language=language, metadata=metadata)
 
-        await self._set("update_profile", room, identity, args, local)
+        await self._set("update_profile", room, identity, args, fence, local)
 
     async def leave(
-        self, room: str, identity: str, session_id: str, *, fence: int | None = None
+        self, room: str, identity: str, session_id: str, *, fence: Fence = None
     ) -> None:
         """See ``SessionStore.leave``; a retention policy costs one more call when it differs."""
         check_session_id(session_id)
         validate_names(room, identity)
         keys = participant_keys(self.prefix, room, identity)
         args = [
-            _fence(fence),
+            "",  # the fence, resolved when sent
             session_id,
             ms(self.retention),
             self.channel,
@@ -262,6 +306,7 @@ class RedisStore:
         ]
 
         async def send() -> None:
+            args[0] = _fence(await resolve_fence(fence))
             result = await self._eval("LEAVE", keys, args)
             if result[0] != b"left" or self.retention_policy is None:
                 return
@@ -276,6 +321,9 @@ class RedisStore:
 
         def local() -> Awaitable[None]:
             return self._cache.leave(room, identity, session_id)
+
+        if self._live.get((room, identity), ("",))[0] == session_id:
+            del self._live[(room, identity)]
 
         await self._write(
             "leave", room, identity, send, local, self._if_cached(room, identity, local)
@@ -299,38 +347,21 @@ class RedisStore:
         return found[0]
 
     async def list_records(self, room: str | None = None) -> list[SessionRecord]:
-        """See ``SessionStore.list_records`` (SCAN over every node; operators only)."""
-        if self._queue.busy:
-            return await self._cache.list_records(room)
-        try:
-            loaded = [await self._load_keys(*found) async for found in self._scan(room)]
-            return [found[0] for found in loaded if found is not None]
-        except self._unavailable as exc:
-            self._queue.mark_unavailable(exc)
-            return await self._cache.list_records(room)
+        """See ``SessionStore.list_records``: straight from Redis (SCAN over every node)."""
+        inventory = await self._admin.inventory(room)
+        if inventory.unreadable:
+            logger.warning(
+                "session records unreadable; left as they are",
+                extra={"count": len(inventory.unreadable),
+                       "reasons": sorted({u.summary for u in inventory.unreadable})},
+            )  # fmt: skip
+        return inventory.records
 
     async def purge(self, room: str, identity: str | None = None) -> int:
-        """See ``SessionStore.purge``."""
-        validate_names(room, identity or "")
-
-        async def send() -> int:
-            if identity is not None:
-                keys = participant_keys(self.prefix, room, identity)
-                return int(await self._client.delete(*keys.data) > 0)
-            deleted = 0
-            async for keys, _, _ in self._scan(room):
-                deleted += int(await self._client.delete(*keys.data) > 0)
-            return deleted
-
-        async def local() -> int:
-            count = await self._cache.purge(room, identity)
-            self._cache.forget(room, identity)
-            return count
-
-        async def remember(_: int) -> None:
-            self._cache.forget(room, identity)
-
-        return await self._write("purge", room, identity or "", send, local, remember)
+        """See ``SessionStore.purge``: straight to Redis, quarantined copies too."""
+        purged = await self._admin.purge(room, identity)
+        self._cache.forget(room, identity)
+        return purged.sessions
 
     async def acquire_lease(
         self, room: str, identity: str, owner: str, ttl: float, *, force: bool = False
@@ -344,9 +375,9 @@ class RedisStore:
             result = await self._scripts["ACQUIRE"](
                 keys=[keys.lease], args=[owner, ms(ttl), "1" if force else "0"]
             )
-        except self._unavailable as exc:
+        except (*self._unavailable, rex.ResponseError) as exc:  # refusals count as outages
             raise StoreUnavailableError(
-                f"redis is unavailable ({type(exc).__name__}); no lease can be granted"
+                f"redis cannot answer ({type(exc).__name__}); no lease can be granted"
             ) from None
         if result[0] == b"held":
             raise LeaseHeldError(
@@ -405,10 +436,6 @@ class RedisStore:
                 result = await send()
             except self._unavailable as exc:
                 self._queue.mark_unavailable(exc)
-            except rex.RedisError:
-                # a command Redis rejects would be rejected again: keep it in memory only
-                logger.exception("redis rejected a session write; kept in memory only")
-                return await local()
             else:
                 await remember(result)
                 return result
@@ -422,11 +449,13 @@ class RedisStore:
         room: str,
         identity: str,
         args: list[Any],
+        fence: Fence,
         local: Callable[[], Awaitable[None]],
     ) -> None:
         keys = participant_keys(self.prefix, room, identity)
 
         async def send() -> None:
+            args[0] = _fence(await resolve_fence(fence))
             await self._eval_write("SET", keys, args, room, identity)
 
         await self._write(name, room, identity, send, local, self._if_cached(room, identity, local))
@@ -442,9 +471,9 @@ class RedisStore:
 
         return remember
 
-    def _write_args(self, room: str, identity: str, fence: int | None) -> list[Any]:
+    def _write_args(self, room: str, identity: str) -> list[Any]:
         return [
-            _fence(fence),
+            "",  # the fence, resolved when sent
             SCHEMA_VERSION,
             ms(self.active_ttl),
             ms(self.retention),
@@ -478,7 +507,71 @@ class RedisStore:
                 or "not an integer" in message
             ):
                 raise CorruptRecordError(message) from None
-            raise
+            # out of memory, a busy script, no replicas...: retried like an outage
+            raise RedisRefusedError(message) from None
+
+    def _append_sender(
+        self,
+        room: str,
+        identity: str,
+        items: list[tuple[str, bytes, dict[str, Any]]],
+        segments: list[tuple[str, bytes, dict[str, Any]]],
+        fence: Fence,
+    ) -> Callable[[], Awaitable[AppendResult]]:
+        """The APPEND call for validated entries, sealed once; the fence resolved when sent."""
+        keys = participant_keys(self.prefix, room, identity)
+        limits = self.limits
+        args: list[Any] = [*self._write_args(room, identity), len(items)]
+        args += [limits.max_entries, limits.max_list_bytes]
+        for tag, entries in ((TAG_ITEM, items), (TAG_SEGMENT, segments)):
+            for entry_id, raw, _ in entries:
+                args += [entry_id, self._codec.seal(room, identity, tag, raw)]
+
+        async def send() -> AppendResult:
+            args[0] = _fence(await resolve_fence(fence, stale_ok=True))
+            added = await self._eval_write("APPEND", keys, args, room, identity)
+            result = AppendResult(int(added[0]), int(added[1]), merged=added[2] == 1)
+            if result.merged:
+                logger.warning(
+                    "merged a write from a worker that lost this participant",
+                    extra={"room": room, "participant": identity_hash(identity),
+                           "items": result.items_added},
+                )  # fmt: skip
+            return result
+
+        return send
+
+    async def _rewrite_live(self) -> None:
+        """After an outage, before the queued writes: give Redis every live conversation again.
+
+        A Redis that came back without the data (restarted without persistence, failed over
+        to a lagging replica) gets the join and every item and segment back from the cache;
+        one that kept it answers DUPLICATE and adds nothing (entries are deduplicated by id).
+        """
+        for (room, identity), (session_id, fence) in list(self._live.items()):
+            record = await self._cache.load(room, identity)
+            if record is None:
+                continue
+            keys = participant_keys(self.prefix, room, identity)
+            args = [SCHEMA_VERSION, session_id, ms(self.active_ttl), self._who(room, identity)]
+            args += [self.channel, _event_head("participant_returned", room, identity)]
+            try:
+                await self._eval("JOIN", keys, [_fence(await resolve_fence(fence)), *args])
+            except StaleLeaseError:
+                del self._live[(room, identity)]  # another worker has it now: its writes win
+                continue
+            items = validate_entries(record.items, "items", self.limits.max_entry_bytes)
+            segments = validate_entries(
+                record.transcript, "transcript", self.limits.max_entry_bytes
+            )
+            added = await self._append_sender(room, identity, items, segments, fence)()
+            if added.items_added or added.transcript_added:
+                # the writes still queued, or what a Redis that lost its data no longer had
+                logger.info(
+                    "live conversation given to redis again from memory",
+                    extra={"room": room, "participant": identity_hash(identity),
+                           "items": added.items_added, "segments": added.transcript_added},
+                )  # fmt: skip
 
     async def _eval_write(
         self, name: str, keys: ParticipantKeys, args: list[Any], room: str, identity: str
@@ -506,31 +599,14 @@ class RedisStore:
             await self._quarantine(keys, room, identity, rev, str(exc))
             return None
 
-    async def _scan(self, room: str | None) -> AsyncIterator[tuple[ParticipantKeys, str, str]]:
-        """Records under this prefix, with their names read from the sealed ``who`` field."""
-        async for raw_key in self._client.scan_iter(match="{" + self.prefix + ":*}:r", count=500):
-            keys = keys_for_tag(raw_key.decode()[:-2])
-            if keys is None:
-                continue
-            key_hash = keys.tag[len(self.prefix) + 2 : -1]
-            try:
-                who = await self._client.hget(keys.record, "who")
-                if who is None:
-                    continue
-                found_room, found_identity = self._codec.open_who(key_hash, who)
-            except (CorruptRecordError, rex.ResponseError) as exc:
-                await self._quarantine(keys, room or "?", "?", "", f"who: {exc}")
-                continue
-            if room is None or found_room == room:
-                yield keys, found_room, found_identity
-
     async def _quarantine(
         self, keys: ParticipantKeys, room: str, identity: str, rev: str, reason: str
     ) -> None:
         stamp = uuid.uuid4().hex[:12]
+        note = QuarantineNote(reason, identity_hash(identity), room_hash(room), time.time())
         moved = await self._scripts["QUARANTINE"](
             keys=keys.data[:4] + keys.quarantine(stamp),
-            args=[rev, ms(self.quarantine_ttl), reason],
+            args=[rev, ms(self.quarantine_ttl), note.to_json()],
         )
         self._cache.forget(room, identity)
         logger.error(
@@ -551,13 +627,6 @@ def _fence(fence: int | None) -> str:
     if not isinstance(fence, int) or isinstance(fence, bool):
         raise InvalidInputError("fence must be the int token acquire_lease returned")
     return str(fence)
-
-
-def _unframe(reply: Sequence[Any]) -> tuple[dict[str, bytes], Framed, Framed]:
-    """Fields, items and transcript from a script's record reply (see redis_scripts)."""
-    flat = reply[1]
-    fields = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
-    return fields, Framed(reply[2], reply[3]), Framed(reply[4], reply[5])
 
 
 @functools.lru_cache(maxsize=4096)

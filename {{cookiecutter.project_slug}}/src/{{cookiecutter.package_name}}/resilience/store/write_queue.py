@@ -1,14 +1,17 @@
-"""Writes waiting for Redis to come back, replayed in order by one background task.
+"""Writes waiting for Redis (or the SQLite file) to come back, replayed in order by one task.
 
-While Redis is unreachable the store answers from memory and queues each write here. A single
-task retries the oldest write with exponential backoff; a write leaves the queue only once Redis
-has applied it, so nothing is lost while the queue has room. All store writes are idempotent
-(joins keyed by session id, appends deduplicated by item id), so replaying one that Redis had in
-fact applied before the connection broke does no harm.
+While Redis cannot answer (down, restarting, failing over, out of memory or refusing a
+command) the store answers from memory and queues each write here. Once Redis answers, a
+single task first runs ``before_replay`` (the store rewrites live conversations Redis may
+have lost), then retries the oldest write with exponential backoff; a write leaves the queue
+only once Redis has applied it, so nothing is lost while the queue has room. All store writes
+are idempotent (joins keyed by session id, appends deduplicated by item id), so replaying one
+that Redis had in fact applied before the connection broke does no harm.
 
 The queue is bounded: when full, the new write is dropped and logged at ERROR with counts.
-A write Redis refuses (e.g. a stale fencing token) cannot succeed by retrying; it is dropped
-with an ERROR so one bad write does not block the others.
+A write the store refuses for good (a stale fencing token: another worker took the
+participant over) cannot succeed by retrying; it is dropped with an ERROR so one bad write
+does not block the others.
 """
 
 from __future__ import annotations
@@ -48,9 +51,13 @@ class WriteQueue:
         unavailable: tuple[type[BaseException], ...],
         max_writes: int = 10_000,
         base_delay: float = 0.05,
-        max_delay: float = 2.0,
+        max_delay: float = 1.0,
+        before_replay: Callable[[], Awaitable[Any]] | None = None,
+        backend: str = "redis",
     ) -> None:
         self.max_writes = max_writes
+        self.backend = backend  # what the logs name: "redis", "sqlite"
+        self._before_replay = before_replay
         self._probe = probe
         self._unavailable = unavailable
         self._base_delay = base_delay
@@ -79,8 +86,12 @@ class WriteQueue:
             self._degraded = True
             self.outages += 1
             logger.warning(
-                "redis unavailable; answering from memory and queueing writes",
-                extra={"error": type(error).__name__, "detail": str(error)[:200]},
+                "session store unavailable; answering from memory and queueing writes",
+                extra={
+                    "backend": self.backend,
+                    "error": type(error).__name__,
+                    "detail": str(error)[:200],
+                },
             )
         self._idle.clear()
         if self._atask is None or self._atask.done():
@@ -92,8 +103,10 @@ class WriteQueue:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % _LOG_EVERY_DROPS == 0:
                 logger.error(
-                    "session write queue full: write dropped, it will not reach redis",
+                    "session write queue full: write dropped (live conversations are "
+                    "rewritten from memory when the store answers)",
                     extra={
+                        "backend": self.backend,
                         "write": write.name,
                         "room": write.room,
                         "participant": write.participant,
@@ -118,8 +131,12 @@ class WriteQueue:
         """Give queued writes ``grace`` seconds to land, then stop (logging what is left)."""
         if self.busy and not await self.wait_idle(grace):
             logger.error(
-                "session store closed with writes that never reached redis",
-                extra={"lost_writes": len(self._writes), "dropped_total": self.dropped},
+                "session store closed with writes that never reached it",
+                extra={
+                    "backend": self.backend,
+                    "lost_writes": len(self._writes),
+                    "dropped_total": self.dropped,
+                },
             )
         if self._atask is not None:
             self._atask.cancel()
@@ -128,14 +145,23 @@ class WriteQueue:
 
     async def _replay(self) -> None:
         delay = self._base_delay
+        prepared = self._before_replay is None
         while True:
-            if not self._writes:
+            if not prepared:
+                prepared = await self._prepare()
+                if prepared:
+                    continue
+            elif not self._writes:
                 if await self._probe_ok():
                     self._degraded = False
                     self._idle.set()
                     logger.info(
-                        "redis available again; queued session writes replayed",
-                        extra={"replayed_total": self.replayed, "dropped_total": self.dropped},
+                        "session store available again; queued writes replayed",
+                        extra={
+                            "backend": self.backend,
+                            "replayed_total": self.replayed,
+                            "dropped_total": self.dropped,
+                        },
                     )
                     return
             else:
@@ -153,11 +179,22 @@ class WriteQueue:
             await asyncio.sleep(random.uniform(delay / 2, delay))
             delay = min(delay * 2, self._max_delay)
 
+    async def _prepare(self) -> bool:
+        """Run ``before_replay`` once the service answers; False while it still cannot."""
+        try:
+            return await self._attempt(self._before_replay)  # type: ignore[arg-type]
+        except Exception:
+            logger.exception("preparing the replay of queued writes failed; replaying them")
+            return True
+
     async def _probe_ok(self) -> bool:
         try:
             return await self._attempt(self._probe)
         except Exception as exc:  # e.g. a misconfigured server: keep probing, keep serving
-            logger.warning("redis probe failed", extra={"error": type(exc).__name__})
+            logger.warning(
+                "session store probe failed",
+                extra={"backend": self.backend, "error": type(exc).__name__},
+            )
             return False
 
     async def _attempt(self, send: Callable[[], Awaitable[Any]]) -> bool:
@@ -172,8 +209,9 @@ class WriteQueue:
         self._writes.popleft()
         self.refused += 1
         logger.error(
-            "redis refused a queued session write; dropped",
+            "session store refused a queued write; dropped",
             extra={
+                "backend": self.backend,
                 "write": write.name,
                 "room": write.room,
                 "participant": write.participant,

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from {{ cookiecutter.package_name }}.log import configure_identity_hash
+from {{ cookiecutter.package_name }}.settings import load_settings
+
 # Settings the worker reads; a developer's shell or .env.local must not leak into tests.
 SETTING_PREFIXES = (
     "LIVEKIT_",
@@ -15,6 +18,7 @@ SETTING_PREFIXES = (
     "GEMINI_",
     "REDIS_",
     "SESSION_",
+    "IDENTITY_",
     "MODEL_STACK",
     "AGENT_NAME",
     "ROOM_MODE",
@@ -33,4 +37,6 @@ def clean_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)
+    # identity hashes under the development key, whatever an earlier test configured
+    configure_identity_hash(load_settings())
     return workdir

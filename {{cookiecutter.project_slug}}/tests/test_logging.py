@@ -1,21 +1,32 @@
-"""Log fields: bound once per job, carried across livekit's process boundary."""
+"""Log fields: bound once per job, carried across livekit's process boundary; participants
+named by one keyed hash."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 
 import pytest
 import structlog
 from livekit.agents import JobExecutorType
 
 from {{ cookiecutter.package_name }}.log import (
+    DEVELOPMENT_IDENTITY_HASH_KEY,
     RedactPersonalData,
     bind_job_context,
+    configure_identity_hash,
     get_logger,
+    identity_hash_key,
     identity_ref,
     setup_structlog,
 )
+from {{ cookiecutter.package_name }}.settings import load_settings
 
 
 class _Records(logging.Handler):
@@ -127,3 +138,85 @@ def test_personal_fields_livekit_marks_are_redacted() -> None:
     assert record.__dict__["lk.pii.user_input"] == "<redacted: 22 characters>"
     assert record.__dict__["lk.pii.participant_identity"] == identity_ref("alice")
     assert record.__dict__["participant"] == identity_ref("alice")  # already a hash
+
+
+@pytest.fixture
+def keyed_hash() -> Iterator[None]:
+    """Lets a test key the process's identity hash; the development key afterwards."""
+    yield
+    configure_identity_hash(load_settings())
+
+
+def test_identity_hash_is_keyed_by_the_deployment(
+    monkeypatch: pytest.MonkeyPatch, keyed_hash: None
+) -> None:
+    identity = "user-734519"
+    unkeyed = hashlib.sha256(identity.encode()).hexdigest()
+    assert identity_hash_key(load_settings()) == DEVELOPMENT_IDENTITY_HASH_KEY
+    development = identity_ref(identity)
+
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "deployment-one-secret")
+    configure_identity_hash(load_settings())
+    one = identity_ref(identity)
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "deployment-two-secret")
+    configure_identity_hash(load_settings())
+    two = identity_ref(identity)
+    monkeypatch.setenv("IDENTITY_HASH_KEY", "a-key-of-its-own-0123456789")
+    configure_identity_hash(load_settings())
+    own = identity_ref(identity)
+
+    assert len({development, one, two, own}) == 4
+    for ref in (development, one, two, own):
+        assert ref.startswith("p-") and ref[2:] not in unkeyed  # a plain sha256 does not match
+        assert identity not in ref
+
+
+def _hash_in_a_new_process(**env: str) -> str:
+    code = (
+        "from {{ cookiecutter.package_name }}.log import configure_identity_hash, identity_ref\n"
+        "from {{ cookiecutter.package_name }}.settings import load_settings\n"
+        "configure_identity_hash(load_settings())\n"
+        "print(identity_ref('user-734519'))\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "IDENTITY_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=clean | env, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+def test_two_processes_with_one_secret_agree(
+    monkeypatch: pytest.MonkeyPatch, keyed_hash: None
+) -> None:
+    first = _hash_in_a_new_process(LIVEKIT_API_SECRET="shared-secret")
+    second = _hash_in_a_new_process(LIVEKIT_API_SECRET="shared-secret")
+    other = _hash_in_a_new_process(LIVEKIT_API_SECRET="another-secret")
+    assert first == second != other
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "shared-secret")
+    configure_identity_hash(load_settings())
+    assert identity_ref("user-734519") == first  # and this process, configured the same way
+
+
+async def test_events_and_logs_name_a_participant_by_the_same_hash(
+    monkeypatch: pytest.MonkeyPatch, keyed_hash: None
+) -> None:
+    from {{ cookiecutter.package_name }}.resilience.store import open_store
+    from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
+
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "events-secret")
+    configure_identity_hash(load_settings())
+    with RedisServer() as server, server.client() as watcher:
+        pubsub = watcher.pubsub()
+        pubsub.subscribe("lkagent:events")
+        store = open_store(redis_url=server.url)
+        await store.join("room-e", "erin-keyed", "s1")
+        await store.leave("room-e", "erin-keyed", "s1")
+        await store.join("room-e", "erin-keyed", "s2")
+        await store.aclose()
+        events = []
+        while (message := pubsub.get_message(timeout=1)) is not None:
+            if message["type"] == "message":
+                events.append(json.loads(message["data"]))
+        pubsub.close()
+    assert [e["type"] for e in events] == ["session_ended", "participant_returned"]
+    assert {e["participant"] for e in events} == {identity_ref("erin-keyed")}

@@ -50,6 +50,8 @@ def test_model_key_required_for_the_chosen_stack(
         ("MODEL_STACK", "gpt-voice", "MODEL_STACK is invalid"),
         ("REDIS_URL", "http://cache:6379", "REDIS_URL is invalid: must be a Redis URL"),
         ("SESSION_RETENTION_S", "-5", "SESSION_RETENTION_S is invalid"),
+        ("SESSION_QUARANTINE_S", "0", "SESSION_QUARANTINE_S is invalid"),
+        ("IDENTITY_HASH_KEY", "short", "IDENTITY_HASH_KEY is invalid: must be at least 16"),
         ("LOG_LEVEL", "loud", "LOG_LEVEL is invalid"),
     ],
 )
@@ -68,6 +70,15 @@ def test_credentials_never_appear_in_errors(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(SettingsError) as exc:
         load_settings()
     assert "hunter2" not in str(exc.value)
+
+
+def test_quarantine_lasts_as_long_as_retention_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from {{ cookiecutter.package_name }}.worker import open_session_store
+
+    monkeypatch.setenv("SESSION_RETENTION_S", "120")
+    assert open_session_store(load_settings()).quarantine_ttl == 120
+    monkeypatch.setenv("SESSION_QUARANTINE_S", "3600")
+    assert open_session_store(load_settings()).quarantine_ttl == 3600
 
 
 def test_env_local_is_read_and_the_environment_wins(

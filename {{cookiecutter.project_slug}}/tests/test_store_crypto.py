@@ -1,4 +1,5 @@
-"""SESSION_ENCRYPTION_KEYS: parsing with clear errors, AES-256-GCM sealing bound to its owner."""
+"""SESSION_ENCRYPTION_KEYS: parsing with clear errors, AES-256-GCM sealing bound to its owner,
+and a missing key told apart from corruption."""
 
 from __future__ import annotations
 
@@ -8,13 +9,20 @@ import os
 import pytest
 
 from {{ cookiecutter.package_name }}.resilience.store import (
+    CorruptRecordError,
     DecryptionError,
     KeyRing,
     KeyRingError,
+    MissingKeyError,
     open_store,
 )
 from {{ cookiecutter.package_name }}.resilience.store.crypto import (
+    MAGIC,
     associated_data,
+)
+from {{ cookiecutter.package_name }}.resilience.store.records import (
+    TAG_ITEM,
+    RecordCodec,
 )
 
 
@@ -75,10 +83,37 @@ def test_tampering_moving_and_missing_keys_are_told_apart() -> None:
         ring.open(sealed, associated_data("room", "mallory", b"item"))
     with pytest.raises(DecryptionError, match="moved"):
         ring.open(sealed, associated_data("room", "alice", b"meta"))
-    with pytest.raises(DecryptionError, match="'k1'.*not in SESSION_ENCRYPTION_KEYS"):
-        KeyRing.parse(f"k2:{key()}").open(sealed, AAD)
     with pytest.raises(DecryptionError, match="truncated"):
         ring.open(sealed[:20], AAD)
+    # a missing key is not corruption: its own error, naming the key and what to do
+    with pytest.raises(MissingKeyError) as missing:
+        KeyRing.parse(f"k2:{key()}").open(sealed, AAD)
+    assert not isinstance(missing.value, DecryptionError)
+    assert missing.value.key_id == "k1"
+    assert "'k1'" in str(missing.value)
+    assert "add that key to SESSION_ENCRYPTION_KEYS" in str(missing.value)
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [MAGIC + bytes([9]) + b"k1", MAGIC + bytes([2]) + b"k\n" + bytes(40), MAGIC + bytes([0])],
+    ids=["key id cut short", "key id no ring could hold", "empty key id"],
+)
+def test_a_malformed_envelope_is_corruption_not_a_missing_key(envelope: bytes) -> None:
+    with pytest.raises(DecryptionError, match="malformed"):
+        KeyRing.parse(f"k1:{key()}").open(envelope, AAD)
+    with pytest.raises(CorruptRecordError, match="malformed"):
+        RecordCodec(None).open("room", "alice", TAG_ITEM, envelope)
+
+
+def test_unsealed_data_with_keys_is_tampering_and_without_keys_a_missing_key() -> None:
+    keyed = RecordCodec(KeyRing.parse(f"k1:{key()}"))
+    plain = b'{"id":"i1","text":"injected"}'
+    with pytest.raises(CorruptRecordError, match="unsealed data in an encrypted store"):
+        keyed.open("room", "alice", TAG_ITEM, plain)
+    sealed = keyed.seal("room", "alice", TAG_ITEM, plain)
+    with pytest.raises(MissingKeyError, match="'k1'.*SESSION_ENCRYPTION_KEYS is not set"):
+        RecordCodec(None).open("room", "alice", TAG_ITEM, sealed)
 
 
 def test_associated_data_is_unambiguous() -> None:

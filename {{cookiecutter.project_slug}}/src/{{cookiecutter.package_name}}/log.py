@@ -8,19 +8,34 @@ process boundary carries. Outside livekit's runner (CLI commands, `simulate`, te
 `configure_logging` installs a structlog-formatted handler itself.
 
 Privacy: never log transcript text or prompts at INFO, and log participants by
-`identity_ref` (a short hash), never by raw identity.
+`identity_ref` (a short keyed hash), never by raw identity. `identity_ref` is the one
+identity hash of the project: logs, store events and quarantine notes all use it, so one
+participant has one name everywhere. Call `configure_identity_hash(settings)` once per
+process, after loading the settings.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import hmac
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+if TYPE_CHECKING:
+    from .settings import Settings
+
 _configured = False
+
+# The identity-hash key until configure_identity_hash() runs, and whenever neither
+# IDENTITY_HASH_KEY nor LIVEKIT_API_SECRET is set (offline tests, `simulate`). It is public,
+# so anyone can recompute these hashes: fine on a laptop, never what a deployment uses
+# (`dev` and `start` need LIVEKIT_API_SECRET, which keys them).
+DEVELOPMENT_IDENTITY_HASH_KEY = b"lkagent identity hash: development key, not secret"
+_identity_key = DEVELOPMENT_IDENTITY_HASH_KEY
 
 
 def setup_structlog() -> None:
@@ -84,9 +99,36 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.stdlib.get_logger(name)
 
 
+def identity_hash_key(settings: Settings) -> bytes:
+    """The deployment's identity-hash key: IDENTITY_HASH_KEY; else one derived from
+    LIVEKIT_API_SECRET (every worker of a deployment has it, so all agree); else the
+    public DEVELOPMENT_IDENTITY_HASH_KEY."""
+    if settings.identity_hash_key is not None:
+        return settings.identity_hash_key.get_secret_value().encode()
+    if settings.livekit_api_secret is not None:
+        secret = settings.livekit_api_secret.get_secret_value().encode()
+        # a key of its own: the API secret itself never keys anything but LiveKit tokens
+        return hashlib.sha256(b"identity-hash:" + secret).digest()
+    return DEVELOPMENT_IDENTITY_HASH_KEY
+
+
+def configure_identity_hash(settings: Settings) -> None:
+    """Key `identity_ref` for this process from the settings (once, at start)."""
+    global _identity_key
+    _identity_key = identity_hash_key(settings)
+
+
 def identity_ref(identity: str) -> str:
-    """A stable, non-reversible reference to a participant identity, for logs."""
-    return "p-" + hashlib.sha256(identity.encode("utf-8")).hexdigest()[:12]
+    """A participant in logs and events: ``p-`` and 12 hex digits of HMAC-SHA256 under the
+    deployment's identity-hash key. Stable within a deployment; without the key it can be
+    neither reversed nor recomputed (an unkeyed hash of a guessable id could be)."""
+    return _keyed_ref(_identity_key, identity)
+
+
+@functools.lru_cache(maxsize=4096)  # several log lines and events per participant and turn
+def _keyed_ref(key: bytes, identity: str) -> str:
+    digest = hmac.new(key, identity.encode("utf-8", "surrogatepass"), hashlib.sha256)
+    return "p-" + digest.hexdigest()[:12]
 
 
 # Record attributes that carry a participant identity, in our logs and livekit's.

@@ -1,7 +1,11 @@
-"""Operator commands on stored sessions: `sessions list | show | purge` and `transcript`.
+"""Operator commands on stored sessions: `sessions list | show | purge | quarantine | restore`
+and `transcript`.
 
-They read the store the settings choose. The in-memory store lives inside each worker
-process, so from this command line only Redis (REDIS_URL) shows live sessions.
+They talk to the store directly (Redis when REDIS_URL is set, else the SQLite file
+SESSION_DB_PATH), never through a worker's cache: when it cannot be reached they say so in one
+line and exit 1. Reads never write: a record they cannot read (a key missing from
+SESSION_ENCRYPTION_KEYS, corruption) is reported, left as it is, and the command exits 1.
+With SESSION_DB_PATH=:memory: records live inside each worker process: nothing to see here.
 """
 
 from __future__ import annotations
@@ -9,43 +13,80 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .settings import Settings
 
-sessions_app = typer.Typer(help="Inspect and purge stored participant sessions.")
+if TYPE_CHECKING:
+    from .resilience.store import RedisAdmin, Unreadable
+    from .resilience.store.sqlite_admin import SqliteAdmin
+
+sessions_app = typer.Typer(help="Inspect, purge and restore stored participant sessions.")
 
 Room = Annotated[str | None, typer.Option(help="Only this room.")]
 RequiredRoom = Annotated[str, typer.Option(help="The room the participant was in.")]
 Identity = Annotated[str, typer.Argument(help="The participant identity.")]
 
+MEMORY_NOTE = (
+    "REDIS_URL is not set and SESSION_DB_PATH is :memory:; records live inside each worker "
+    "process, so nothing is visible from here"
+)
 
-def _with_store(settings: Settings, action: Callable[[Any], Awaitable[Any]]) -> Any:
-    from .resilience.store import StoreError
-    from .worker import open_session_store
 
-    if not settings.redis_url:
-        typer.echo(
-            "note: REDIS_URL is not set; the in-memory store lives inside each worker "
-            "process, so nothing is visible from here",
-            err=True,
-        )
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
+
+
+def _with_admin(
+    settings: Settings, action: Callable[[RedisAdmin | SqliteAdmin], Awaitable[Any]]
+) -> Any:
+    """Run ``action`` on the store; a store error is one line and exit 1."""
+    from .resilience.store import KeyRing, StoreError, open_admin
+    from .resilience.store.sqlite_admin import SqliteAdmin
 
     async def run() -> Any:
-        store = open_session_store(settings)
+        keys = settings.session_encryption_keys
+        secret = keys.get_secret_value() if keys else None
+        retention = settings.session_retention_s
+        if settings.redis_url:
+            admin: Any = open_admin(
+                settings.redis_url,
+                redis_cluster=settings.redis_cluster,
+                prefix=settings.redis_prefix,
+                encryption_keys=secret,
+                retention=retention,
+            )
+        else:  # the SQLite file this host's workers share
+            ring = KeyRing.parse(secret) if secret else None
+            admin = SqliteAdmin(settings.session_db_path, keyring=ring, retention=retention)
         try:
-            return await action(store)
+            return await action(admin)
         finally:
-            await store.aclose()
+            await admin.aclose()
 
     try:
         return asyncio.run(run())
     except StoreError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+        raise _fail(str(exc)) from None
+
+
+def _settings(*, needs_redis: bool) -> Settings | None:
+    """The settings; None (after the note) when there is no Redis to look at and the command
+    can say so by listing nothing. Commands that must act exit 1 instead."""
+    from .cli import settings_or_exit
+
+    settings = settings_or_exit()
+    if settings.redis_url or settings.session_db_path != ":memory:":
+        return settings
+    if needs_redis:
+        raise _fail(MEMORY_NOTE)
+    typer.echo(f"note: {MEMORY_NOTE}", err=True)
+    return None
 
 
 def _when(epoch: float | None) -> str:
@@ -54,44 +95,76 @@ def _when(epoch: float | None) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _settings() -> Settings:
-    from .cli import settings_or_exit
+def describe_unreadable(unreadable: Sequence[Unreadable]) -> str:
+    """One line for records that could not be read, grouped by reason."""
+    counts = Counter(u.summary for u in unreadable)
+    reasons = ", ".join(f"{summary} ({n})" for summary, n in sorted(counts.items()))
+    line = f"{len(unreadable)} record(s) unreadable, left as they are: {reasons}"
+    if any(u.missing_key_id for u in unreadable):
+        line += "; add the missing keys to SESSION_ENCRYPTION_KEYS to read them"
+    return line
 
-    return settings_or_exit()
+
+def _print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
 
 
 @sessions_app.command("list")
 def list_sessions(room: Room = None) -> None:
-    """One line per stored session: room, identity, turns, reconnects, last seen."""
-    from rich.console import Console
-    from rich.table import Table
+    """One line per stored session: room, identity, turns, reconnects, last seen.
 
-    records = _with_store(_settings(), lambda store: store.list_records(room))
-    table = Table(title=f"{len(records)} sessions")
-    for column in ("room", "identity", "items", "segments", "reconnects", "active", "last seen"):
-        table.add_column(column)
-    for r in sorted(records, key=lambda r: (r.room, r.last_seen)):
-        table.add_row(
-            r.room,
-            r.identity,
-            str(len(r.items)),
-            str(len(r.transcript)),
-            str(r.reconnect_count),
-            "yes" if r.active_session else "no",
-            _when(r.last_seen),
-        )
-    Console().print(table)
+    Read-only; exits 1 when a record could not be read (it is left as it is).
+    """
+    settings = _settings(needs_redis=False)
+    if settings is None:
+        return
+    inventory = _with_admin(settings, lambda admin: admin.inventory(room))
+    records = sorted(inventory.records, key=lambda r: (r.room, r.last_seen))
+    _print_table(
+        f"{len(records)} sessions",
+        ("room", "identity", "items", "segments", "reconnects", "active", "last seen"),
+        [
+            (r.room, r.identity, str(len(r.items)), str(len(r.transcript)),
+             str(r.reconnect_count), "yes" if r.active_session else "no", _when(r.last_seen))
+            for r in records
+        ],
+    )  # fmt: skip
+    if inventory.unreadable:
+        raise _fail(describe_unreadable(inventory.unreadable))
+
+
+def _read_one(identity: str, room: str) -> Any:
+    from .resilience.store import CorruptRecordError, MissingKeyError
+
+    settings = _settings(needs_redis=True)
+    assert settings is not None
+
+    async def read(admin: RedisAdmin) -> Any:
+        try:
+            return await admin.read(room, identity)
+        except (MissingKeyError, CorruptRecordError) as exc:
+            raise _fail(f"stored session unreadable, left as it is: {exc}") from None
+
+    record = _with_admin(settings, read)
+    if record is None:
+        raise _fail("no stored session for that participant in that room")
+    return record
 
 
 @sessions_app.command("show")
 def show_session(identity: Identity, room: RequiredRoom) -> None:
-    """The whole stored record of one participant, as JSON."""
+    """The whole stored record of one participant, as JSON (read-only)."""
     from dataclasses import asdict
 
-    record = _with_store(_settings(), lambda store: store.load(room, identity))
-    if record is None:
-        typer.secho("error: no stored session for that participant in that room", err=True)
-        raise typer.Exit(1)
+    record = _read_one(identity, room)
     typer.echo(json.dumps(asdict(record), indent=2, default=str))
 
 
@@ -101,20 +174,69 @@ def purge_sessions(
     identity: Annotated[str | None, typer.Argument(help="Only this participant.")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Delete one participant's session, or every session of a room."""
+    """Delete one participant's session, or every session of a room, with their quarantined
+    copies."""
+    settings = _settings(needs_redis=True)
+    assert settings is not None
     what = f"the session of {identity!r}" if identity else "every session"
     if not yes:
         typer.confirm(f"Delete {what} in room {room!r}?", abort=True)
-    deleted = _with_store(_settings(), lambda store: store.purge(room, identity))
-    typer.echo(f"deleted {deleted} session(s)")
+    purged = _with_admin(settings, lambda admin: admin.purge(room, identity))
+    typer.echo(
+        f"deleted {purged.sessions} session(s) and {purged.quarantined} quarantined record(s)"
+    )
+    if purged.unreadable:
+        raise _fail(f"not checked for room {room!r}: " + describe_unreadable(purged.unreadable))
+
+
+@sessions_app.command("quarantine")
+def list_quarantine(room: Room = None) -> None:
+    """Records moved aside as corrupt: key (for `restore`), room, participant hash, reason,
+    when they expire."""
+    settings = _settings(needs_redis=False)
+    if settings is None:
+        return
+    quarantined = _with_admin(settings, lambda admin: admin.quarantined(room))
+    _print_table(
+        f"{len(quarantined)} quarantined",
+        ("key", "room", "participant", "reason", "quarantined", "expires"),
+        [
+            (q.key, q.room or "?", q.participant, q.reason, _when(q.quarantined_at),
+             _when(q.expires_at))
+            for q in quarantined
+        ],
+    )  # fmt: skip
+
+
+@sessions_app.command("restore")
+def restore_session(
+    key: Annotated[str, typer.Argument(help="A key `sessions quarantine` lists.")],
+) -> None:
+    """Move a quarantined record back; refused while the participant has a live record."""
+    from .resilience.store import SessionRecord
+
+    settings = _settings(needs_redis=True)
+    assert settings is not None
+    restored = _with_admin(settings, lambda admin: admin.restore(key))
+    if isinstance(restored, SessionRecord):
+        typer.echo(f"restored {key}: room {restored.room!r}, {len(restored.items)} items")
+        return
+    typer.echo(f"restored {key}")
+    then = (
+        "it stays in place until a worker with that key reads it"
+        if restored.missing_key_id
+        else "a worker moves it back to quarantine when the participant returns"
+    )
+    typer.secho(
+        f"warning: it is still unreadable here ({restored.reason}); {then}",
+        fg=typer.colors.YELLOW,
+        err=True,
+    )
 
 
 def transcript(identity: Identity, room: RequiredRoom) -> None:
-    """Print a participant's transcript, as the frontend showed it."""
-    record = _with_store(_settings(), lambda store: store.load(room, identity))
-    if record is None:
-        typer.secho("error: no stored session for that participant in that room", err=True)
-        raise typer.Exit(1)
+    """Print a participant's transcript, as the frontend showed it (read-only)."""
+    record = _read_one(identity, room)
     for segment in record.transcript:
         typer.echo(f"[{segment.get('speaker', '?')}] {segment.get('text', '')}")
     if not record.transcript:

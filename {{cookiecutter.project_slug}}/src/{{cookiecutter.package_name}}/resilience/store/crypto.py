@@ -3,8 +3,11 @@
 ``SESSION_ENCRYPTION_KEYS`` holds comma-separated ``keyid:base64key`` entries, each key 32 random
 bytes in standard or URL-safe base64 (make one with
 ``python -c "import os,base64;print(base64.b64encode(os.urandom(32)).decode())"``).
-The FIRST entry is the newest: it encrypts every new write; every entry can decrypt, so a key is
-rotated by putting a new one in front and dropping the old one once its records have expired.
+The FIRST entry is the newest: it encrypts every new write; every entry can decrypt. With many
+workers a key is rotated in three phases (the generated README says how): add the new key as a
+second, decrypt-only entry everywhere; once every worker has it, put it first; drop the old one
+once the records it sealed have expired. A blob under a key id the ring lacks raises
+``MissingKeyError``: that is a configuration matter, not corruption, and the record is left alone.
 
 Each sealed blob carries its key id, so records written under different keys stay readable, and
 is bound to its room, participant identity and field by the associated data: a blob copied to
@@ -25,9 +28,9 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .base import DecryptionError, KeyRingError
+from .base import DecryptionError, KeyRingError, MissingKeyError
 
-__all__ = ["MAGIC", "KeyRing", "associated_data"]
+__all__ = ["MAGIC", "KeyRing", "associated_data", "sealed_key_id"]
 
 MAGIC = b"\x00E\x01"
 _NONCE_BYTES = 12
@@ -62,7 +65,7 @@ class KeyRing:
                     f"SESSION_ENCRYPTION_KEYS entry {position} has no ':'; "
                     "write it as keyid:base64key"
                 )
-            if not _KEY_ID.match(key_id):
+            if not _KEY_ID.fullmatch(key_id):
                 raise KeyRingError(
                     f"SESSION_ENCRYPTION_KEYS entry {position}: key id must be 1-64 characters "
                     "of letters, digits, '_', '.', '-'"
@@ -92,19 +95,17 @@ class KeyRing:
         return MAGIC + bytes([len(kid)]) + kid + nonce + sealed
 
     def open(self, blob: bytes, aad: bytes) -> bytes:
-        """Decrypt a sealed blob; raise DecryptionError naming the cause."""
-        if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 1:
-            raise DecryptionError("not a sealed blob (unknown envelope)")
-        kid_len = blob[len(MAGIC)]
-        start = len(MAGIC) + 1
-        key_id = blob[start : start + kid_len].decode(errors="replace")
-        body = blob[start + kid_len :]
+        """Decrypt a sealed blob.
+
+        Raises MissingKeyError when the blob names a key id this ring lacks, and
+        DecryptionError (proven corruption) when its envelope is malformed or it fails
+        authentication under a key the ring holds.
+        """
+        key_id = sealed_key_id(blob)
         key = dict(self.keys).get(key_id)
         if key is None:
-            raise DecryptionError(
-                f"written with key id {key_id!r}, which is not in SESSION_ENCRYPTION_KEYS; "
-                "add that key back to read it"
-            )
+            raise MissingKeyError(key_id)
+        body = blob[len(MAGIC) + 1 + len(key_id) :]
         if len(body) < _NONCE_BYTES + 16:
             raise DecryptionError("sealed blob is truncated")
         try:
@@ -114,6 +115,19 @@ class KeyRing:
                 f"authentication failed under key id {key_id!r}: the blob was altered, "
                 "or moved from another participant or field"
             ) from None
+
+
+def sealed_key_id(blob: bytes) -> str:
+    """The key id a sealed blob names; DecryptionError when its envelope is malformed."""
+    if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 1:
+        raise DecryptionError("not a sealed blob (unknown envelope)")
+    start = len(MAGIC) + 1
+    raw = blob[start : start + blob[len(MAGIC)]]
+    key_id = raw.decode("ascii", errors="replace")
+    # a key id that could never be configured is a broken envelope, not a missing key
+    if len(raw) != blob[len(MAGIC)] or not _KEY_ID.fullmatch(key_id):
+        raise DecryptionError("sealed blob names no valid key id (malformed envelope)")
+    return key_id
 
 
 def _decode_key(encoded: str) -> bytes | None:

@@ -156,6 +156,7 @@ async def test_the_job_ends_when_the_participant_does_not_return() -> None:
         sim.expect_agent_turn("greeting")
         await sim.wait_for_agent_replies(1)
         await sim.leave(USER)
+        sim.expect_job_end("participant did not return")
         await asyncio.wait_for(gone.seen.wait(), timeout=10)
 
     logger = logging.getLogger("{{ cookiecutter.package_name }}.resilience.presence")
@@ -173,4 +174,4 @@ async def test_the_job_ends_when_the_participant_does_not_return() -> None:
     finally:
         logger.removeHandler(gone)
     assert obs.violations == []
-    assert gone.seen.is_set()
+    assert gone.seen.is_set() and obs.job_ended == ["participant did not return"]

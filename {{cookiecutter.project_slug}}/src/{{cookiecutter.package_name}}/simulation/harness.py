@@ -9,13 +9,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from livekit.agents import AgentSession
-from livekit.agents.testing import fake_job_context
 
 from ..models import ModelStack
 from ..resilience.store import SessionStore
 from ..resilience.supervisor import SessionSupervisor
 from ..settings import Settings
-from ..testing import ScriptedLLM, ScriptedTTS, SimulatedRoom, TimelineEvent
+from ..testing import ScriptedLLM, ScriptedTTS, SimulatedJob, SimulatedRoom, TimelineEvent
 from ..testing.transcript import TOPIC_TRANSCRIPTION
 from ..worker import Conversation, run_job
 from .invariants import check_conversation
@@ -36,6 +35,8 @@ class Observations:
     transcription_streams: list[dict[str, Any]] = field(default_factory=list)
     model_requests: list[list[dict[str, str]]] = field(default_factory=list)
     timings: dict[str, Any] = field(default_factory=dict)
+    # why the job was ended (ctx.shutdown) while the scenario ran; a worker ends the call there
+    job_ended: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -60,6 +61,7 @@ class Simulation:
         self.conversation: Conversation | None = None
         self.user_lines: list[str] = []
         self.expected_roles: list[str] = []
+        self.expected_job_ends: list[str] = []
         self.timings: dict[str, Any] = {"turns_s": []}
         self._print = printer
         self._started = time.monotonic()
@@ -89,6 +91,10 @@ class Simulation:
         """The agent should speak once now, unprompted (``what`` names it in progress)."""
         self.expected_roles.append("agent")
         self.progress(f"expecting the agent's {what}")
+
+    def expect_job_end(self, reason: str) -> None:
+        """The job should end during the scenario, for ``reason`` (any other end is a fault)."""
+        self.expected_job_ends.append(reason)
 
     async def join(self, identity: str, **kwargs: Any) -> None:
         """A participant joins (a frontend connecting with auto-subscribe)."""
@@ -144,19 +150,28 @@ async def run_scenario(
         stack = ModelStack(name="scripted", llm=llm, tts=ScriptedTTS(), turn_detection="manual")
         models = lambda: stack  # noqa: E731
     observations = Observations(scenario=name)
-    with fake_job_context(room=room, agent_identity=AGENT_IDENTITY) as ctx:
-        job = asyncio.create_task(run_job(ctx, settings=settings, models=models, store=store))
+    with SimulatedJob(room, agent_identity=AGENT_IDENTITY) as simulated:
+        job = asyncio.create_task(
+            run_job(simulated.ctx, settings=settings, models=models, store=store)
+        )
         try:
             await scenario_with_job(sim, scenario, job)
         except TimeoutError as exc:
             observations.violations.append(f"the agent stopped answering: {exc}")
         finally:
+            observations.job_ended = list(simulated.shutdown_reasons)
             if not job.done():
                 job.cancel()
             if sim.conversation is not None:
                 await sim.conversation.aclose("simulation ended")
             await room.disconnect()
     sim.timings["total_s"] = sim.elapsed()
+    if observations.job_ended != sim.expected_job_ends:
+        # a worker ends the job on ctx.shutdown: the call would have ended there
+        observations.violations.append(
+            f"the job was ended {observations.job_ended or 'never'}, "
+            f"expected {sim.expected_job_ends or 'never'}"
+        )
     _observe(observations, room, llm, sim)
     if checks is None:
         observations.violations.extend(

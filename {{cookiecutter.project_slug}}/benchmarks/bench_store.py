@@ -9,6 +9,8 @@
    number of round trips (SET) at the same concurrency, through a client built by the same
    ``connect()`` (same timeouts and pool) (target: at least 0.5x the throughput).
 3. Bytes Redis holds per idle participant (left, inside retention): MEMORY USAGE of its keys.
+4. The embedded SQLite store: restore on join for 10/100/1000 turns against a raw SELECT of
+   the same bytes (one row) from the same file, each hopping once to a thread as the store does.
 
 The server runs without an append-only file so disk speed does not blur the comparison.
 """
@@ -18,13 +20,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sqlite3
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
 
-from {{ cookiecutter.package_name }}.resilience.store import RedisStore
+from {{ cookiecutter.package_name }}.resilience.store import RedisStore, SqliteStore
 from {{ cookiecutter.package_name }}.resilience.store.redis_client import (
     connect,
     participant_keys,
@@ -133,6 +138,57 @@ async def idle_bytes(store: RedisStore, raw: Redis, turns: int) -> int:
     return sum(s for s in sizes if s)
 
 
+async def sqlite_restore(path: Path, turns: int) -> dict[str, float]:
+    store = SqliteStore(path)
+    identity = f"restore-{turns}"
+    await store.join(ROOM, identity, "s0")
+    pairs = [turn(n) for n in range(turns)]
+    await store.append(ROOM, identity, items=[p[0] for p in pairs],
+                       transcript=[p[1] for p in pairs])  # fmt: skip
+    raw = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    raw.execute("CREATE TABLE IF NOT EXISTS bench (k TEXT PRIMARY KEY, v BLOB)")
+    stored = b"".join(row[0] for row in raw.execute("SELECT blob FROM entries"))
+    as_json = json.dumps({"items": [p[0] for p in pairs], "transcript": [p[1] for p in pairs]})
+    raw.execute("INSERT OR REPLACE INTO bench VALUES (?, ?), (?, ?)",
+                ("blob", stored, "json", as_json))  # fmt: skip
+    sessions = iter(range(1, 10**6))
+    repeat = 200 if turns <= 100 else 50
+
+    async def join() -> None:
+        outcome = await store.join(ROOM, identity, f"s{next(sessions)}")
+        assert len(outcome.record.items) == turns
+
+    def select(key: str) -> Any:
+        return raw.execute("SELECT v FROM bench WHERE k = ?", (key,)).fetchone()[0]
+
+    async def get() -> None:
+        await asyncio.to_thread(select, "blob")
+
+    async def get_and_parse() -> None:
+        json.loads(await asyncio.to_thread(select, "json"))
+
+    for fn in (join, get, get_and_parse):  # warm up the threads and the page cache
+        await fn()
+    result = {
+        "bytes": len(stored),
+        "join": await timed(join, repeat),
+        "get": await timed(get, repeat),
+        "get_json": await timed(get_and_parse, repeat),
+    }
+    raw.close()
+    await store.aclose()
+    return result
+
+
+def print_restore(rows: list[tuple[int, dict[str, float]]], raw: str) -> None:
+    print(f"{'turns':>6} {'bytes':>9} {'join ms':>8} {raw + ' ms':>9} {'ratio':>6} "
+          f"{raw + '+json ms':>14} {'ratio':>6}")  # fmt: skip
+    for turns, r in rows:
+        print(f"{turns:>6} {r['bytes']:>9} {r['join'] * 1e3:>8.3f} {r['get'] * 1e3:>9.3f} "
+              f"{r['join'] / r['get']:>6.2f} {r['get_json'] * 1e3:>14.3f} "
+              f"{r['join'] / r['get_json']:>6.2f}")  # fmt: skip
+
+
 async def main(storm_count: int, concurrency: int) -> None:
     with RedisServer(durable=False) as server:
         store = RedisStore(connect(server.url), prefix="bench")
@@ -140,13 +196,7 @@ async def main(storm_count: int, concurrency: int) -> None:
         # the comparison is then the store's work per round trip, not a client configuration
         raw = connect(server.url)
         print("restore on join (median; one round trip each)")
-        print(f"{'turns':>6} {'bytes':>9} {'join ms':>8} {'GET ms':>8} {'ratio':>6} "
-              f"{'GET+json ms':>11} {'ratio':>6}")  # fmt: skip
-        for turns in (10, 100, 1000):
-            r = await restore(store, raw, turns)
-            print(f"{turns:>6} {r['bytes']:>9} {r['join'] * 1e3:>8.3f} {r['get'] * 1e3:>8.3f} "
-                  f"{r['join'] / r['get']:>6.2f} {r['get_json'] * 1e3:>11.3f} "
-                  f"{r['join'] / r['get_json']:>6.2f}")  # fmt: skip
+        print_restore([(t, await restore(store, raw, t)) for t in (10, 100, 1000)], "GET")
         s = await storm(store, raw, storm_count, concurrency)
         print(f"\nreconnect storm: {storm_count} identities, concurrency {concurrency}")
         print(f"  store join  {s['store']:>9.0f} /s")
@@ -157,6 +207,10 @@ async def main(storm_count: int, concurrency: int) -> None:
             print(f"  {turns:>2} turns: {await idle_bytes(store, raw, turns):>7} bytes")
         await store.aclose()
         await raw.aclose()
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "sessions.sqlite3"
+        print("\nSQLite store: restore on join (median; one transaction each)")
+        print_restore([(t, await sqlite_restore(path, t)) for t in (10, 100, 1000)], "SELECT")
 
 
 if __name__ == "__main__":

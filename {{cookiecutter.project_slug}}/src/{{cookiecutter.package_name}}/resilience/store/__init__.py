@@ -1,18 +1,22 @@
-"""Participant session records: in memory by default, Redis for many workers.
+"""Participant session records: a SQLite file by default (every process on one host),
+Redis for many hosts, in memory for tests and `simulate`.
 
 The worker calls ``open_store(...)`` once and talks to the returned ``SessionStore``:
 
-    store = open_store(redis_url=settings.redis_url, encryption_keys=settings.keys)
+    store = open_store(redis_url=settings.redis_url, db_path=settings.session_db_path)
     outcome = await store.join(room, identity, session_id)   # NEW / RETURNING / DUPLICATE
     await store.append(room, identity, items=[...], transcript=[...])
     await store.leave(room, identity, session_id)            # retention starts
     await store.aclose()
 
 Welcome a participant back exactly when ``outcome.kind is JoinKind.RETURNING``.
+Operator commands use ``open_admin(...)`` instead (admin.py): straight to Redis, read-only
+unless they delete.
 """
 
 from __future__ import annotations
 
+from .admin import Inventory, Purged, RedisAdmin, Unreadable, open_admin
 from .base import (
     AppendResult,
     CorruptRecordError,
@@ -23,6 +27,7 @@ from .base import (
     KeyRingError,
     LeaseHeldError,
     LeaveInfo,
+    MissingKeyError,
     RetentionPolicy,
     SessionStore,
     StaleLeaseError,
@@ -32,63 +37,104 @@ from .base import (
 )
 from .crypto import KeyRing
 from .memory import MemoryStore
-from .records import GeminiHandle, SessionRecord, identity_hash
+from .quarantine import QuarantinedRecord
+from .records import GeminiHandle, SessionRecord, StorageLimits, identity_hash
 from .redis_client import connect
 from .redis_store import RedisStore
+from .sqlite import SqliteStore
+from .sqlite_db import DatabaseFileError
 
 __all__ = [
     "AppendResult",
     "CorruptRecordError",
+    "DatabaseFileError",
     "DecryptionError",
     "GeminiHandle",
     "InvalidInputError",
+    "Inventory",
     "JoinKind",
     "JoinOutcome",
     "KeyRing",
     "KeyRingError",
     "LeaseHeldError",
     "LeaveInfo",
+    "MEMORY",
     "MemoryStore",
+    "MissingKeyError",
+    "Purged",
+    "QuarantinedRecord",
+    "RedisAdmin",
     "RedisStore",
     "RetentionPolicy",
     "SessionRecord",
     "SessionStore",
+    "SqliteStore",
     "StaleLeaseError",
     "StoreError",
+    "StorageLimits",
     "StoreUnavailableError",
+    "Unreadable",
     "engaged_retention",
     "identity_hash",
+    "open_admin",
     "open_store",
 ]
+
+
+# SESSION_DB_PATH for records kept in the process only (SQLite's own name for it)
+MEMORY = ":memory:"
 
 
 def open_store(
     *,
     redis_url: str | None = None,
+    db_path: str | None = None,
     redis_cluster: bool = False,
     prefix: str = "lkagent",
     retention: float = 300.0,
     active_ttl: float = 3600.0,
     encryption_keys: str | None = None,
+    quarantine: float | None = None,
     retention_policy: RetentionPolicy | None = None,
     max_records: int = 10_000,
     max_queued_writes: int = 10_000,
+    limits: StorageLimits | None = None,
 ) -> SessionStore:
     """Build the store the settings ask for; raises StoreError subclasses on bad settings.
 
-    redis_url: ``REDIS_URL`` (None or "" = in-memory); forms in ``redis_client``.
+    redis_url: ``REDIS_URL``; its forms are in ``redis_url``. When unset, the store is:
+    db_path: ``SESSION_DB_PATH``, the SQLite file every process on this host shares
+        (``SqliteStore``; DatabaseFileError when it cannot be used); None or ":memory:" keeps
+        records in this process only (``MemoryStore``: tests, `simulate`).
     redis_cluster: ``REDIS_CLUSTER`` (or use a ``redis+cluster://`` URL).
     prefix: first part of every Redis key and of the events channel ``<prefix>:events``.
     retention: seconds a record outlives its participant's leave (a policy may change it).
     active_ttl: seconds an active record outlives its last write (a crashed worker's record
         still expires; a participant who returns within it is welcomed back).
     encryption_keys: ``SESSION_ENCRYPTION_KEYS``, ``keyid:base64key[,...]``, newest first.
-    max_records: memory store bound (with Redis: the cached copies kept for outages).
-    max_queued_writes: Redis only: writes kept while Redis is down before dropping (ERROR).
+    quarantine: ``SESSION_QUARANTINE_S``, seconds an unreadable record is kept aside
+        (None: as long as ``retention``).
+    max_records: the memory and SQLite stores' bound (with Redis: the cached copies kept for
+        outages).
+    max_queued_writes: Redis and SQLite: writes kept while the store cannot answer before
+        dropping (ERROR).
+    limits: what one participant may store (``StorageLimits``; None: its defaults).
     """
-    if retention <= 0 or active_ttl <= 0:
-        raise InvalidInputError("retention and active_ttl must be positive seconds")
+    if retention <= 0 or active_ttl <= 0 or (quarantine is not None and quarantine <= 0):
+        raise InvalidInputError("retention, active_ttl and quarantine must be positive seconds")
     keyring = KeyRing.parse(encryption_keys) if encryption_keys else None
+    if not redis_url and db_path and db_path != MEMORY:
+        return SqliteStore(
+            db_path,
+            retention=retention,
+            active_ttl=active_ttl,
+            max_records=max_records,
+            keyring=keyring,
+            retention_policy=retention_policy,
+            quarantine_ttl=quarantine,
+            limits=limits,
+            max_queued_writes=max_queued_writes,
+        )
     if not redis_url:
         return MemoryStore(
             retention=retention,
@@ -96,6 +142,8 @@ def open_store(
             max_records=max_records,
             keyring=keyring,
             retention_policy=retention_policy,
+            quarantine_ttl=quarantine,
+            limits=limits,
         )
     return RedisStore(
         connect(redis_url, cluster=redis_cluster),
@@ -104,6 +152,8 @@ def open_store(
         active_ttl=active_ttl,
         keyring=keyring,
         retention_policy=retention_policy,
+        quarantine_ttl=quarantine,
         cache_records=min(max_records, 1000),
         max_queued_writes=max_queued_writes,
+        limits=limits,
     )

@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import redis.exceptions as rex
 
@@ -37,8 +37,6 @@ from .redis_url import scrub, unreachable
 
 __all__ = ["Inventory", "Purged", "RedisAdmin", "Unreadable", "open_admin"]
 
-P = ParamSpec("P")
-T = TypeVar("T")
 
 # Move a quarantined record back. KEYS 1-4 the live record, 5-8 its quarantined copy, 9 the
 # note. ARGV: ttl_ms. Kept beside its only user (the worker never restores).
@@ -93,13 +91,11 @@ class Purged:
     unreadable: list[Unreadable] = field(default_factory=list)
 
 
-def _direct(
-    method: Callable[P, Awaitable[T]],
-) -> Callable[P, Awaitable[T]]:
+def _direct(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """Turn Redis failures into one-line StoreErrors (URL secrets redacted)."""
 
     @functools.wraps(method)
-    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+    async def call(*args: Any, **kwargs: Any) -> Any:
         admin: RedisAdmin = args[0]  # type: ignore[assignment]
         try:
             return await method(*args, **kwargs)

@@ -1,0 +1,533 @@
+"""The embedded default store: one SQLite file for every job and worker process on a host.
+
+LiveKit runs each job in its own process, so a store in memory dies with its job. This one
+keeps records in a file (SESSION_DB_PATH), which every job process and every worker process on
+the host shares and which outlives a worker restart: a participant who returns after the room
+closed, or after the worker was restarted, is welcomed back with the whole conversation.
+Many hosts need Redis.
+
+It keeps the guarantees of the Redis store, with the same stored form (records.py: the same
+sealed blobs) and the same rules: joins are atomic and keyed by session id, appends are
+deduplicated by id and kept in order, retention runs on the host's wall clock (expired records
+are swept as the store is used), leases and fencing follow leases.py (the transactions are in
+sqlite_ops.py), each participant's storage is bounded (StorageLimits), the file holds at most
+``max_records`` records (the least recently written go first, with a warning), and a record
+proven corrupt is quarantined (kept aside, listed by ``quarantined``) while the participant
+starts fresh.
+
+When the file cannot answer (locked by another process beyond the busy timeout, disk full, an
+I/O error) nothing fails: as in the Redis store, reads come from the last known records (a
+MemoryStore used as a cache), writes are applied there and queued in order (write_queue.py)
+until the file answers, and a join is answered from memory with ``JoinOutcome.settled``
+resolving to the file's answer later. Leases refuse to work without the file.
+
+Events (``publish_event`` / ``subscribe_events``) reach subscribers in this process only: a
+job's process is where its conversation runs. Operators who need a feed across processes use
+Redis, whose events go through pub/sub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from . import sqlite_ops as ops
+from .base import (
+    AppendResult,
+    CorruptRecordError,
+    Fence,
+    InvalidInputError,
+    JoinKind,
+    JoinOutcome,
+    LeaseHeldError,
+    LeaveInfo,
+    RetentionPolicy,
+    StoreUnavailableError,
+    resolve_fence,
+    retention_for,
+)
+from .crypto import KeyRing
+from .leases import check_ttl
+from .memory import MemoryStore
+from .quarantine import QuarantinedRecord, QuarantineNote, room_hash
+from .records import (
+    F_GEMINI,
+    F_REV,
+    TAG_ITEM,
+    TAG_SEGMENT,
+    RecordCodec,
+    SessionRecord,
+    StorageLimits,
+    check_session_id,
+    gemini_input,
+    identity_hash,
+    make_event,
+    ms,
+    participant_hash,
+    profile_updates,
+    validate_entries,
+    validate_names,
+)
+from .sqlite_admin import SqliteAdmin
+from .sqlite_db import SqliteDatabase
+from .write_queue import PendingWrite, WriteQueue
+
+__all__ = ["SqliteStore"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_SWEEP_EVERY_S = 5.0
+_WHO_CACHE = 4096
+
+
+class _Unreadable(CorruptRecordError):
+    """A record failed to decode; carries its revision so quarantine moves only that one."""
+
+    def __init__(self, reason: str, rev: bytes) -> None:
+        super().__init__(reason)
+        self.rev = rev
+
+
+class SqliteStore:
+    """``SessionStore`` on the SQLite file at ``path``; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        retention: float = 300.0,
+        active_ttl: float = 3600.0,
+        max_records: int = 10_000,
+        keyring: KeyRing | None = None,
+        retention_policy: RetentionPolicy | None = None,
+        quarantine_ttl: float | None = None,
+        limits: StorageLimits | None = None,
+        busy_timeout: float = 2.0,
+        max_queued_writes: int = 10_000,
+        cache_records: int = 1000,
+    ) -> None:
+        if max_records < 1:
+            raise InvalidInputError("max_records must be at least 1")
+        self.retention = retention
+        self.active_ttl = active_ttl
+        self.max_records = max_records
+        self.retention_policy = retention_policy
+        # unreadable records are kept aside this long (default: as long as a record)
+        self.quarantine_ttl = retention if quarantine_ttl is None else quarantine_ttl
+        self.limits = limits or StorageLimits()
+        self._db = SqliteDatabase(path, busy_timeout=busy_timeout)  # DatabaseFileError
+        self.path = self._db.path
+        self._codec = RecordCodec(keyring)
+        # operator reads and deletes: straight to the file, never through the cache or queue
+        self._admin = SqliteAdmin(self._db, keyring=keyring, retention=retention)
+        self._who_cache: dict[tuple[str, str], bytes] = {}
+        self._cache = MemoryStore(
+            retention=retention,
+            active_ttl=active_ttl,
+            max_records=min(cache_records, max_records),
+            keyring=keyring,  # holds the file's stored form as is, so nothing is re-encoded
+            as_cache=True,
+            limits=self.limits,
+        )
+        self._queue = WriteQueue(
+            probe=self._db.probe,
+            unavailable=(StoreUnavailableError,),
+            max_writes=max_queued_writes,
+            backend="sqlite",
+        )
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._next_sweep = 0.0
+        self.evicted = 0
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes waiting for the file (0 when healthy)."""
+        return len(self._queue)
+
+    @property
+    def write_queue(self) -> WriteQueue:
+        """The replay queue (counters: replayed, dropped, refused, outages)."""
+        return self._queue
+
+    async def wait_flushed(self, max_wait: float | None = None) -> bool:
+        """Wait until the file answers and every queued write has landed; False on timeout."""
+        return await self._queue.wait_idle(max_wait)
+
+    # -- SessionStore ------------------------------------------------------------------------
+
+    async def join(
+        self, room: str, identity: str, session_id: str, *, fence: Fence = None
+    ) -> JoinOutcome:
+        """See ``SessionStore.join``: one transaction joins and reads the whole record."""
+        check_session_id(session_id)
+        validate_names(room, identity)
+        settled: asyncio.Future[JoinOutcome] | None = None
+
+        async def send() -> JoinOutcome:
+            try:
+                outcome = await self._join(room, identity, session_id, fence)
+            except StoreUnavailableError:
+                raise
+            except Exception as exc:
+                if settled is not None and not settled.done():
+                    settled.set_exception(exc)
+                raise
+            if settled is not None and not settled.done():
+                settled.set_result(outcome)
+            return outcome
+
+        async def local() -> JoinOutcome:
+            nonlocal settled
+            settled = asyncio.get_running_loop().create_future()
+            outcome = await self._cache.join(room, identity, session_id)
+            return dataclasses.replace(outcome, settled=settled)
+
+        return await self._write("join", room, identity, send, local)
+
+    async def append(
+        self,
+        room: str,
+        identity: str,
+        items: Sequence[Mapping[str, Any]] = (),
+        transcript: Sequence[Mapping[str, Any]] = (),
+        *,
+        fence: Fence = None,
+    ) -> AppendResult:
+        """See ``SessionStore.append``: one transaction whatever the number of entries."""
+        new_items = validate_entries(items, "items", self.limits.max_entry_bytes)
+        new_segments = validate_entries(transcript, "transcript", self.limits.max_entry_bytes)
+        validate_names(room, identity)
+        lists = tuple(
+            [(entry_id, self._codec.seal(room, identity, tag, raw)) for entry_id, raw, _ in new]
+            for tag, new in ((TAG_ITEM, new_items), (TAG_SEGMENT, new_segments))
+        )
+        copies = ([c for *_, c in new_items], [c for *_, c in new_segments])
+        bounds = (self.limits.max_entries, self.limits.max_list_bytes)
+
+        def local() -> Awaitable[AppendResult]:
+            return self._cache.append(room, identity, *copies)
+
+        async def send() -> AppendResult:
+            token = await resolve_fence(fence, stale_ok=True)
+            added = await self._send(
+                ops.append, room, identity, token, lists, bounds, self._ttls(), self.max_records
+            )
+            result = AppendResult(added[0], added[1], merged=added[2])
+            self._note_evicted(added[3])
+            if result.merged:
+                logger.warning(
+                    "merged a write from a worker that lost this participant",
+                    extra={"room": room, "participant": identity_hash(identity),
+                           "items": result.items_added},
+                )  # fmt: skip
+            await self._mirror(room, identity, local)
+            return result
+
+        return await self._write("append", room, identity, send, local)
+
+    async def set_gemini_handle(
+        self,
+        room: str,
+        identity: str,
+        handle: str,
+        covered_item_ids: Sequence[str],
+        *,
+        fence: Fence = None,
+    ) -> None:
+        """See ``SessionStore.set_gemini_handle``; the issue time is the store's clock."""
+        value = gemini_input(handle, covered_item_ids)
+        validate_names(room, identity)
+        updates = {F_GEMINI: self._codec.seal_value(room, identity, F_GEMINI, value)}
+
+        def local() -> Awaitable[None]:
+            return self._cache.set_gemini_handle(room, identity, value["handle"], value["covered"])
+
+        await self._set("set_gemini_handle", room, identity, updates, fence, local)
+
+    async def update_profile(
+        self,
+        room: str,
+        identity: str,
+        *,
+        language: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        fence: Fence = None,
+    ) -> None:
+        """See ``SessionStore.update_profile``."""
+        updates = profile_updates(self._codec, room, identity, language, metadata)
+
+        def local() -> Awaitable[None]:
+            return self._cache.update_profile(room, identity, language=language, metadata=metadata)
+
+        await self._set("update_profile", room, identity, updates, fence, local)
+
+    async def leave(
+        self, room: str, identity: str, session_id: str, *, fence: Fence = None
+    ) -> None:
+        """See ``SessionStore.leave``; the retention policy runs inside the leave's transaction
+        (in the store's thread), so it should be quick."""
+        check_session_id(session_id)
+        validate_names(room, identity)
+
+        def keep_ms(info: LeaveInfo) -> int:
+            return ms(retention_for(self.retention_policy, self.retention, info))
+
+        def local() -> Awaitable[None]:
+            return self._cache.leave(room, identity, session_id)
+
+        async def send() -> None:
+            token = await resolve_fence(fence)
+            pkey = participant_hash(room, identity)
+            info = await self._db.write(
+                ops.leave, pkey, (room, identity), token, session_id, keep_ms
+            )
+            if info is not None:
+                self._emit("session_ended", room, identity, reconnect_count=info.reconnect_count)
+            await self._mirror(room, identity, local)
+
+        await self._write("leave", room, identity, send, local)
+
+    async def load(self, room: str, identity: str) -> SessionRecord | None:
+        """See ``SessionStore.load``; from memory while the file cannot answer."""
+        validate_names(room, identity)
+        if self._queue.busy:
+            return await self._cache.load(room, identity)
+        pkey = participant_hash(room, identity)
+        try:
+            found = await self._db.read(ops.load, pkey, after=self._decoder(room, identity))
+        except StoreUnavailableError as exc:
+            self._queue.mark_unavailable(exc)
+            return await self._cache.load(room, identity)
+        except _Unreadable as exc:
+            await self._quarantine(room, identity, exc.rev, str(exc))
+            return None
+        if found is None:
+            self._cache.forget(room, identity)
+            return None
+        self._cache.put_stored(*found)
+        return found[0]
+
+    async def list_records(self, room: str | None = None) -> list[SessionRecord]:
+        """See ``SessionStore.list_records``: straight from the file (StoreUnavailableError
+        when it cannot answer); unreadable records are skipped and left as they are."""
+        inventory = await self._admin.inventory(room)
+        if inventory.unreadable:
+            logger.warning(
+                "session records unreadable; left as they are",
+                extra={"count": len(inventory.unreadable),
+                       "reasons": sorted({u.summary for u in inventory.unreadable})},
+            )  # fmt: skip
+        return inventory.records
+
+    async def purge(self, room: str, identity: str | None = None) -> int:
+        """See ``SessionStore.purge``: straight to the file, quarantined copies too."""
+        purged = await self._admin.purge(room, identity)
+        self._cache.forget(room, identity)
+        return purged.sessions
+
+    async def acquire_lease(
+        self, room: str, identity: str, owner: str, ttl: float, *, force: bool = False
+    ) -> int:
+        """See ``SessionStore.acquire_lease``; StoreUnavailableError while the file cannot
+        answer (a lease nobody else can see would defeat its purpose)."""
+        validate_names(room, identity)
+        check_ttl(ttl)
+        key = ops.participant_lease(participant_hash(room, identity))
+        try:
+            return await self._db.write(ops.acquire, key, owner, ms(ttl), force)
+        except LeaseHeldError as exc:
+            raise LeaseHeldError(
+                "participant lease is held by another owner",
+                owner=exc.owner,
+                expires_in=exc.expires_in,
+            ) from None
+
+    async def release_lease(self, room: str, identity: str, owner: str, token: int) -> bool:
+        """See ``SessionStore.release_lease``; False if the file cannot answer (it lapses)."""
+        key = ops.participant_lease(participant_hash(room, identity))
+        try:
+            return await self._db.write(ops.release, key, owner, token)
+        except StoreUnavailableError:
+            logger.warning("lease not released: session database unavailable; it will lapse")
+            return False
+
+    async def publish_event(self, event_type: str, room: str, identity: str, **fields: Any) -> None:
+        """See ``SessionStore.publish_event`` (to this process's ``subscribe_events``)."""
+        self._emit(event_type, room, identity, **fields)
+
+    async def subscribe_events(self) -> AsyncIterator[dict[str, Any]]:
+        """Yield every event this process publishes from now on (see the module docstring)."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self._subscribers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.discard(queue)
+
+    async def aclose(self) -> None:
+        """Give queued writes a few seconds to land, then close the file."""
+        await self._queue.aclose()
+        self._db.close()
+
+    async def quarantined(self, room: str | None = None) -> list[QuarantinedRecord]:
+        """Every quarantined record (of one room) not expired yet, oldest first."""
+        return await self._admin.quarantined(room)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    async def _write(
+        self,
+        name: str,
+        room: str,
+        identity: str,
+        send: Callable[[], Awaitable[T]],
+        local: Callable[[], Awaitable[T]],
+    ) -> T:
+        """Send now; while the file cannot answer, apply to memory and queue ``send``."""
+        if not self._queue.busy:
+            try:
+                return await send()
+            except StoreUnavailableError as exc:
+                self._queue.mark_unavailable(exc)
+        result = await local()
+        self._queue.put(PendingWrite(name, room, identity_hash(identity), send))
+        return result
+
+    async def _join(self, room: str, identity: str, session_id: str, fence: Fence) -> JoinOutcome:
+        token = await resolve_fence(fence)
+        for _ in range(2):
+            try:
+                kind, found, evicted = await self._send(
+                    ops.join, room, identity, session_id, token, ms(self.active_ttl),
+                    self.max_records, after=self._join_decoder(room, identity),
+                )  # fmt: skip
+            except _Unreadable as exc:
+                await self._quarantine(room, identity, exc.rev, str(exc))
+                continue
+            except CorruptRecordError as exc:  # refused before any change
+                await self._quarantine(room, identity, b"", str(exc))
+                continue
+            self._note_evicted(evicted)
+            self._cache.put_stored(*found)
+            outcome = JoinOutcome(JoinKind(kind), found[0])
+            if outcome.kind is JoinKind.RETURNING:
+                self._emit(
+                    "participant_returned", room, identity,
+                    reconnect_count=outcome.record.reconnect_count,
+                )  # fmt: skip
+            return outcome
+        raise CorruptRecordError("record unreadable right after quarantine")
+
+    async def _set(
+        self,
+        name: str,
+        room: str,
+        identity: str,
+        updates: dict[str, bytes],
+        fence: Fence,
+        local: Callable[[], Awaitable[None]],
+    ) -> None:
+        async def send() -> None:
+            token = await resolve_fence(fence)
+            evicted = await self._send(
+                ops.set_fields, room, identity, token, updates, F_GEMINI in updates,
+                self._ttls(), self.max_records,
+            )  # fmt: skip
+            self._note_evicted(evicted)
+            await self._mirror(room, identity, local)
+
+        await self._write(name, room, identity, send, local)
+
+    async def _send(self, op: Callable[..., T], room: str, identity: str, *args: Any,
+                    after: Callable[[T], Any] | None = None) -> Any:  # fmt: skip
+        """A participant write: ``op(conn, pkey, room_hash, who, *args)``, a corrupt record
+        quarantined and the write tried once more; expired records swept now and then."""
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + _SWEEP_EVERY_S
+            await self._db.write(ops.sweep)
+        head = (participant_hash(room, identity), room_hash(room), self._who(room, identity))
+        try:
+            return await self._db.write(op, *head, *args, after=after)
+        except CorruptRecordError as exc:
+            if op is ops.join:
+                raise
+            await self._quarantine(room, identity, b"", str(exc))
+            return await self._db.write(op, *head, *args, after=after)
+
+    async def _mirror(self, room: str, identity: str, local: Callable[[], Awaitable[Any]]) -> None:
+        # apply a write the file took to the cached copy too, but only to a record held in
+        # full: a cached partial record would later be served as the whole conversation
+        if self._cache.has_record(room, identity):
+            await local()
+
+    def _decoder(self, room: str, identity: str) -> Callable[[ops.Stored | None], Any]:
+        """Decode a stored record in the store's thread: (record, stored form) or None."""
+        own = self._who(room, identity)
+
+        def decode(found: ops.Stored | None) -> tuple[Any, ...] | None:
+            if found is None:
+                return None
+            fields, items, segments = found
+            try:
+                record = self._codec.decode(room, identity, fields, items, segments, own)
+            except CorruptRecordError as exc:
+                raise _Unreadable(str(exc), fields.get(F_REV, b"")) from None
+            return record, fields, items, segments
+
+        return decode
+
+    def _join_decoder(self, room: str, identity: str) -> Callable[[Any], Any]:
+        decode = self._decoder(room, identity)
+        return lambda joined: (joined[0], decode(joined[1]), joined[2])
+
+    async def _quarantine(self, room: str, identity: str, rev: bytes, reason: str) -> None:
+        pkey = participant_hash(room, identity)
+        qkey = f"{pkey}:q{uuid.uuid4().hex[:12]}"
+        note = QuarantineNote(reason, identity_hash(identity), room_hash(room), time.time())
+        moved = await self._db.write(
+            ops.quarantine, pkey, qkey, rev, note.to_json(), ms(self.quarantine_ttl)
+        )
+        self._cache.forget(room, identity)
+        logger.error(
+            "unreadable session record moved to quarantine; the participant starts fresh",
+            extra={"room": room, "participant": note.participant, "reason": reason,
+                   "quarantine_key": qkey, "moved": moved},
+        )  # fmt: skip
+
+    def _who(self, room: str, identity: str) -> bytes:
+        # sealed once per participant: a record holding exactly these bytes is known to be
+        # theirs without opening it
+        key = (room, identity)
+        who = self._who_cache.get(key)
+        if who is None:
+            if len(self._who_cache) >= _WHO_CACHE:
+                self._who_cache.clear()
+            who = self._codec.seal_who(participant_hash(room, identity), room, identity)
+            self._who_cache[key] = who
+        return who
+
+    def _ttls(self) -> tuple[int, int]:
+        return ms(self.active_ttl), ms(self.retention)
+
+    def _note_evicted(self, count: int) -> None:
+        if count:
+            self.evicted += count
+            logger.warning(
+                "session store full: evicted the least recently written records",
+                extra={"count": count, "max_records": self.max_records,
+                       "evicted_total": self.evicted},
+            )  # fmt: skip
+
+    def _emit(self, event_type: str, room: str, identity: str, **fields: Any) -> None:
+        event = make_event(event_type, room, identity, time.time(), **fields)
+        for queue in list(self._subscribers):
+            if not queue.full():
+                queue.put_nowait(event)

@@ -1,0 +1,478 @@
+"""The SQLite store's transactions: what redis_scripts.py is to the Redis store.
+
+Each function runs inside one transaction that ``SqliteDatabase`` opened (``BEGIN IMMEDIATE``
+for writes), so each is atomic across every process sharing the file; a StoreError it raises
+rolls the whole transaction back. The tables are in sqlite_db.SCHEMA: a record is one
+``records`` row holding the stored fields of records.py, its items and segments are
+``entries`` rows in insertion order. Times are the host's wall clock in integer milliseconds
+(the store's clock, as Redis ``TIME`` is the Redis store's). The lease rules are leases.py's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .base import CorruptRecordError, LeaseHeldError, LeaveInfo, StaleLeaseError
+from .leases import LEASE_MEMORY_S
+from .records import (
+    F_ACTIVE,
+    F_GEMINI,
+    F_GEMINI_AT,
+    F_ITEM_BYTES,
+    F_ITEMS_TRIMMED,
+    F_JOINED,
+    F_LANG,
+    F_LEFT,
+    F_META,
+    F_RECONNECTS,
+    F_REV,
+    F_SEEN,
+    F_SEGMENT_BYTES,
+    F_SEGMENTS_TRIMMED,
+    F_VERSION,
+    F_WHO,
+    SCHEMA_VERSION,
+    Framed,
+)
+
+Stored = tuple[dict[str, bytes], Framed, Framed]
+Entries = Sequence[tuple[str, bytes]]  # (id, sealed blob)
+
+ITEMS, SEGMENTS = 0, 1
+_FIELDS = (F_VERSION, F_JOINED, F_SEEN, F_RECONNECTS, F_ACTIVE, F_LEFT, F_REV, F_WHO, F_LANG,
+           F_META, F_GEMINI, F_GEMINI_AT, F_ITEM_BYTES, F_SEGMENT_BYTES, F_ITEMS_TRIMMED,
+           F_SEGMENTS_TRIMMED)  # fmt: skip
+_COLUMN = {name: name for name in _FIELDS} | {F_LEFT: "left_at"}  # LEFT is an SQL word
+_SETTABLE = {F_LANG, F_META, F_GEMINI}
+# (list, bytes column, count column, trimmed column)
+_LISTS = ((ITEMS, F_ITEM_BYTES, "n_items", F_ITEMS_TRIMMED),
+          (SEGMENTS, F_SEGMENT_BYTES, "n_segments", F_SEGMENTS_TRIMMED))  # fmt: skip
+_LEASE_MEMORY_MS = int(LEASE_MEMORY_S * 1000)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def participant_lease(pkey: str) -> str:
+    return "p:" + pkey
+
+
+def room_lease(room: str) -> str:
+    """A room's lease key: the room name hashed, never stored."""
+    return "r:" + hashlib.sha256(room.encode()).hexdigest()[:32]
+
+
+# -- leases and fences (leases.py) ------------------------------------------------------------
+
+
+def check_fence(conn: sqlite3.Connection, key: str, fence: int | None, now: int) -> None:
+    """StaleLeaseError unless a write carrying ``fence`` may go ahead."""
+    row = conn.execute("SELECT token, until FROM leases WHERE key = ?", (key,)).fetchone()
+    if row is None:
+        return
+    live = row["until"] > now
+    if fence is None:
+        if live:
+            raise StaleLeaseError("this participant's lease is held; pass its fencing token")
+    elif fence < row["token"] or (live and fence != row["token"]):
+        raise StaleLeaseError(
+            f"fencing token {fence} is older than the lease's ({row['token']}): "
+            "another worker took over"
+        )
+
+
+def acquire(
+    conn: sqlite3.Connection, key: str, owner: str, ttl_ms: int, force: bool,
+    held: int | None = None,
+) -> int:  # fmt: skip
+    """Take, renew or reclaim the lease; its token. LeaseHeldError while another holds it.
+
+    ``held``: the token the caller holds; if the file lost the lease row (deleted, restored
+    from an older copy) the holder gets it back with that token, as the Redis script does.
+    """
+    now = now_ms()
+    row = conn.execute("SELECT owner, token, until FROM leases WHERE key = ?", (key,)).fetchone()
+    if row is None and held is not None and not force:
+        conn.execute("INSERT INTO leases VALUES (?, ?, ?, ?)", (key, owner, held, now + ttl_ms))
+        return held
+    if row is not None and row["owner"] == owner and not force:
+        # the holder renews; a holder whose lease lapsed untaken reclaims it, same token
+        conn.execute("UPDATE leases SET until = ? WHERE key = ?", (now + ttl_ms, key))
+        return int(row["token"])
+    if row is not None and row["until"] > now and not force:
+        raise LeaseHeldError(
+            "the lease is held by another owner",
+            owner=row["owner"],
+            expires_in=(row["until"] - now) / 1000,
+        )
+    # microseconds of the wall clock at least: tokens grow even if the row was forgotten
+    token = max((row["token"] if row is not None else 0) + 1, time.time_ns() // 1000)
+    conn.execute(
+        "INSERT INTO leases VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+        "owner = excluded.owner, token = excluded.token, until = excluded.until",
+        (key, owner, token, now + ttl_ms),
+    )
+    return token
+
+
+def release(conn: sqlite3.Connection, key: str, owner: str, token: int) -> bool:
+    """Give the lease up if ``owner``/``token`` hold it (its token stays remembered)."""
+    cursor = conn.execute(
+        "UPDATE leases SET owner = '', until = 0 WHERE key = ? AND owner = ? AND token = ?",
+        (key, owner, token),
+    )
+    return cursor.rowcount == 1
+
+
+def lease_state(conn: sqlite3.Connection, key: str) -> tuple[str, int, float] | None:
+    """(owner, token, seconds left) of the live lease, or None."""
+    row = conn.execute("SELECT owner, token, until FROM leases WHERE key = ?", (key,)).fetchone()
+    left = (row["until"] - now_ms()) / 1000 if row is not None else 0
+    if row is None or not row["owner"] or left <= 0:
+        return None
+    return row["owner"], int(row["token"]), left
+
+
+# -- records ----------------------------------------------------------------------------------
+
+
+def join(
+    conn: sqlite3.Connection, pkey: str, room_hash: str, who: bytes, session_id: str,
+    fence: int | None, active_ttl_ms: int, max_records: int,
+) -> tuple[str, Stored, int]:  # fmt: skip
+    """Create, resume or recognise; (kind, the stored record, records evicted to make room).
+
+    CorruptRecordError (nothing changed) when the record is of another schema or malformed.
+    """
+    now = now_ms()
+    check_fence(conn, participant_lease(pkey), fence, now)
+    row = _live(conn, pkey, now, drop_expired=True)
+    evicted = 0
+    if row is None:
+        evicted = _create(conn, pkey, room_hash, session_id, who, now, active_ttl_ms, max_records)
+        kind = "new"
+    elif not _usable(row):
+        raise CorruptRecordError("unknown schema version or bad fields")
+    elif _text(row["active"]) == session_id:
+        kind = "duplicate"
+        conn.execute(
+            "UPDATE records SET seen = ?, rev = rev + 1, expires_at = ? WHERE pkey = ?",
+            (now, now + active_ttl_ms, pkey),
+        )
+    else:
+        kind = "returning"
+        conn.execute(
+            "UPDATE records SET reconnects = reconnects + 1, active = ?, left_at = NULL, "
+            "seen = ?, rev = rev + 1, expires_at = ? WHERE pkey = ?",
+            (session_id, now, now + active_ttl_ms, pkey),
+        )
+    return kind, _stored(conn, pkey), evicted
+
+
+def load(conn: sqlite3.Connection, pkey: str) -> Stored | None:
+    """The stored record, or None (absent or expired)."""
+    if _live(conn, pkey, now_ms(), drop_expired=False) is None:
+        return None
+    return _stored(conn, pkey)
+
+
+def append(
+    conn: sqlite3.Connection, pkey: str, room_hash: str, who: bytes, fence: int | None,
+    lists: tuple[Entries, Entries], bounds: tuple[int, int], ttls: tuple[int, int],
+    max_records: int,
+) -> tuple[int, int, bool, int]:  # fmt: skip
+    """Add the entries not seen before (by id), trim each list to ``bounds`` (entries, bytes)
+    oldest first, as memory.py and the APPEND script do; (items added, segments added,
+    merged, evicted). A stale fence merges instead of refusing: entries are facts."""
+    now = now_ms()
+    try:
+        check_fence(conn, participant_lease(pkey), fence, now)
+        merged = False
+    except StaleLeaseError:
+        merged = True
+    evicted = _ensure(conn, pkey, room_hash, who, now, ttls[0], max_records)
+    max_n, max_bytes = bounds
+    added = []
+    for (slot, bytes_col, count_col, trimmed_col), entries in zip(_LISTS, lists, strict=True):
+        state = conn.execute(
+            f"SELECT {bytes_col}, {count_col} FROM records WHERE pkey = ?", (pkey,)
+        ).fetchone()
+        size, count, new = _int(state[0]), _int(state[1]), 0
+        for entry_id, blob in entries:
+            cursor = conn.execute(
+                "INSERT INTO entries (pkey, list, eid, blob) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (pkey, slot, entry_id, blob),
+            )
+            if cursor.rowcount == 1:
+                size, count, new = size + len(blob), count + 1, new + 1
+        trimmed = 0
+        if count > 1 and (count > max_n or size > max_bytes):
+            oldest = conn.execute(
+                "SELECT seq, length(blob) FROM entries WHERE pkey = ? AND list = ? "
+                "AND blob IS NOT NULL ORDER BY seq",
+                (pkey, slot),
+            ).fetchall()
+            while count - trimmed > 1 and (count - trimmed > max_n or size > max_bytes):
+                size -= oldest[trimmed][1]
+                trimmed += 1
+            conn.execute(
+                "UPDATE entries SET blob = NULL WHERE pkey = ? AND list = ? AND seq <= ?",
+                (pkey, slot, oldest[trimmed - 1][0]),
+            )
+            conn.execute(
+                f"UPDATE records SET {trimmed_col} = coalesce({trimmed_col}, 0) + ? WHERE pkey = ?",
+                (trimmed, pkey),
+            )
+        conn.execute(
+            f"UPDATE records SET {bytes_col} = ?, {count_col} = ? WHERE pkey = ?",
+            (size, count - trimmed, pkey),
+        )
+        added.append(new)
+    _refresh(conn, pkey, now, *ttls)
+    return added[0], added[1], merged, evicted
+
+
+def set_fields(
+    conn: sqlite3.Connection, pkey: str, room_hash: str, who: bytes, fence: int | None,
+    updates: dict[str, bytes], stamp_gemini: bool, ttls: tuple[int, int], max_records: int,
+) -> int:  # fmt: skip
+    """Replace sealed fields (language, metadata, Gemini handle); records evicted."""
+    now = now_ms()
+    check_fence(conn, participant_lease(pkey), fence, now)
+    evicted = _ensure(conn, pkey, room_hash, who, now, ttls[0], max_records)
+    for name, value in updates.items():
+        if name not in _SETTABLE:
+            raise ValueError(f"not a settable field: {name}")
+        conn.execute(f"UPDATE records SET {name} = ? WHERE pkey = ?", (value, pkey))
+    if stamp_gemini:
+        conn.execute("UPDATE records SET gem_at = ? WHERE pkey = ?", (now, pkey))
+    _refresh(conn, pkey, now, *ttls)
+    return evicted
+
+
+def leave(
+    conn: sqlite3.Connection, pkey: str, names: tuple[str, str], fence: int | None,
+    session_id: str, retention_ms: Callable[[LeaveInfo], int],
+) -> LeaveInfo | None:  # fmt: skip
+    """End ``session_id`` (a repeated or superseded leave changes nothing: None).
+
+    The record is kept ``retention_ms(info)`` from now: the store's retention policy, called
+    here so the leave and its retention are one transaction.
+    """
+    now = now_ms()
+    check_fence(conn, participant_lease(pkey), fence, now)
+    row = _live(conn, pkey, now, drop_expired=True)
+    if row is None or _text(row["active"]) != session_id:
+        return None
+    info = LeaveInfo(
+        *names, item_count=row["n_items"], transcript_count=row["n_segments"],
+        reconnect_count=_int(row["reconnects"]), joined_at=_int(row["joined"]) / 1000,
+        left_at=now / 1000,
+    )  # fmt: skip
+    conn.execute(
+        "UPDATE records SET active = '', left_at = ?, seen = ?, rev = rev + 1, expires_at = ? "
+        "WHERE pkey = ?",
+        (now, now, now + retention_ms(info), pkey),
+    )
+    return info
+
+
+def live_records(conn: sqlite3.Connection, room_hash: str | None) -> list[tuple[str, Stored]]:
+    """Every live record (of one room hash) in its stored form, for operator listings."""
+    query = "SELECT pkey FROM records WHERE note IS NULL AND expires_at > ?"
+    args: tuple[Any, ...] = (now_ms(),)
+    if room_hash is not None:
+        query, args = query + " AND room_hash = ?", (*args, room_hash)
+    return [(pkey, _stored(conn, pkey)) for (pkey,) in conn.execute(query, args).fetchall()]
+
+
+def purge(conn: sqlite3.Connection, pkey: str | None, room_hash: str) -> tuple[int, int]:
+    """Delete one participant's record (``pkey``), or a whole room's, with their quarantined
+    copies and participant leases; (live records, quarantined copies) deleted."""
+    if pkey is not None:  # participant hashes are hex: no LIKE wildcard in them
+        where, args = "(pkey = ? OR pkey LIKE ?)", (pkey, pkey + ":q%")
+    else:
+        where, args = "room_hash = ?", (room_hash,)
+    query = f"SELECT pkey, note, expires_at FROM records WHERE {where}"
+    rows = conn.execute(query, args).fetchall()
+    now, live = now_ms(), 0
+    for row in rows:
+        _delete(conn, row["pkey"])
+        if row["note"] is None:
+            conn.execute("DELETE FROM leases WHERE key = ?", (participant_lease(row["pkey"]),))
+            live += row["expires_at"] > now
+    if pkey is not None:
+        conn.execute("DELETE FROM leases WHERE key = ?", (participant_lease(pkey),))
+    return live, sum(1 for row in rows if row["note"] is not None)
+
+
+# -- quarantine -------------------------------------------------------------------------------
+
+
+def quarantine(
+    conn: sqlite3.Connection, pkey: str, qkey: str, rev: bytes, note: str, ttl_ms: int
+) -> bool:
+    """Move a live record aside under ``qkey`` unless it changed since it was read (``rev``;
+    b"" = whatever it is now); True when moved."""
+    row = conn.execute("SELECT rev FROM records WHERE pkey = ?", (pkey,)).fetchone()
+    if row is None or (rev and _text(row["rev"]).encode() != rev):
+        return False
+    conn.execute(
+        "UPDATE records SET pkey = ?, note = ?, expires_at = ? WHERE pkey = ?",
+        (qkey, note, now_ms() + ttl_ms, pkey),
+    )
+    conn.execute("UPDATE entries SET pkey = ? WHERE pkey = ?", (qkey, pkey))
+    return True
+
+
+def quarantined(conn: sqlite3.Connection, room_hash: str | None) -> list[sqlite3.Row]:
+    """Quarantined copies (of one room hash): key, note, who and expiry, oldest first."""
+    query = "SELECT pkey, note, who, expires_at FROM records WHERE note IS NOT NULL"
+    query += " AND expires_at > ?" + (" AND room_hash = ?" if room_hash is not None else "")
+    args = (now_ms(), room_hash) if room_hash is not None else (now_ms(),)
+    return conn.execute(query + " ORDER BY expires_at", args).fetchall()
+
+
+def restore(conn: sqlite3.Connection, qkey: str, ttl_ms: int) -> str:
+    """Move a quarantined copy back: 'restored', 'missing' or 'live' (a record is there)."""
+    pkey = qkey.partition(":q")[0]
+    found = conn.execute(
+        "SELECT 1 FROM records WHERE pkey = ? AND note IS NOT NULL AND expires_at > ?",
+        (qkey, now_ms()),
+    ).fetchone()
+    if found is None:
+        return "missing"
+    if _live(conn, pkey, now_ms(), drop_expired=True) is not None:
+        return "live"
+    conn.execute(
+        "UPDATE records SET pkey = ?, note = NULL, expires_at = ? WHERE pkey = ?",
+        (pkey, now_ms() + ttl_ms, qkey),
+    )
+    conn.execute("UPDATE entries SET pkey = ? WHERE pkey = ?", (pkey, qkey))
+    return "restored"
+
+
+def sweep(conn: sqlite3.Connection) -> None:
+    """Delete expired records and quarantined copies, and leases lapsed over a day ago."""
+    now = now_ms()
+    conn.execute(
+        "DELETE FROM entries WHERE pkey IN (SELECT pkey FROM records WHERE expires_at <= ?)",
+        (now,),
+    )
+    conn.execute("DELETE FROM records WHERE expires_at <= ?", (now,))
+    conn.execute("DELETE FROM leases WHERE until < ?", (now - _LEASE_MEMORY_MS,))
+
+
+# -- internals --------------------------------------------------------------------------------
+
+
+def _live(conn: sqlite3.Connection, pkey: str, now: int, *, drop_expired: bool) -> Any:
+    row = conn.execute("SELECT * FROM records WHERE pkey = ?", (pkey,)).fetchone()
+    if row is None or row["expires_at"] > now:
+        return row
+    if drop_expired:
+        _delete(conn, pkey)  # its entries' ids too: a new record starts with none seen
+    return None
+
+
+def _create(
+    conn: sqlite3.Connection, pkey: str, room_hash: str, session_id: str, who: bytes, now: int,
+    ttl_ms: int, max_records: int,
+) -> int:  # fmt: skip
+    conn.execute(
+        "INSERT INTO records (pkey, room_hash, expires_at, v, joined, seen, reconnects, active, "
+        "rev, who) VALUES (?, ?, ?, ?, ?, ?, 0, ?, 1, ?)",
+        (pkey, room_hash, now + ttl_ms, SCHEMA_VERSION, now, now, session_id, who),
+    )
+    return _evict(conn, pkey, max_records)
+
+
+def _ensure(
+    conn: sqlite3.Connection, pkey: str, room_hash: str, who: bytes, now: int, ttl_ms: int,
+    max_records: int,
+) -> int:  # fmt: skip
+    """Create an empty record when there is none; CorruptRecordError when it is unusable."""
+    row = _live(conn, pkey, now, drop_expired=True)
+    if row is None:
+        return _create(conn, pkey, room_hash, "", who, now, ttl_ms, max_records)
+    if not _usable(row):
+        raise CorruptRecordError("unknown schema version or bad fields")
+    return 0
+
+
+def _usable(row: sqlite3.Row) -> bool:
+    """What a write needs to trust before changing a record (the rest is checked on decode)."""
+    return _text(row["v"]) == str(SCHEMA_VERSION) and all(
+        isinstance(row[name], int) for name in ("reconnects", "rev", "seen")
+    )
+
+
+def _evict(conn: sqlite3.Connection, keep: str, max_records: int) -> int:
+    """Delete the least recently written records beyond ``max_records``; how many."""
+    if conn.execute("SELECT count(*) FROM records").fetchone()[0] <= max_records:
+        return 0
+    sweep(conn)
+    excess = conn.execute("SELECT count(*) FROM records WHERE note IS NULL").fetchone()[0]
+    victims = conn.execute(
+        "SELECT pkey FROM records WHERE note IS NULL AND pkey != ? ORDER BY seen LIMIT ?",
+        (keep, max(0, excess - max_records)),
+    ).fetchall()
+    for (pkey,) in victims:
+        _delete(conn, pkey)
+    return len(victims)
+
+
+def _refresh(
+    conn: sqlite3.Connection, pkey: str, now: int, active_ttl: int, retention: int
+) -> None:
+    # an active record lives active_ttl past its last write; a left one keeps at least its
+    # retention (late transcript segments may arrive after the leave)
+    conn.execute(
+        "UPDATE records SET seen = ?, rev = rev + 1, expires_at = CASE WHEN active != '' "
+        "THEN ? ELSE max(expires_at, ?) END WHERE pkey = ?",
+        (now, now + active_ttl, now + retention, pkey),
+    )
+
+
+def _delete(conn: sqlite3.Connection, pkey: str) -> None:
+    conn.execute("DELETE FROM entries WHERE pkey = ?", (pkey,))
+    conn.execute("DELETE FROM records WHERE pkey = ?", (pkey,))
+
+
+def _stored(conn: sqlite3.Connection, pkey: str) -> Stored:
+    """The record's stored form: fields as records.py names them, items and transcript."""
+    row = conn.execute("SELECT * FROM records WHERE pkey = ?", (pkey,)).fetchone()
+    fields = {}
+    for name in _FIELDS:
+        value = row[_COLUMN[name]]
+        if value is not None:
+            fields[name] = value if isinstance(value, bytes) else str(value).encode()
+    return fields, _framed(conn, pkey, ITEMS), _framed(conn, pkey, SEGMENTS)
+
+
+def _framed(conn: sqlite3.Connection, pkey: str, slot: int) -> Framed:
+    cursor = conn.cursor()
+    cursor.row_factory = None  # plain tuples: a third of the cost of a restore otherwise
+    cursor.execute(
+        "SELECT blob FROM entries WHERE pkey = ? AND list = ? AND blob IS NOT NULL ORDER BY seq",
+        (pkey, slot),
+    )
+    blobs = [blob if isinstance(blob, bytes) else str(blob).encode() for (blob,) in cursor]
+    # the Redis store's framing: plaintext entries are then decoded in one orjson call
+    return Framed(b"[" + b",".join(blobs) + b"]", b",".join(b"%d" % len(b) for b in blobs))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return "" if value is None else str(value)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) else 0

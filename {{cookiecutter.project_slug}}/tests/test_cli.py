@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -106,6 +107,8 @@ def test_token_grants_the_identity_and_room(
         "canPublishData": True,
     }
     assert claims["roomConfig"]["agents"][0]["agentName"] == "front-desk"
+    # the room outlives a dropped participant as long as their conversation is kept
+    assert claims["roomConfig"]["departureTimeout"] == 300
     assert "meet.livekit.io/custom?liveKitUrl=" in result.stderr
 
 
@@ -128,6 +131,22 @@ def test_doctor_lists_each_failure_with_its_fix(
     assert "FAIL" in rows["LiveKit server reachable"]
     assert "FAIL" in rows["Redis reachable"]
     assert "OK" in rows["model plugins installed"]
+
+
+def test_a_second_worker_on_a_busy_port_says_how_to_move_it(
+    monkeypatch: pytest.MonkeyPatch, livekit_env: None
+) -> None:
+    with socket.socket() as first_worker:
+        first_worker.bind(("127.0.0.1", 0))
+        first_worker.listen()
+        port = first_worker.getsockname()[1]
+        monkeypatch.setenv("LIVEKIT_URL", "ws://127.0.0.1:9")
+        monkeypatch.setenv("WORKER_HOST", "127.0.0.1")
+        monkeypatch.setenv("WORKER_PORT", str(port))
+        result = runner.invoke(app, ["start"])
+    assert result.exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "WORKER_PORT=0" in result.stderr
 
 
 def test_real_process_dev_without_settings() -> None:

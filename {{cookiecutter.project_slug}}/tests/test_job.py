@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import logging
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
-from {{ cookiecutter.package_name }}.models import build_models
+from {{ cookiecutter.package_name }}.models import build_models, modules_to_preload
 from {{ cookiecutter.package_name }}.settings import load_settings
 from {{ cookiecutter.package_name }}.simulation import (
     SCENARIOS,
@@ -17,7 +19,7 @@ from {{ cookiecutter.package_name }}.simulation import (
     run_scenario,
 )
 from {{ cookiecutter.package_name }}.simulation.scenarios import BASIC_TURNS
-from {{ cookiecutter.package_name }}.testing import ScriptedLLM
+from {{ cookiecutter.package_name }}.testing import RedisServer, ScriptedLLM
 
 
 async def test_participant_is_greeted_once_and_three_turns_are_answered() -> None:
@@ -68,6 +70,21 @@ async def test_a_second_greeting_breaks_the_invariants() -> None:
     assert obs.violations == ["expected turns agent, saw agent/agent"]
 
 
+async def test_the_job_warns_when_its_room_closes_before_the_retention(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    basic = SCENARIOS["basic"]
+    with caplog.at_level(logging.WARNING):
+        obs = await run_scenario(
+            "basic", basic.run, settings=load_settings(), llm=basic.scripted_llm(),
+            printer=lambda _: None,
+        )  # fmt: skip
+    assert obs.violations == []
+    # the simulated room reports the server's default departure timeout, 20 s < 300 s
+    (warning,) = [r for r in caplog.records if "closes sooner" in r.getMessage()]
+    assert "departure_timeout" in warning.getMessage()
+
+
 def test_simulate_command_prints_the_conversation_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "sim.json"
     result = CliRunner().invoke(app, ["simulate", "--json", str(out)])
@@ -79,6 +96,27 @@ def test_simulate_command_prints_the_conversation_and_writes_json(tmp_path: Path
     assert len({t["sid"] for t in data["tracks"]}) == 1
     assert all(set(s) >= {"segment_id", "final", "track_id", "text"} for s in data["segments"])
     assert data["timings"]["turns_s"] and data["timings"]["total_s"] > 0
+
+
+def test_two_simulate_runs_on_one_redis_never_share_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with RedisServer() as server:
+        monkeypatch.setenv("REDIS_URL", server.url)
+        for scenario in ("restart", "restart", "refresh", "refresh"):
+            result = CliRunner().invoke(app, ["simulate", "--scenario", scenario])
+            assert result.exit_code == 0, result.output
+            assert "under the Redis key prefix lkagent-sim-" in result.stdout
+        with server.client() as admin:
+            assert not admin.keys("{lkagent:*")  # nothing under a deployment's own prefix
+
+
+def test_simulate_refuses_a_redis_on_another_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://:s3cret@redis.prod.example.com:6379/0")
+    result = CliRunner().invoke(app, ["simulate"])
+    assert result.exit_code == 2
+    assert "redis.prod.example.com, not this machine" in result.stderr
+    assert "--allow-remote-redis" in result.stderr and "s3cret" not in result.output
 
 
 def test_simulate_rejects_an_unknown_scenario() -> None:
@@ -93,8 +131,12 @@ def test_every_model_stack_builds_offline(monkeypatch: pytest.MonkeyPatch, stack
     monkeypatch.setenv("GOOGLE_API_KEY", "g")
     monkeypatch.setenv("OPENAI_API_KEY", "o")
     monkeypatch.setenv("GEMINI_BASE_URL", "https://127.0.0.1:8443/")
-    models = build_models(load_settings())
+    settings = load_settings()
+    models = build_models(settings)
     assert models.name == stack
+    # what the worker's process pool preloads for this stack exists and is what it imports
+    preload = modules_to_preload(settings)
+    assert preload and all(importlib.import_module(name) for name in preload)
     assert (models.stt is None) is (stack != "openai-pipeline")
     if stack == "gemini-live":
         assert models.llm._opts.http_options.base_url == "https://127.0.0.1:8443"

@@ -173,7 +173,8 @@ def test_identity_hash_is_keyed_by_the_deployment(
 
 def _hash_in_a_new_process(**env: str) -> str:
     code = (
-        "from {{ cookiecutter.package_name }}.log import configure_identity_hash, identity_ref\n"
+        "from {{ cookiecutter.package_name }}.log import configure_identity_hash\n"
+        "from {{ cookiecutter.package_name }}.log import identity_ref\n"
         "from {{ cookiecutter.package_name }}.settings import load_settings\n"
         "configure_identity_hash(load_settings())\n"
         "print(identity_ref('user-734519'))\n"

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from {{ cookiecutter.package_name }}.models import ModelStack
 from {{ cookiecutter.package_name }}.resilience.persistence import chat_ctx_from_record
-from {{ cookiecutter.package_name }}.resilience.store import MemoryStore, StorageLimits, open_store
+from {{ cookiecutter.package_name }}.resilience.store import (
+    MemoryStore,
+    StorageLimits,
+    open_store,
+)
 from {{ cookiecutter.package_name }}.resilience.store.records import TRIMMED_MARK
 from {{ cookiecutter.package_name }}.settings import load_settings
 from {{ cookiecutter.package_name }}.testing import (

@@ -21,7 +21,10 @@ from {{ cookiecutter.package_name }}.resilience.store import (
     StaleLeaseError,
     identity_hash,
 )
-from {{ cookiecutter.package_name }}.resilience.store.records import TRIMMED_MARK, StorageLimits
+from {{ cookiecutter.package_name }}.resilience.store.records import (
+    TRIMMED_MARK,
+    StorageLimits,
+)
 
 # fixtures shared by the store tests (conftest.py is the whole suite's)
 make_store = store_fixtures.make_store

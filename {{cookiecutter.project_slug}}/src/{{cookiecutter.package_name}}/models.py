@@ -28,6 +28,24 @@ class ModelStack:
     """None lets livekit choose (the realtime model's own, or VAD-based for a pipeline)."""
 
 
+# what each stack imports when a job builds it: loaded once by the worker's process pool
+# (ServerOptions.preload_modules), so a job does not pay for it (~0.7 s for google.genai)
+PRELOAD_MODULES = {
+    "gemini-live": ["google.genai", "livekit.plugins.google"],
+    "openai-realtime": ["livekit.plugins.openai"],
+    "openai-pipeline": ["livekit.plugins.openai", "livekit.plugins.silero"],
+}
+
+
+def modules_to_preload(settings: Settings) -> list[str]:
+    """The heavy modules every job of this worker imports (its stack and fallback)."""
+    stacks = [settings.model_stack, settings.fallback_model_stack]
+    modules = [m for stack in stacks if stack for m in PRELOAD_MODULES[stack]]
+    if settings.room_mode == "multi-participant":
+        modules += PRELOAD_MODULES["openai-pipeline"]
+    return list(dict.fromkeys(modules))
+
+
 def build_models(settings: Settings, *, vad_model: vad.VAD | None = None) -> ModelStack:
     """The model stack for ``settings.model_stack``; keys must already be checked.
 

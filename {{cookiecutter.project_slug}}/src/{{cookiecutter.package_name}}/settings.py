@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ModelStack = Literal["gemini-live", "openai-realtime", "openai-pipeline"]
@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     openai_stt_model: str = "gpt-4o-mini-transcribe"
     openai_tts_model: str = "gpt-4o-mini-tts"
 
+    # The worker's HTTP server (health check at /). Unset: livekit's defaults, all interfaces
+    # on port 8081 in `start` and any free port in `dev`. WORKER_PORT=0: any free port, so
+    # several workers can run on one host.
+    worker_host: str | None = None
+    worker_port: int | None = Field(default=None, ge=0, le=65535)
+
     # Rooms and sessions.
     room_mode: RoomMode = "{{ cookiecutter.room_mode }}"
     # Seconds a room's primary worker holds its lease between renewals; a standby takes
@@ -71,9 +77,27 @@ class Settings(BaseSettings):
     room_standby: Literal["wait", "leave"] = "wait"
     redis_url: str | None = None
     redis_cluster: bool = False
+    # Without REDIS_URL: the SQLite file every job and worker process on this host shares, so
+    # conversations outlive jobs and worker restarts. A relative path starts at the working
+    # directory (like .env.local). ":memory:" keeps records inside each process (tests).
+    session_db_path: str = Field(default=".data/sessions.sqlite3", min_length=1)
+    # First part of every Redis key and of the events channel `<prefix>:events`.
+    redis_prefix: str = Field(default="lkagent", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     session_retention_s: float = Field(default=300.0, gt=0)
+    # How long a record found corrupt is kept aside for `sessions quarantine` / `restore`
+    # (unset: as long as SESSION_RETENTION_S).
+    session_quarantine_s: float | None = Field(default=None, gt=0)
     session_max_records: int = Field(default=10_000, gt=0)
+    # What one participant may store (see StorageLimits): an item or transcript line over
+    # SESSION_MAX_ENTRY_BYTES has its texts cut (marked "[trimmed]"); past SESSION_MAX_ENTRIES
+    # or SESSION_MAX_HISTORY_BYTES per list, the oldest entries are dropped and counted.
+    session_max_entry_bytes: int = Field(default=64 * 1024, ge=1024)
+    session_max_entries: int = Field(default=5000, gt=0)
+    session_max_history_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     session_encryption_keys: SecretStr | None = None
+    # Key of the participant hashes in logs and events (HMAC-SHA256). Unset: derived from
+    # LIVEKIT_API_SECRET; set it to keep the hashes stable when that secret is rotated.
+    identity_hash_key: SecretStr | None = None
     # Tell the model in its context when its session was restarted (off: restarts are silent).
     note_restarts: bool = False
 
@@ -98,12 +122,19 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        scheme = urlparse(value).scheme
-        if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"):
-            raise ValueError(
-                "must be a Redis URL such as redis://localhost:6379/0, rediss://... "
-                "or redis+sentinel://host:26379/service_name; unset it for the in-memory store"
-            )
+        from .resilience.store.redis_url import check_redis_url
+
+        check_redis_url(value)  # InvalidInputError (a ValueError) saying why, secrets redacted
+        return value
+
+    @field_validator("redis_cluster")
+    @classmethod
+    def _check_redis_cluster(cls, value: bool, info: ValidationInfo) -> bool:
+        url = info.data.get("redis_url")
+        if value and url:
+            from .resilience.store.redis_url import check_redis_url
+
+            check_redis_url(url, cluster=True)
         return value
 
     @field_validator("gemini_base_url")
@@ -124,6 +155,15 @@ class Settings(BaseSettings):
         from .resilience.store.crypto import KeyRing
 
         KeyRing.parse(value.get_secret_value())  # raises KeyRingError (a ValueError) saying why
+        return value
+
+    @field_validator("identity_hash_key")
+    @classmethod
+    def _check_identity_hash_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters of random text (e.g. 32 hex bytes)")
         return value
 
     @field_validator("log_level", mode="before")
@@ -223,7 +263,9 @@ def _reason(error: dict) -> str:
 def _redact(variable: str, value: object) -> object:
     if any(word in variable for word in ("KEY", "SECRET", "TOKEN", "PASSWORD")):
         return "***"
-    if isinstance(value, str) and "@" in value:
-        # URLs may carry credentials (redis://user:password@host)
-        return "<url with credentials>"
+    if isinstance(value, str) and ("@" in value or "://" in value):
+        # URLs may carry credentials (redis://user:password@host, ?sentinel_password=...)
+        from .resilience.store.redis_url import redact_url
+
+        return redact_url(value)
     return value

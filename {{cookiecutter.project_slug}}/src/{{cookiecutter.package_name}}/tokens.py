@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 from urllib.parse import urlencode
 
 from livekit import api
@@ -15,7 +16,12 @@ MAX_IDENTITY_LENGTH = 256
 def mint_join_token(
     settings: Settings, *, identity: str, room: str, name: str = "", ttl_minutes: int = 60
 ) -> str:
-    """A JWT that lets ``identity`` join ``room`` and dispatches this agent when it has a name."""
+    """A JWT that lets ``identity`` join ``room`` and dispatches this agent when it has a name.
+
+    The room it creates outlives its last participant by ``SESSION_RETENTION_S``
+    (``departure_timeout``; LiveKit's default is 20 s), so a participant who drops off comes
+    back to the same job and agent. The configuration applies when this join creates the room.
+    """
     if not identity.strip() or len(identity) > MAX_IDENTITY_LENGTH:
         raise ValueError(f"--identity must be 1 to {MAX_IDENTITY_LENGTH} characters, not blank")
     if not room.strip():
@@ -28,11 +34,10 @@ def mint_join_token(
         .with_ttl(datetime.timedelta(minutes=ttl_minutes))
         .with_grants(api.VideoGrants(room_join=True, room=room))
     )
+    config = api.RoomConfiguration(departure_timeout=math.ceil(settings.session_retention_s))
     if settings.agent_name:
-        token = token.with_room_config(
-            api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name=settings.agent_name)])
-        )
-    return token.to_jwt()
+        config.agents.append(api.RoomAgentDispatch(agent_name=settings.agent_name))
+    return token.with_room_config(config).to_jwt()
 
 
 def try_links(settings: Settings, jwt: str) -> list[tuple[str, str]]:

@@ -16,8 +16,14 @@ from livekit import rtc
 from livekit.agents import AgentServer, AgentSession, JobContext, JobProcess, room_io
 
 from .assistant import GREETING, WELCOME_BACK, Assistant
-from .log import bind_job_context, get_logger, redact_personal_data_in_logs, setup_structlog
-from .models import ModelStack, build_models
+from .log import (
+    bind_job_context,
+    configure_identity_hash,
+    get_logger,
+    redact_personal_data_in_logs,
+    setup_structlog,
+)
+from .models import ModelStack, build_models, modules_to_preload
 from .resilience.election import SessionElection, SupervisedConversation
 from .resilience.gemini_resume import GeminiResume
 from .resilience.persistence import (
@@ -26,8 +32,23 @@ from .resilience.persistence import (
     transcript_from_record,
 )
 from .resilience.presence import ParticipantPresence
-from .resilience.room_lease import FencedStore, LocalRoomLease, RedisRoomLease, RoomPrimacy
-from .resilience.store import JoinKind, SessionStore, open_store
+from .resilience.room_lease import (
+    FencedStore,
+    LocalRoomLease,
+    RedisRoomLease,
+    RoomLease,
+    RoomPrimacy,
+    SqliteRoomLease,
+)
+from .resilience.store import (
+    MEMORY,
+    JoinKind,
+    JoinOutcome,
+    SessionStore,
+    StorageLimits,
+    StoreError,
+    open_store,
+)
 from .resilience.store.redis_client import connect
 from .resilience.supervisor import SessionSupervisor
 from .resilience.transcribers import TranscriberPool, listen_only_stt
@@ -37,11 +58,15 @@ logger = get_logger(__name__)
 
 ModelFactory = Callable[[], ModelStack]
 
+# a store that has not answered a join by then does not keep the participant waiting
+JOIN_ANSWER_S = 1.0
+
 
 def prewarm(proc: JobProcess) -> None:
     """Load what every job of this process needs once, before jobs arrive."""
     setup_structlog()
     settings = load_settings()
+    configure_identity_hash(settings)  # each job process keys its own identity hashes
     # the pipeline's turn detection and the transcribers' segmentation both need a VAD
     if settings.model_stack == "openai-pipeline" or settings.room_mode == "multi-participant":
         from livekit.plugins import silero
@@ -49,7 +74,17 @@ def prewarm(proc: JobProcess) -> None:
         proc.userdata["vad"] = silero.VAD.load()
 
 
-server = AgentServer(setup_fnc=prewarm)
+def build_server(settings: Settings) -> AgentServer:
+    """The worker: its HTTP address, and the modules its jobs import loaded once."""
+    options: dict = {"setup_fnc": prewarm, "preload_modules": modules_to_preload(settings)}
+    if settings.worker_host is not None:
+        options["host"] = settings.worker_host
+    if settings.worker_port is not None:
+        options["port"] = settings.worker_port
+    return AgentServer(**options)
+
+
+server = build_server(load_settings())
 
 
 @server.rtc_session(agent_name=load_settings().agent_name)
@@ -79,14 +114,37 @@ class Conversation:
     gemini: GeminiResume
     transcribers: TranscriberPool | None = None
     owns_store: bool = True
+    _late_join: asyncio.Task[None] | None = None
 
     @property
     def session(self) -> AgentSession | None:
         """The current AgentSession (it changes on every restart)."""
         return self.supervisor.session
 
+    def adopt_late_join(self, settled: asyncio.Future[JoinOutcome]) -> None:
+        """When the store answers a join it could not answer at once, continue the earlier
+        conversation it knew of: its turns join the model's context, with no second greeting."""
+
+        async def adopt() -> None:
+            try:
+                outcome = await settled
+                if outcome.kind is not JoinKind.RETURNING and outcome.settled is not None:
+                    outcome = await outcome.settled  # it too was answered from memory
+            except StoreError as exc:
+                logger.error("participant join refused by the store", error=str(exc))
+                return
+            if outcome.kind is JoinKind.RETURNING:
+                added = await self.supervisor.add_earlier_context(
+                    chat_ctx_from_record(outcome.record)
+                )
+                logger.info("participant recognised once the store answered", earlier_items=added)
+
+        self._late_join = asyncio.create_task(adopt(), name="adopt_late_join")
+
     async def aclose(self, reason: str = "job ended") -> None:
         self.presence.close()
+        if self._late_join is not None:
+            self._late_join.cancel()
         # the election first, so closing sessions do not promote each other
         await self.election.aclose()
         if self.transcribers is not None:
@@ -100,10 +158,13 @@ class Conversation:
 
 
 def open_session_store(settings: Settings) -> SessionStore:
-    """The store the settings choose: Redis when REDIS_URL is set, else in memory."""
+    """The store the settings choose: Redis when REDIS_URL is set, else the SQLite file every
+    process on this host shares (SESSION_DB_PATH; ":memory:" keeps it in this process)."""
     return open_store(
         redis_url=settings.redis_url,
+        db_path=settings.session_db_path,
         redis_cluster=settings.redis_cluster,
+        prefix=settings.redis_prefix,
         retention=settings.session_retention_s,
         encryption_keys=(
             settings.session_encryption_keys.get_secret_value()
@@ -111,7 +172,39 @@ def open_session_store(settings: Settings) -> SessionStore:
             else None
         ),
         max_records=settings.session_max_records,
+        limits=StorageLimits(
+            max_entry_bytes=settings.session_max_entry_bytes,
+            max_entries=settings.session_max_entries,
+            max_list_bytes=settings.session_max_history_bytes,
+        ),
+        quarantine=settings.session_quarantine_s,
     )
+
+
+def open_room_lease(settings: Settings, room: str, owner: str) -> RoomLease:
+    """The room lease where the session store is (the same settings choose both): Redis,
+    the SQLite file, or this process when the store is in memory."""
+    ttl = settings.room_lease_s
+    if settings.redis_url:
+        client = connect(settings.redis_url, cluster=settings.redis_cluster)
+        return RedisRoomLease(client, room, owner, ttl=ttl, prefix=settings.redis_prefix)
+    if settings.session_db_path != MEMORY:
+        return SqliteRoomLease(settings.session_db_path, room, owner, ttl=ttl)
+    return LocalRoomLease(room, owner, ttl=ttl)
+
+
+def warn_if_room_closes_early(room: rtc.Room, settings: Settings) -> None:
+    """LiveKit closes a room its departure timeout after the last participant left (20 s
+    unless configured), ending this job: a participant away longer comes back to a new room
+    and job, which continues the conversation from the store but with a new agent."""
+    closes_after = room.departure_timeout
+    if 0 < closes_after < settings.session_retention_s:
+        logger.warning(
+            "this room closes sooner than SESSION_RETENTION_S after its participant leaves; "
+            "mint tokens with a departure_timeout (see `token`) to keep the agent waiting",
+            departure_timeout_s=closes_after,
+            session_retention_s=settings.session_retention_s,
+        )
 
 
 def welcome_back(supervisor: SessionSupervisor) -> None:
@@ -124,20 +217,14 @@ async def claim_room(ctx: JobContext, settings: Settings) -> RoomPrimacy | None:
     """Become this room's primary worker: at once, or after waiting as a standby.
 
     With Redis the room lease is shared by every worker; without it the lease is local.
+    While Redis cannot answer the job serves the room at once and takes the lease later.
     Returns None when another worker holds the room and ``ROOM_STANDBY=leave``.
     """
-    owner = f"{ctx.worker_id}/{ctx.job.id}"
-    lease = (
-        RedisRoomLease(
-            connect(settings.redis_url, cluster=settings.redis_cluster),
-            ctx.room.name,
-            owner,
-            ttl=settings.room_lease_s,
-        )
-        if settings.redis_url
-        else LocalRoomLease(ctx.room.name, owner, ttl=settings.room_lease_s)
+    lease = open_room_lease(settings, ctx.room.name, f"{ctx.worker_id}/{ctx.job.id}")
+    # lost means Redis answered and showed another holder; an outage never ends the call
+    primacy = RoomPrimacy(
+        lease, on_lost=lambda: ctx.shutdown(reason="another worker took the room over")
     )
-    primacy = RoomPrimacy(lease, on_lost=lambda: ctx.shutdown(reason="room lease lost"))
     if await primacy.start():
         return primacy
     if settings.room_standby == "leave":
@@ -171,6 +258,7 @@ async def run_job(
     ctx.log_context_fields = bind_job_context(job_id=ctx.job.id, room=ctx.room.name)
     logger.info("job started", agent_name=ctx.job.agent_name or None)
     await ctx.connect()
+    warn_if_room_closes_early(ctx.room, settings)
     primacy = await claim_room(ctx, settings)
     if primacy is None:
         ctx.shutdown(reason="another worker is primary for this room")
@@ -192,7 +280,7 @@ async def run_job(
     presence = ParticipantPresence(
         ctx.room, writer, identity, job_id=ctx.job.id, wait_s=settings.session_retention_s
     )
-    outcome = await presence.join(participant)
+    outcome = await presence.join(participant, answer_within=JOIN_ANSWER_S)
     # what to continue: the record of a participant the store knows (None: a new one)
     earlier = outcome.record if outcome and outcome.kind is JoinKind.RETURNING else None
 
@@ -233,6 +321,9 @@ async def run_job(
             chat_ctx=chat_ctx_from_record(earlier) if earlier else None,
         )
     logger.info("conversation started", returning=earlier is not None)
+    if outcome is not None and outcome.settled is not None and earlier is None:
+        # answered from memory during a store outage: the store may still know them
+        conversation.adopt_late_join(outcome.settled)
     presence.follow(
         on_return=lambda _outcome: welcome_back(supervisor),
         # one-to-one: the job ends; multi-participant: the others are still transcribed

@@ -81,6 +81,7 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
         agent_identity: str = "agent",
         *,
         metadata: str = "",
+        departure_timeout: float = 20.0,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         if not name or not agent_identity:
@@ -92,6 +93,8 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
             name=name,
             metadata=metadata,
             creation_time=int(time.time() * 1000),
+            # what the server reports: its default, 20 s, unless the room was configured
+            departure_timeout=int(departure_timeout),
         )
         self._resolve_first_sid(self._info.sid)
         self._local_participant = SimulatedLocalParticipant(

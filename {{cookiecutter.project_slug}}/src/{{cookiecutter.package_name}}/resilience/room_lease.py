@@ -275,13 +275,13 @@ class RoomPrimacy:
         await asyncio.wait({self._first}, timeout=FIRST_ANSWER_S)
         if not self._first.done() and self._unreachable_since is None:
             self._unreachable_since = time.monotonic()
-            logger.warning("room lease cannot be checked: redis does not answer")
+            logger.warning("room lease cannot be checked: its store does not answer")
         if self._unreachable_since is not None and self._token is None:
             self._provisional = True
             self._primary.set()
             logger.warning(
-                "redis unavailable: serving this room at once; the room lease is taken "
-                "when redis answers"
+                "lease store unavailable: serving this room at once; the room lease is "
+                "taken when the store answers"
             )
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="room_primacy")
@@ -302,7 +302,9 @@ class RoomPrimacy:
         if self._token is not None:
             return self._token
         if self._provisional:
-            raise StoreUnavailableError("the room lease is not taken yet (redis unavailable)")
+            raise StoreUnavailableError(
+                "the room lease is not taken yet (its store is unavailable)"
+            )
         raise StaleLeaseError("this worker does not hold the room's lease; it must not write")
 
     async def aclose(self, *, release: bool = True) -> None:
@@ -344,7 +346,7 @@ class RoomPrimacy:
             if self._unreachable_since is None:
                 self._unreachable_since = time.monotonic()
                 logger.warning(
-                    "room lease cannot be checked: redis unavailable; keeping the room",
+                    "room lease cannot be checked: its store is unavailable; keeping the room",
                     error=str(exc),
                 )
         except Exception:

@@ -187,7 +187,8 @@ def engaged_retention(
 
 @runtime_checkable
 class SessionStore(Protocol):
-    """Participant session records. ``MemoryStore`` and ``RedisStore`` implement it.
+    """Participant session records. ``SqliteStore`` (the default), ``RedisStore`` (many hosts)
+    and ``MemoryStore`` (tests, ``simulate``) implement it.
 
     Timestamps are epoch seconds from the store's clock (Redis ``TIME`` for Redis). Writes take
     an optional ``fence``: the token from ``acquire_lease``, or a function returning it when

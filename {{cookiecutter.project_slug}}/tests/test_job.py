@@ -77,10 +77,10 @@ async def test_the_job_warns_when_its_room_closes_before_the_retention(
     with caplog.at_level(logging.WARNING):
         obs = await run_scenario(
             "basic", basic.run, settings=load_settings(), llm=basic.scripted_llm(),
-            printer=lambda _: None,
+            printer=lambda _: None, departure_timeout=20,
         )  # fmt: skip
     assert obs.violations == []
-    # the simulated room reports the server's default departure timeout, 20 s < 300 s
+    # a room made without our token: the server's default departure timeout, 20 s < 300 s
     (warning,) = [r for r in caplog.records if "closes sooner" in r.getMessage()]
     assert "departure_timeout" in warning.getMessage()
 

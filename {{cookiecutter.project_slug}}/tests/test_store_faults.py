@@ -170,7 +170,8 @@ async def test_the_log_says_why_a_job_serves_during_an_outage(
     fault_runs: dict[str, Any],
 ) -> None:
     messages = fault_runs[LOG]
-    serving = [m for m in messages if m.startswith("lease store unavailable: serving this room at once")]
+    reason = "lease store unavailable: serving this room at once"
+    serving = [m for m in messages if m.startswith(reason)]
     assert len(serving) >= len(JOINED_DURING)
     # not the false reason the worker used to give
     assert not [m for m in messages if "another worker is primary" in m]

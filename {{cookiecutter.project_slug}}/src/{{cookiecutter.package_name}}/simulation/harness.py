@@ -132,6 +132,7 @@ async def run_scenario(
     store: SessionStore | None = None,
     printer: Printer = print,
     room_name: str = "sim-room",
+    departure_timeout: float | None = None,
     models: Callable[[], ModelStack] | None = None,
     checks: Callable[[Observations, Simulation], list[str]] | None = None,
 ) -> Observations:
@@ -140,9 +141,15 @@ async def run_scenario(
     With a ``store`` the job uses it (and leaves it open), so several runs can share one:
     a second run in the same room is a worker that picks the conversation up. ``models``
     replaces the scripted stack built around ``llm``; ``checks`` replaces the standard
-    one-participant invariants.
+    one-participant invariants. ``departure_timeout``: what the room reports (default: as
+    ``token`` configures it, ``SESSION_RETENTION_S``).
     """
-    room = SimulatedRoom(name=room_name, agent_identity=AGENT_IDENTITY)
+    # a room made by `token` outlives its participant as long as their conversation is kept
+    room = SimulatedRoom(
+        name=room_name,
+        agent_identity=AGENT_IDENTITY,
+        departure_timeout=departure_timeout or settings.session_retention_s,
+    )
     room.add_observer(_transcript_printer(room, printer))
     sim = Simulation(room, llm, printer)
     if models is None:

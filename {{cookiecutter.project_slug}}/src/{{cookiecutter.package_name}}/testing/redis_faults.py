@@ -22,6 +22,7 @@ gives the ``REDIS_URL`` a worker uses; ``await fault.begin()`` makes Redis fail,
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import time
@@ -32,7 +33,7 @@ from .redis_server import RedisSentinel, RedisServer
 __all__ = ["Failover", "Kill", "OutOfMemory", "Pause", "RedisFault", "Wipe"]
 
 
-class RedisFault:
+class RedisFault(abc.ABC):
     """What every fault shares; subclasses say how Redis fails and comes back."""
 
     name = "fault"
@@ -76,11 +77,13 @@ class RedisFault:
         await asyncio.to_thread(self._heal)
         self.ended_at = time.monotonic()
 
+    @abc.abstractmethod
     def _break(self) -> None:
-        raise NotImplementedError
+        """Break Redis (each fault its own way)."""
 
+    @abc.abstractmethod
     def _heal(self) -> None:
-        raise NotImplementedError
+        """Undo what ``_break`` did."""
 
     def _running_server(self) -> RedisServer:
         if self.server is None:

@@ -14,8 +14,6 @@ can see would defeat its purpose, and so do the operator calls ``list_records`` 
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import functools
 import json
 import logging
@@ -45,6 +43,7 @@ from .base import (
     resolve_fence,
     retention_for,
 )
+from .buffered import BufferedWrites
 from .crypto import KeyRing
 from .memory import MemoryStore
 from .quarantine import QuarantineNote, room_hash
@@ -75,7 +74,7 @@ from .redis_client import (
     RedisRefusedError,
     participant_keys,
 )
-from .write_queue import PendingWrite, WriteQueue
+from .write_queue import WriteQueue
 
 __all__ = ["RedisStore"]
 
@@ -87,7 +86,7 @@ _WHO_CACHE = 4096
 _SCRIPTS = ("JOIN", "APPEND", "SET", "LEAVE", "EXTEND", "LOAD", "QUARANTINE", "ACQUIRE", "RELEASE")
 
 
-class RedisStore:
+class RedisStore(BufferedWrites):
     """``SessionStore`` on Redis (standalone, Sentinel or Cluster) via one pooled client."""
 
     def __init__(
@@ -141,20 +140,6 @@ class RedisStore:
         )
         self._scripts = {n: client.register_script(getattr(redis_scripts, n)) for n in _SCRIPTS}
 
-    @property
-    def pending_writes(self) -> int:
-        """Writes waiting for Redis (0 when healthy)."""
-        return len(self._queue)
-
-    @property
-    def write_queue(self) -> WriteQueue:
-        """The replay queue (counters: replayed, dropped, refused, outages)."""
-        return self._queue
-
-    async def wait_flushed(self, max_wait: float | None = None) -> bool:
-        """Wait until Redis is reachable and every queued write has landed; False on timeout."""
-        return await self._queue.wait_idle(max_wait)
-
     # -- SessionStore ------------------------------------------------------------------------
 
     async def join(
@@ -175,29 +160,7 @@ class RedisStore:
             _event_head("participant_returned", room, identity),
         ]
 
-        stored: list[Any] = []
-        settled: asyncio.Future[JoinOutcome] | None = None
-
         async def send() -> JoinOutcome:
-            try:
-                outcome = await send_once()
-            except self._unavailable:
-                raise
-            except Exception as exc:
-                if settled is not None and not settled.done():
-                    settled.set_exception(exc)
-                raise
-            if settled is not None:
-                # a queued join: keep Redis's record, then what this process added meanwhile
-                meanwhile = await self._cache.load(room, identity)
-                await remember(outcome)
-                if meanwhile is not None:
-                    await self._cache.append(room, identity, meanwhile.items, meanwhile.transcript)
-                if not settled.done():
-                    settled.set_result(outcome)
-            return outcome
-
-        async def send_once() -> JoinOutcome:
             args[0] = _fence(await resolve_fence(fence))
             for _ in range(2):
                 rev = ""
@@ -209,21 +172,12 @@ class RedisStore:
                 except CorruptRecordError as exc:
                     await self._quarantine(keys, room, identity, rev, str(exc))
                     continue
-                stored[:] = [record, fields, items, segments]
+                self._cache.put_stored(record, fields, items, segments)
+                self._live[(room, identity)] = (session_id, fence)
                 return JoinOutcome(JoinKind(reply[0].decode()), record)
             raise CorruptRecordError("record unreadable right after quarantine")
 
-        async def remember(outcome: JoinOutcome) -> None:
-            self._cache.put_stored(*stored)
-            self._live[(room, identity)] = (session_id, fence)
-
-        async def local() -> JoinOutcome:
-            nonlocal settled
-            settled = asyncio.get_running_loop().create_future()
-            outcome = await self._cache.join(room, identity, session_id)
-            return dataclasses.replace(outcome, settled=settled)
-
-        return await self._write("join", room, identity, send, local, remember)
+        return await self._write_join(room, identity, session_id, send)
 
     async def append(
         self,
@@ -238,16 +192,19 @@ class RedisStore:
         new_items = validate_entries(items, "items", self.limits.max_entry_bytes)
         new_segments = validate_entries(transcript, "transcript", self.limits.max_entry_bytes)
         validate_names(room, identity)
-        send = self._append_sender(room, identity, new_items, new_segments, fence)
+        send_append = self._append_sender(room, identity, new_items, new_segments, fence)
         local_items = [copy for _, _, copy in new_items]
         local_segments = [copy for _, _, copy in new_segments]
 
         def local() -> Awaitable[AppendResult]:
             return self._cache.append(room, identity, local_items, local_segments)
 
-        return await self._write(
-            "append", room, identity, send, local, self._if_cached(room, identity, local)
-        )
+        async def send() -> AppendResult:
+            result = await send_append()
+            await self._mirror(room, identity, local)
+            return result
+
+        return await self._write("append", room, identity, send, local)
 
     async def set_gemini_handle(
         self,
@@ -319,15 +276,17 @@ class RedisStore:
             if seconds != self.retention:
                 await self._scripts["EXTEND"](keys=keys.data[:4], args=[rev, ms(seconds)])
 
+        async def send_and_mirror() -> None:
+            await send()
+            await self._mirror(room, identity, local)
+
         def local() -> Awaitable[None]:
             return self._cache.leave(room, identity, session_id)
 
         if self._live.get((room, identity), ("",))[0] == session_id:
             del self._live[(room, identity)]
 
-        await self._write(
-            "leave", room, identity, send, local, self._if_cached(room, identity, local)
-        )
+        await self._write("leave", room, identity, send_and_mirror, local)
 
     async def load(self, room: str, identity: str) -> SessionRecord | None:
         """See ``SessionStore.load``; from memory while Redis is unavailable."""
@@ -422,27 +381,6 @@ class RedisStore:
 
     # -- internals ----------------------------------------------------------------------------
 
-    async def _write(
-        self,
-        name: str,
-        room: str,
-        identity: str,
-        send: Callable[[], Awaitable[T]],
-        local: Callable[[], Awaitable[T]],
-        remember: Callable[[T], Awaitable[None]],
-    ) -> T:
-        if not self._queue.busy:
-            try:
-                result = await send()
-            except self._unavailable as exc:
-                self._queue.mark_unavailable(exc)
-            else:
-                await remember(result)
-                return result
-        result = await local()
-        self._queue.put(PendingWrite(name, room, identity_hash(identity), send))
-        return result
-
     async def _set(
         self,
         name: str,
@@ -457,19 +395,9 @@ class RedisStore:
         async def send() -> None:
             args[0] = _fence(await resolve_fence(fence))
             await self._eval_write("SET", keys, args, room, identity)
+            await self._mirror(room, identity, local)
 
-        await self._write(name, room, identity, send, local, self._if_cached(room, identity, local))
-
-    def _if_cached(
-        self, room: str, identity: str, local: Callable[[], Awaitable[Any]]
-    ) -> Callable[[Any], Awaitable[None]]:
-        # mirror a write Redis took into the cached copy, but only of a record held in full:
-        # a cached partial record would later be served as if it were the whole conversation
-        async def remember(_: Any) -> None:
-            if self._cache.has_record(room, identity):
-                await local()
-
-        return remember
+        await self._write(name, room, identity, send, local)
 
     def _write_args(self, room: str, identity: str) -> list[Any]:
         return [

@@ -29,7 +29,6 @@ Redis, whose events go through pub/sub.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import time
@@ -52,6 +51,7 @@ from .base import (
     resolve_fence,
     retention_for,
 )
+from .buffered import BufferedWrites
 from .crypto import KeyRing
 from .leases import check_ttl
 from .memory import MemoryStore
@@ -76,7 +76,7 @@ from .records import (
 )
 from .sqlite_admin import SqliteAdmin
 from .sqlite_db import SqliteDatabase
-from .write_queue import PendingWrite, WriteQueue
+from .write_queue import WriteQueue
 
 __all__ = ["SqliteStore"]
 
@@ -95,7 +95,7 @@ class _Unreadable(CorruptRecordError):
         self.rev = rev
 
 
-class SqliteStore:
+class SqliteStore(BufferedWrites):
     """``SessionStore`` on the SQLite file at ``path``; see the module docstring."""
 
     def __init__(
@@ -142,23 +142,10 @@ class SqliteStore:
             max_writes=max_queued_writes,
             backend="sqlite",
         )
+        self._unavailable = (StoreUnavailableError,)
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._next_sweep = 0.0
         self.evicted = 0
-
-    @property
-    def pending_writes(self) -> int:
-        """Writes waiting for the file (0 when healthy)."""
-        return len(self._queue)
-
-    @property
-    def write_queue(self) -> WriteQueue:
-        """The replay queue (counters: replayed, dropped, refused, outages)."""
-        return self._queue
-
-    async def wait_flushed(self, max_wait: float | None = None) -> bool:
-        """Wait until the file answers and every queued write has landed; False on timeout."""
-        return await self._queue.wait_idle(max_wait)
 
     # -- SessionStore ------------------------------------------------------------------------
 
@@ -168,28 +155,9 @@ class SqliteStore:
         """See ``SessionStore.join``: one transaction joins and reads the whole record."""
         check_session_id(session_id)
         validate_names(room, identity)
-        settled: asyncio.Future[JoinOutcome] | None = None
-
-        async def send() -> JoinOutcome:
-            try:
-                outcome = await self._join(room, identity, session_id, fence)
-            except StoreUnavailableError:
-                raise
-            except Exception as exc:
-                if settled is not None and not settled.done():
-                    settled.set_exception(exc)
-                raise
-            if settled is not None and not settled.done():
-                settled.set_result(outcome)
-            return outcome
-
-        async def local() -> JoinOutcome:
-            nonlocal settled
-            settled = asyncio.get_running_loop().create_future()
-            outcome = await self._cache.join(room, identity, session_id)
-            return dataclasses.replace(outcome, settled=settled)
-
-        return await self._write("join", room, identity, send, local)
+        return await self._write_join(
+            room, identity, session_id, lambda: self._join(room, identity, session_id, fence)
+        )
 
     async def append(
         self,
@@ -383,24 +351,6 @@ class SqliteStore:
 
     # -- internals ----------------------------------------------------------------------------
 
-    async def _write(
-        self,
-        name: str,
-        room: str,
-        identity: str,
-        send: Callable[[], Awaitable[T]],
-        local: Callable[[], Awaitable[T]],
-    ) -> T:
-        """Send now; while the file cannot answer, apply to memory and queue ``send``."""
-        if not self._queue.busy:
-            try:
-                return await send()
-            except StoreUnavailableError as exc:
-                self._queue.mark_unavailable(exc)
-        result = await local()
-        self._queue.put(PendingWrite(name, room, identity_hash(identity), send))
-        return result
-
     async def _join(self, room: str, identity: str, session_id: str, fence: Fence) -> JoinOutcome:
         token = await resolve_fence(fence)
         for _ in range(2):
@@ -461,12 +411,6 @@ class SqliteStore:
                 raise
             await self._quarantine(room, identity, b"", str(exc))
             return await self._db.write(op, *head, *args, after=after)
-
-    async def _mirror(self, room: str, identity: str, local: Callable[[], Awaitable[Any]]) -> None:
-        # apply a write the file took to the cached copy too, but only to a record held in
-        # full: a cached partial record would later be served as the whole conversation
-        if self._cache.has_record(room, identity):
-            await local()
 
     def _decoder(self, room: str, identity: str) -> Callable[[ops.Stored | None], Any]:
         """Decode a stored record in the store's thread: (record, stored form) or None."""

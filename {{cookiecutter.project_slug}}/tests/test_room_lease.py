@@ -40,6 +40,8 @@ from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
 ROOM = "room-1"
 CALLER = "caller"
 WORKER = Path(__file__).with_name("election_worker_proc.py")
+# long enough that a loaded machine cannot lapse a lease between two steps of a test
+LAPSE_S = 1.0
 
 
 def item(item_id: str) -> dict:
@@ -48,15 +50,15 @@ def item(item_id: str) -> dict:
 
 async def test_one_holder_at_a_time_and_tokens_only_grow(redis_server: RedisServer) -> None:  # noqa: F811
     client, prefix = connect(redis_server.url), new_prefix()
-    a = RedisRoomLease(client, ROOM, "worker-a", ttl=0.3, prefix=prefix)
-    b = RedisRoomLease(client, ROOM, "worker-b", ttl=0.3, prefix=prefix)
+    a = RedisRoomLease(client, ROOM, "worker-a", ttl=LAPSE_S, prefix=prefix)
+    b = RedisRoomLease(client, ROOM, "worker-b", ttl=LAPSE_S, prefix=prefix)
     first = await a.acquire()
     assert first is not None and await b.acquire() is None
     assert await a.acquire() == first  # the holder asking again keeps its token
     assert (await a.state()).owner == "worker-a"
-    await asyncio.sleep(0.4)  # lapsed, nobody took it: the holder reclaims it, same token
+    await asyncio.sleep(LAPSE_S + 0.1)  # lapsed, nobody took it: the holder reclaims it
     assert await a.renew(first) and (await a.state()).owner == "worker-a"
-    await asyncio.sleep(0.4)  # lapsed again, and this time another worker takes it
+    await asyncio.sleep(LAPSE_S + 0.1)  # lapsed again, and this time another worker takes it
     second = await b.acquire()
     assert second is not None and second > first
     assert not await a.renew(first) and not await a.release(first)
@@ -89,11 +91,11 @@ async def test_a_lapsed_holder_loses_nothing_and_overwrites_nothing_after_a_take
     prefix = new_prefix()
     if kind == "memory":
         store = MemoryStore()
-        leases = [LocalRoomLease(f"{ROOM}-{prefix}", w, ttl=0.3) for w in ("a", "b")]
+        leases = [LocalRoomLease(f"{ROOM}-{prefix}", w, ttl=LAPSE_S) for w in ("a", "b")]
     else:
         store = RedisStore(connect(redis_server.url), prefix=prefix)
         client = connect(redis_server.url)
-        leases = [RedisRoomLease(client, ROOM, w, ttl=0.3, prefix=prefix) for w in ("a", "b")]
+        leases = [RedisRoomLease(client, ROOM, w, ttl=LAPSE_S, prefix=prefix) for w in ("a", "b")]
     lost = asyncio.Event()
     old = RoomPrimacy(leases[0], renew_every=10, poll_every=10, on_lost=lost.set)
     new = RoomPrimacy(leases[1], renew_every=10, poll_every=10)
@@ -103,7 +105,7 @@ async def test_a_lapsed_holder_loses_nothing_and_overwrites_nothing_after_a_take
     with pytest.raises(StaleLeaseError):
         await new_store.set_gemini_handle(ROOM, CALLER, "b-handle", [])  # a standby writes nothing
 
-    await asyncio.sleep(0.35)  # the old holder stalls past its lease (a pause, a partition)
+    await asyncio.sleep(LAPSE_S + 0.1)  # the old holder stalls past its lease (a pause...)
     assert old.is_primary  # nothing it can see says otherwise yet
     assert await new.start()
     await new_store.append(ROOM, CALLER, items=[item("b-1")])

@@ -16,6 +16,9 @@ The lease follows the rules of ``store/leases.py``. What matters for a call:
   takes the lease once Redis answers, or steps down if another worker had it.
 - A stalled event loop is not a lost lease: with nobody else asking, the holder reclaims it.
 
+A lease made with ``watch_as=AGENT_NAME`` also keeps its room on the watch list of held rooms
+(``room_registry.py``), so that a worker can dispatch a job again into a room whose holder died.
+
 - :class:`RedisRoomLease`: one Redis hash per room, shared by every worker.
 - :class:`SqliteRoomLease`: one row in the SQLite session file, shared by every job and worker
   process on a host (the default store's lease).
@@ -29,6 +32,7 @@ The lease follows the rules of ``store/leases.py``. What matters for a call:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -38,6 +42,7 @@ from typing import Any, Protocol
 from redis.exceptions import ResponseError
 
 from ..log import get_logger
+from .room_registry import RedisRoomRegistry
 from .store import (
     LeaseHeldError,
     SessionStore,
@@ -52,9 +57,9 @@ from .store.sqlite_db import SqliteDatabase
 
 logger = get_logger(__name__)
 
-# a standby polls every ttl/10 (at most 0.5 s), so a dead holder is replaced at most
-# ttl + poll after its last renewal: 8.5 s with the defaults, inside the 10 s promised
-DEFAULT_TTL_S = 8.0
+# a standby (or another worker's room watcher) polls every ttl/10, at most 0.5 s, so a dead
+# holder is replaced at most ttl + poll after its last renewal: 3.3 s with the defaults
+DEFAULT_TTL_S = 3.0
 MAX_POLL_S = 0.5
 # how long a job waits for the lease's first answer before serving its room provisionally
 FIRST_ANSWER_S = 1.0
@@ -96,37 +101,58 @@ def _check(room: str, owner: str, ttl: float) -> None:
 
 
 class RedisRoomLease:
-    """The room lease in Redis, shared by every worker; see the module docstring."""
+    """The room lease in Redis, shared by every worker; see the module docstring.
+
+    ``watch_as``: the agent name to dispatch the room again with if this worker dies (None:
+    not watched). The watch list has a Cluster slot of its own, so its entry is written just
+    after the lease, with the lease's until.
+    """
 
     def __init__(
         self, client: Any, room: str, owner: str, *, ttl: float = DEFAULT_TTL_S,
-        prefix: str = "lkagent",
+        prefix: str = "lkagent", watch_as: str | None = None,
     ) -> None:  # fmt: skip
         _check(room, owner, ttl)
-        self.room, self.owner, self.ttl = room, owner, ttl
-        # a hash tag of its own: one Cluster slot; the room name is hashed, never stored
+        self.room, self.owner, self.ttl, self.watch_as = room, owner, ttl, watch_as
+        # a hash tag of its own: one Cluster slot; the room name is hashed, never stored (but
+        # on the watch list while watched)
         tag = "{" + prefix + ":room:" + hashlib.sha256(room.encode()).hexdigest()[:32] + "}"
         self.key = tag + ":lease"
         self._client = client
         self._acquire = client.register_script(redis_scripts.ACQUIRE)
         self._release = client.register_script(redis_scripts.RELEASE)
+        self._watch = RedisRoomRegistry(client, prefix=prefix) if watch_as is not None else None
+        self._until: int | None = None  # the until of the entry this lease last wrote
 
     async def acquire(self) -> int | None:
         """See :meth:`RoomLease.acquire`; raises StoreUnavailableError without Redis."""
-        reply = await self._call(self._acquire, [self.owner, _ms(self.ttl), "0"])
-        return int(reply[1]) if reply[0] == b"ok" else None
+        return await self._take()
 
     async def renew(self, token: int) -> bool:
         """See :meth:`RoomLease.renew`; raises StoreUnavailableError without Redis."""
-        reply = await self._call(self._acquire, [self.owner, _ms(self.ttl), "0", token])
-        return reply[0] == b"ok" and int(reply[1]) == token
+        return await self._take(token) == token
 
     async def release(self, token: int) -> bool:
         """See :meth:`RoomLease.release`; False when Redis cannot answer (it then lapses)."""
         try:
-            return bool(await self._call(self._release, [self.owner, token]))
+            released = bool(await self._call(self._release, [self.owner, token]))
         except StoreUnavailableError:
             return False
+        if released and self._watch is not None and self._until is not None:
+            # only the entry this lease wrote: never a successor's (unreachable: it lapses)
+            with contextlib.suppress(StoreUnavailableError):
+                await self._watch.remove(self.room, self._until)
+        return released
+
+    async def _take(self, *held: int) -> int | None:
+        """ACQUIRE (renewing ``held``); the token, or None while another holds the lease."""
+        reply = await self._call(self._acquire, [self.owner, _ms(self.ttl), "0", *held])
+        if reply[0] != b"ok":
+            return None
+        if self._watch is not None and self.watch_as is not None:
+            self._until = int(reply[2])
+            await self._watch.record(self.room, self.watch_as, self._until)
+        return int(reply[1])
 
     async def state(self) -> LeaseState:
         """Who holds it now (operators, tests)."""
@@ -150,41 +176,43 @@ class RedisRoomLease:
 class SqliteRoomLease:
     """The room lease in the SQLite session file (SESSION_DB_PATH), seen by every job and
     worker process on the host; the same rules and outage behaviour as ``RedisRoomLease``
-    (a locked or failing file raises StoreUnavailableError: the holder keeps its room)."""
+    (a locked or failing file raises StoreUnavailableError: the holder keeps its room).
+    ``watch_as`` as there; the entry is written in the lease's own transaction."""
 
     def __init__(
-        self, db: SqliteDatabase | str, room: str, owner: str, *, ttl: float = DEFAULT_TTL_S
-    ) -> None:
+        self, db: SqliteDatabase | str, room: str, owner: str, *, ttl: float = DEFAULT_TTL_S,
+        watch_as: str | None = None,
+    ) -> None:  # fmt: skip
         _check(room, owner, ttl)
-        self.room, self.owner, self.ttl = room, owner, ttl
-        self.key = sqlite_ops.room_lease(room)  # the room name hashed, never stored
+        self.room, self.owner, self.ttl, self.watch_as = room, owner, ttl, watch_as
+        # the room name hashed, never stored (but on the watch list while watched)
+        self.key = sqlite_ops.room_lease(room)
         self._db = db if isinstance(db, SqliteDatabase) else SqliteDatabase(db)
+        self._watch = (room, watch_as) if watch_as is not None else None
 
     async def acquire(self) -> int | None:
         """See :meth:`RoomLease.acquire`; raises StoreUnavailableError without the file."""
-        try:
-            return await self._db.write(
-                sqlite_ops.acquire, self.key, self.owner, _ms(self.ttl), False
-            )
-        except LeaseHeldError:
-            return None
+        return await self._take(None)
 
     async def renew(self, token: int) -> bool:
         """See :meth:`RoomLease.renew`; raises StoreUnavailableError without the file."""
-        try:
-            renewed = await self._db.write(
-                sqlite_ops.acquire, self.key, self.owner, _ms(self.ttl), False, token
-            )
-        except LeaseHeldError:
-            return False
-        return renewed == token
+        return await self._take(token) == token
 
     async def release(self, token: int) -> bool:
         """See :meth:`RoomLease.release`; False when the file cannot answer (it then lapses)."""
+        room = self.room if self._watch is not None else None
         try:
-            return await self._db.write(sqlite_ops.release, self.key, self.owner, token)
+            return await self._db.write(sqlite_ops.release_room, self.key, self.owner, token, room)
         except StoreUnavailableError:
             return False
+
+    async def _take(self, held: int | None) -> int | None:
+        try:
+            return await self._db.write(
+                sqlite_ops.acquire_room, self.key, self.owner, _ms(self.ttl), held, self._watch
+            )
+        except LeaseHeldError:
+            return None
 
     async def state(self) -> LeaseState:
         """Who holds it now (operators, tests)."""

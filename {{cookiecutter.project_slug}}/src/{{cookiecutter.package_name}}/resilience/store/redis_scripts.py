@@ -5,11 +5,15 @@ Every participant script gets the same KEYS, all under one hash tag (one Cluster
 Times come from Redis ``TIME`` so retention and tokens run on the store's clock, never a
 worker's. Errors are ``error_reply`` strings whose first word the client maps to an exception:
 STALELEASE (fencing refused) and CORRUPT (record unusable: quarantine it).
+The watch list of held rooms (room_registry.py) has scripts of its own, on its own slot.
 """
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "APPEND", "EXTEND", "JOIN", "LEAVE", "LOAD", "QUARANTINE", "RELEASE", "SET"]
+__all__ = [
+    "ACQUIRE", "APPEND", "EXTEND", "JOIN", "LAPSED", "LEAVE", "LOAD", "QUARANTINE", "RELEASE",
+    "SET", "UNWATCH", "WATCH",
+]  # fmt: skip
 
 _PRELUDE = """
 redis.replicate_commands()
@@ -231,6 +235,7 @@ return 1
 # optionally the token the caller holds: if Redis lost the lease entirely (restarted without
 # its data, failed over to a replica that never had it) the holder gets it back with that token.
 # The hash outlives a lapse by a day, so its token keeps fences monotonic.
+# Reply: {'ok', token, until_ms} or {'held', owner, ms left}.
 ACQUIRE = """
 redis.replicate_commands()
 local t = redis.call('TIME')
@@ -247,7 +252,7 @@ if lease[1] == ARGV[1] and token and ARGV[3] ~= '1' then
   -- the holder renews; a holder whose lease lapsed untaken reclaims it with its own token
   redis.call('HSET', KEYS[1], 'until', now + ttl)
   redis.call('PEXPIRE', KEYS[1], ttl + 86400000)
-  return {'ok', lease[2]}
+  return {'ok', lease[2], now + ttl}
 end
 local left = tonumber(lease[3] or '0') - now
 if token and left > 0 and ARGV[3] ~= '1' then return {'held', lease[1], left} end
@@ -256,7 +261,7 @@ local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local text = string.format('%.0f', math.max((token or 0) + 1, now_us))
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', text, 'until', now + ttl)
 redis.call('PEXPIRE', KEYS[1], ttl + 86400000)
-return {'ok', text}
+return {'ok', text, now + ttl}
 """
 
 # KEYS: lease hash. ARGV: owner, token. The token stays remembered (see ACQUIRE).
@@ -267,4 +272,42 @@ if redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
   return 1
 end
 return 0
+"""
+
+# The watch list of held rooms (room_registry.py). KEYS: 1 sorted set (room name -> its lease's
+# until, Redis ms), 2 hash (room name -> agent name); one hash tag, one Cluster slot.
+
+# Set a room's entry unless one as new or newer is there: a late write never undoes a newer
+# one. ARGV: room, until_ms, agent name. 1 when set.
+WATCH = """
+local found = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if found and tonumber(found) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return 1
+"""
+
+# Remove a room's entry if its until is still until_ms. ARGV: room, until_ms. 1 when removed.
+UNWATCH = """
+local found = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not found or tonumber(found) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"""
+
+# The entries whose until passed, oldest first. ARGV: limit.
+# Reply: now_ms, then room, until_ms, agent name for each.
+LAPSED = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local found = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now),
+                         'WITHSCORES', 'LIMIT', 0, ARGV[1])
+local reply = {now}
+for i = 1, #found, 2 do
+  reply[#reply + 1] = found[i]
+  reply[#reply + 1] = found[i + 1]
+  reply[#reply + 1] = redis.call('HGET', KEYS[2], found[i]) or ''
+end
+return reply
 """

@@ -44,7 +44,7 @@ T = TypeVar("T")
 
 # PRAGMA user_version of a file this code created; a newer one is refused
 FILE_VERSION = 1
-_TABLES = {"records", "entries", "leases"}
+_TABLES = {"records", "entries", "leases", "rooms"}
 
 # Columns without a type keep what is stored as it is (bytes stay bytes, ints stay ints): the
 # stored form of records.py, one column per field. Quarantined copies are rows whose ``note``
@@ -78,6 +78,15 @@ CREATE TABLE leases (
     until INTEGER NOT NULL          -- ms of the host's wall clock
 ) WITHOUT ROWID;
 """
+
+# The watch list of held rooms (room_registry.py), added after file version 1 was released: a
+# file written before lacks it and gets it when it is next opened (older workers ignore it).
+ROOMS_TABLE = """
+CREATE TABLE IF NOT EXISTS rooms (
+    room TEXT PRIMARY KEY,          -- the LiveKit room name, in plain text while watched
+    agent TEXT NOT NULL,            -- the agent name to dispatch again with ('' = automatic)
+    until INTEGER NOT NULL          -- the room lease's until: ms of the host's wall clock
+)"""
 
 # what a running file may answer while it stays the same file: a fault, not a setting
 _FAULTS = {
@@ -204,6 +213,8 @@ class SqliteDatabase:
     def _check_schema(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == FILE_VERSION:
+            if not conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'rooms'").fetchone():
+                conn.execute(ROOMS_TABLE)  # a file of the previous release
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -222,7 +233,7 @@ class SqliteDatabase:
                 )
             if version == 0:
                 # one statement at a time: executescript would commit the transaction first
-                for statement in filter(str.strip, SCHEMA.split(";")):
+                for statement in [*filter(str.strip, SCHEMA.split(";")), ROOMS_TABLE]:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {FILE_VERSION}")
             conn.execute("COMMIT")

@@ -4,7 +4,8 @@ Each function runs inside one transaction that ``SqliteDatabase`` opened (``BEGI
 for writes), so each is atomic across every process sharing the file; a StoreError it raises
 rolls the whole transaction back. The tables are in sqlite_db.SCHEMA: a record is one
 ``records`` row holding the stored fields of records.py, its items and segments are
-``entries`` rows in insertion order. Times are the host's wall clock in integer milliseconds
+``entries`` rows in insertion order; ``rooms`` is the watch list of held rooms
+(room_registry.py). Times are the host's wall clock in integer milliseconds
 (the store's clock, as Redis ``TIME`` is the Redis store's). The lease rules are leases.py's.
 """
 
@@ -136,6 +137,58 @@ def lease_state(conn: sqlite3.Connection, key: str) -> tuple[str, int, float] | 
     if row is None or not row["owner"] or left <= 0:
         return None
     return row["owner"], int(row["token"]), left
+
+
+# -- the watch list of held rooms (room_registry.py) -----------------------------------------
+
+
+def acquire_room(
+    conn: sqlite3.Connection, key: str, owner: str, ttl_ms: int, held: int | None,
+    watch: tuple[str, str] | None,
+) -> int:  # fmt: skip
+    """``acquire`` for a room lease; with ``watch`` (room, agent name) the room's entry gets
+    the lease's until in the same transaction."""
+    token = acquire(conn, key, owner, ttl_ms, False, held)
+    if watch is not None:
+        until = conn.execute("SELECT until FROM leases WHERE key = ?", (key,)).fetchone()[0]
+        watch_room(conn, *watch, until)
+    return token
+
+
+def release_room(
+    conn: sqlite3.Connection, key: str, owner: str, token: int, room: str | None
+) -> bool:
+    """``release`` for a room lease; a released lease's room (if given) leaves the watch list."""
+    released = release(conn, key, owner, token)
+    if released and room is not None:
+        conn.execute("DELETE FROM rooms WHERE room = ?", (room,))
+    return released
+
+
+def watch_room(conn: sqlite3.Connection, room: str, agent: str, until: int) -> bool:
+    """Set the room's entry unless one as new or newer is there; True when set."""
+    cursor = conn.execute(
+        "INSERT INTO rooms VALUES (?, ?, ?) ON CONFLICT (room) DO UPDATE SET "
+        "agent = excluded.agent, until = excluded.until WHERE excluded.until > rooms.until",
+        (room, agent, until),
+    )
+    return cursor.rowcount == 1
+
+
+def unwatch_room(conn: sqlite3.Connection, room: str, until: int) -> bool:
+    """Remove the room's entry if its until is still ``until``; True when removed."""
+    cursor = conn.execute("DELETE FROM rooms WHERE room = ? AND until = ?", (room, until))
+    return cursor.rowcount == 1
+
+
+def lapsed_rooms(conn: sqlite3.Connection, limit: int) -> tuple[int, list[sqlite3.Row]]:
+    """(now, the entries whose until passed: room, agent, until, oldest first)."""
+    now = now_ms()
+    rows = conn.execute(
+        "SELECT room, agent, until FROM rooms WHERE until < ? ORDER BY until, room LIMIT ?",
+        (now, limit),
+    ).fetchall()
+    return now, rows
 
 
 # -- records ----------------------------------------------------------------------------------

@@ -8,10 +8,13 @@
 - :class:`RedisServer`: a real redis-server on a free port that can be killed and restarted.
 - :class:`SimulatedJob`: a job context whose ``shutdown(reason)`` calls are recorded.
 - :class:`FaultyLink`: a TCP link to a server that can be cut and healed (a partition).
+- :class:`LocalLiveKitServer`: the LiveKit server's dispatch and room lifecycle for real worker
+  processes (:class:`KitWorkerProcess`: the production worker with the kit's room and models).
 """
 
 from .gemini_server import LocalGeminiLiveServer
 from .job import SimulatedJob
+from .livekit_server import LocalLiveKitServer
 from .models import (
     ChatItemRecord,
     LLMRequest,
@@ -35,6 +38,7 @@ from .records import (
 from .redis_server import RedisServer
 from .room import SimulatedRoom
 from .transcript import TranscriptSegment
+from .worker_process import KitWorkerProcess
 
 __all__ = [
     "AttributeChange",
@@ -42,8 +46,10 @@ __all__ = [
     "ChatItemRecord",
     "DataPacketRecord",
     "FaultyLink",
+    "KitWorkerProcess",
     "LLMRequest",
     "LocalGeminiLiveServer",
+    "LocalLiveKitServer",
     "ParticipantRecord",
     "RedisServer",
     "RpcCallRecord",

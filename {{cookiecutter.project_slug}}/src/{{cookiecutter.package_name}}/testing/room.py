@@ -82,6 +82,7 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
         *,
         metadata: str = "",
         departure_timeout: float = 20.0,
+        sid: str | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         if not name or not agent_identity:
@@ -89,7 +90,7 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
         super().__init__(loop=loop)
         self.recorder = RoomRecorder()
         self._info = proto_room.RoomInfo(
-            sid=new_sid("RM_"),
+            sid=sid or new_sid("RM_"),
             name=name,
             metadata=metadata,
             creation_time=int(time.time() * 1000),

@@ -1,0 +1,78 @@
+"""A worker process for the offline kit: ``python -m <package>.testing.kit_worker``.
+
+It is the production worker, started the way ``agent.py start`` starts it (livekit's own
+entry point, ``AgentServer`` from ``worker.build_server``, one process per job from livekit's
+pool, the crash watcher in the main process) and configured by the same settings, with two
+stand-ins:
+
+- each job's room is a :class:`~.bridged_room.BridgedRoom` joined through
+  :class:`~.livekit_server.LocalLiveKitServer` (``LIVEKIT_URL`` points there);
+- the model stack is scripted and answers from the conversation it is given
+  (:func:`kit_reply`), so a test reads from the room's transcript what the model knew.
+
+``run_job`` is called exactly as ``worker.entrypoint`` calls it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from livekit.agents import JobContext
+
+from ..assistant import WELCOME_BACK
+from ..models import ModelStack
+from ..settings import load_settings
+from ..worker import build_server, run_job
+from . import bridged_room
+from .models import LLMRequest, ScriptedLLM, ScriptedTTS
+
+__all__ = ["kit_reply", "main", "server"]
+
+GREETING_REPLY = "Hello! How can I help?"
+
+
+def kit_reply(request: LLMRequest) -> str:
+    """What the scripted model says: it counts the participant's lines it was given."""
+    heard = [text for role, text in request.messages if role == "user"]
+    asked = " ".join(text for role, text in request.messages if role in ("system", "developer"))
+    if WELCOME_BACK in asked:
+        return f"Welcome back! I remember {len(heard)} things you said."
+    if not heard:
+        return GREETING_REPLY
+    return f"You said: {heard[-1]} ({len(heard)} lines of yours so far)"
+
+
+def scripted_models() -> ModelStack:
+    """The kit's model stack: scripted LLM and TTS; typed input, so manual turn detection."""
+    return ModelStack(
+        name="scripted",
+        llm=ScriptedLLM(responder=kit_reply),
+        tts=ScriptedTTS(),
+        turn_detection="manual",
+    )
+
+
+async def kit_entrypoint(ctx: JobContext) -> None:
+    """A job: the room is bridged to the kit server; the rest is ``worker.entrypoint``."""
+    bridged_room.install(ctx)
+    stack = scripted_models()
+    await run_job(ctx, settings=load_settings(), models=lambda: stack)
+
+
+server = build_server(load_settings())
+server.rtc_session(agent_name=load_settings().agent_name)(kit_entrypoint)
+
+
+def main() -> None:
+    """``agent.py start`` for this module: livekit's entry point finds ``server`` here."""
+    from ..cli import run_livekit
+
+    level = sys.argv[1] if len(sys.argv) > 1 else "INFO"
+    sys.exit(run_livekit(["start", __file__, "--log-level", level, "--log-format", "json"]))
+
+
+if __name__ == "__main__":
+    # run under the package's name, so job processes import the same module
+    from importlib import import_module
+
+    import_module(__spec__.parent + ".kit_worker").main()  # type: ignore[union-attr]

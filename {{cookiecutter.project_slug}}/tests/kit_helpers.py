@@ -1,0 +1,23 @@
+"""Helpers for tests that run real worker processes against the kit's LiveKit server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from {{ cookiecutter.package_name }}.testing.kit_worker import GREETING_REPLY
+from {{ cookiecutter.package_name }}.testing.livekit_server import KitRoom, LocalLiveKitServer
+
+__all__ = ["GREETING_REPLY", "agent_texts", "kit_server"]
+
+
+@asynccontextmanager
+async def kit_server(**options: float) -> AsyncIterator[LocalLiveKitServer]:
+    """A kit server with short timings (dispatch 0.3 s, dead agents linger 2 s)."""
+    options = {"dispatch_delay_s": 0.3, "dead_agent_linger_s": 2.0, **options}
+    async with LocalLiveKitServer(**options) as server:
+        yield server
+
+
+def agent_texts(room: KitRoom) -> list[str]:
+    return [line.text for line in room.agent_lines()]

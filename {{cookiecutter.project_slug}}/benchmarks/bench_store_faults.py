@@ -3,7 +3,7 @@
     uv run python benchmarks/bench_store_faults.py [--quick] [--only kill-12s,oom-8s]
 
 Each call runs the worker in its production wiring (``REDIS_URL`` set: the session store and
-the room lease in a real redis-server, the production room lease of 8 s) with a scripted user
+the room lease in a real redis-server, the production room lease, ROOM_LEASE_S) with a scripted user
 saying a line about every second, and the fault happens after three turns: Redis killed for
 1/6/12/30 s (restarted with its data), frozen by SIGSTOP for 12 s, restarted without
 persistence, or full (``maxmemory`` + ``noeviction``) for 8 s and then lifted. The calls run one

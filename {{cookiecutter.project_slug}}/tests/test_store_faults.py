@@ -2,10 +2,10 @@
 
 ``run_job`` gets settings with ``redis_url`` set and no ``store``: it opens the session store
 and the room lease from the same settings, as ``python agent.py start`` does, with the
-production room lease (8 s). A real redis-server is killed, frozen, wiped, filled or failed
-over while a scripted user says a line about every second. Each call must go on (the job is
-never ended, the agent answers every turn), and afterwards a fresh store client, with no
-in-process copy, must read every conversation item from Redis once, in order.
+production room lease (ROOM_LEASE_S, 3 s). A real redis-server is killed, frozen, wiped,
+filled or failed over while a scripted user says a line about every second. Each call must go
+on (the job is never ended, the agent answers every turn), and afterwards a fresh store client,
+with no in-process copy, must read every conversation item from Redis once, in order.
 
 The calls (and the ``simulate --scenario redis-outage`` run) go concurrently in one event loop,
 each against its own redis-server, so the module takes about as long as the longest call (a
@@ -217,7 +217,7 @@ def test_a_read_back_that_lacks_items_is_a_loss() -> None:
 
 
 async def test_a_blocked_event_loop_does_not_end_a_call_on_the_default_store() -> None:
-    """No REDIS_URL, one worker: a 9 s stall (a blocking callback) outlives the 8 s room
+    """No REDIS_URL, one worker: a 9 s stall (a blocking callback) outlives the 3 s room
     lease; with nobody else asking, the holder keeps the room and every write lands."""
     settings = load_settings()
     assert settings.redis_url is None

@@ -70,9 +70,11 @@ class Settings(BaseSettings):
 
     # Rooms and sessions.
     room_mode: RoomMode = "{{ cookiecutter.room_mode }}"
-    # Seconds a room's primary worker holds its lease between renewals; a standby takes
-    # over at most this long (plus one poll) after the primary dies.
-    room_lease_s: float = Field(default=8.0, gt=0, le=60)
+    # Seconds a room's primary worker holds its lease between renewals (renewed every third
+    # of it). When its worker dies, a standby or another worker's room watcher takes the room
+    # over at most this long (plus one poll) after its last renewal. A store outage or a
+    # stalled event loop never costs the room (store/leases.py), so it can be short.
+    room_lease_s: float = Field(default=3.0, gt=0, le=60)
     # What a second worker in the same room does: wait to take over, or leave.
     room_standby: Literal["wait", "leave"] = "wait"
     redis_url: str | None = None

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from livekit import rtc
+from livekit import api, rtc
 from livekit.agents import AgentServer, AgentSession, JobContext, JobProcess, room_io
 
 from .assistant import GREETING, WELCOME_BACK, Assistant
@@ -32,7 +32,9 @@ from .resilience.persistence import (
     transcript_from_record,
 )
 from .resilience.presence import ParticipantPresence
+from .resilience.redispatch import RoomWatcher, is_redispatch
 from .resilience.room_lease import (
+    MAX_POLL_S,
     FencedStore,
     LocalRoomLease,
     RedisRoomLease,
@@ -40,6 +42,7 @@ from .resilience.room_lease import (
     RoomPrimacy,
     SqliteRoomLease,
 )
+from .resilience.room_registry import RedisRoomRegistry, RoomRegistry, SqliteRoomRegistry
 from .resilience.store import (
     MEMORY,
     JoinKind,
@@ -81,7 +84,30 @@ def build_server(settings: Settings) -> AgentServer:
         options["host"] = settings.worker_host
     if settings.worker_port is not None:
         options["port"] = settings.worker_port
-    return AgentServer(**options)
+    server = AgentServer(**options)
+    watcher = room_watcher(settings)
+    if watcher is not None:
+        # the worker's main process re-dispatches rooms whose worker died (redispatch.py)
+        server.on("worker_started", watcher.start)
+    return server
+
+
+def room_watcher(settings: Settings) -> RoomWatcher | None:
+    """This worker's room watcher (None without a LiveKit server, or with the store in this
+    process's memory: nothing outlives the process then)."""
+    in_memory = settings.session_db_path == MEMORY and not settings.redis_url
+    if not settings.livekit_url or in_memory:
+        return None
+    secret = settings.livekit_api_secret
+    return RoomWatcher(
+        lambda: open_room_registry(settings),
+        lambda: api.LiveKitAPI(
+            settings.livekit_url,
+            settings.livekit_api_key,
+            secret.get_secret_value() if secret else None,
+        ),
+        poll_s=min(settings.room_lease_s / 10, MAX_POLL_S),
+    )
 
 
 server = build_server(load_settings())
@@ -184,13 +210,23 @@ def open_session_store(settings: Settings) -> SessionStore:
 def open_room_lease(settings: Settings, room: str, owner: str) -> RoomLease:
     """The room lease where the session store is (the same settings choose both): Redis,
     the SQLite file, or this process when the store is in memory."""
-    ttl = settings.room_lease_s
+    ttl, agent = settings.room_lease_s, settings.agent_name
     if settings.redis_url:
         client = connect(settings.redis_url, cluster=settings.redis_cluster)
-        return RedisRoomLease(client, room, owner, ttl=ttl, prefix=settings.redis_prefix)
+        return RedisRoomLease(
+            client, room, owner, ttl=ttl, prefix=settings.redis_prefix, watch_as=agent
+        )
     if settings.session_db_path != MEMORY:
-        return SqliteRoomLease(settings.session_db_path, room, owner, ttl=ttl)
+        return SqliteRoomLease(settings.session_db_path, room, owner, ttl=ttl, watch_as=agent)
     return LocalRoomLease(room, owner, ttl=ttl)
+
+
+def open_room_registry(settings: Settings) -> RoomRegistry:
+    """The watch list of held rooms, where the room leases are: Redis or the SQLite file."""
+    if settings.redis_url:
+        client = connect(settings.redis_url, cluster=settings.redis_cluster)
+        return RedisRoomRegistry(client, prefix=settings.redis_prefix)
+    return SqliteRoomRegistry(settings.session_db_path)
 
 
 def warn_if_room_closes_early(room: rtc.Room, settings: Settings) -> None:
@@ -227,7 +263,8 @@ async def claim_room(ctx: JobContext, settings: Settings) -> RoomPrimacy | None:
     )
     if await primacy.start():
         return primacy
-    if settings.room_standby == "leave":
+    # a job dispatched after the room's worker died is not needed once another worker has it
+    if settings.room_standby == "leave" or is_redispatch(ctx.job.metadata):
         logger.info("another worker is primary for this room; leaving")
         await primacy.aclose()
         return None

@@ -4,13 +4,19 @@ A LiveKit participant has one handler per method name, but a room may hold sever
 supervised conversations (one per participant), so one :class:`RpcRoutes` per room registers
 the methods once and dispatches each call by ``caller_identity``. A caller with no
 conversation of its own is refused with ``RpcError(4003)``: nobody can restart, or read the
-transcript of, someone else's conversation.
+transcript of, someone else's conversation. A malformed payload (not JSON, a number with too
+many digits, nesting too deep, ``NaN``/``Infinity``, a field of the wrong type or range) is
+refused with ``RpcError(4000)`` and a one-line message naming what is wrong.
 
 ``session.restart``
     Request: empty, or JSON ``{"reason": "<1-64 chars of a-z 0-9 _ . ->"}``.
     Response: JSON ``{"ok": true, "restarts": <restarts so far in this conversation>}``,
     sent once the new session listens. Errors: 4000 bad request, 4003 not your conversation,
-    4009 the conversation is closed or its restart budget is spent (the call is ending).
+    4009 the conversation is closed or its restart budget is spent (it reopens when the
+    participant reconnects),
+    4029 too soon: this participant's previous restart is still in progress or finished less
+    than ``RESTART_RPC_MIN_INTERVAL_S`` ago (the message says when to retry). A refused call
+    never reaches the conversation, so retries and double clicks spend no restart budget.
 
 ``transcript.history``
     Request: empty, or JSON ``{"after": <seq, default 0>, "limit": <1-100, default 50>}``.
@@ -22,13 +28,18 @@ transcript of, someone else's conversation.
     ``oldest`` greater than ``after + 1`` means older lines were dropped (the log is bounded).
     A page holds at most ``limit`` segments and stays under the 15 KiB RPC payload limit; a
     single segment too long for a page has its text cut and ``"truncated": true``.
-    Errors: 4000 bad request, 4003 not your conversation.
+    In a multi-participant room every person in the room (any non-agent participant, whenever
+    they joined) reads the room's whole transcript: everyone's lines and the agent's
+    (``RpcRoutes.share_history``, ``meeting.py``). Errors: 4000 bad request, 4003 not your
+    conversation (one-to-one) or not a person in the room.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -46,6 +57,11 @@ METHOD_HISTORY = "transcript.history"
 ERROR_INVALID_REQUEST = 4000
 ERROR_FORBIDDEN = 4003
 ERROR_UNAVAILABLE = 4009
+ERROR_TOO_SOON = 4029
+
+# a participant's restarts are at least this far apart (from the end of one to the next
+# request): a retrying frontend must not spend the conversation's restart budget
+RESTART_RPC_MIN_INTERVAL_S = 10.0
 
 HISTORY_DEFAULT_LIMIT = 50
 HISTORY_MAX_LIMIT = 100
@@ -72,24 +88,51 @@ class _Route:
 class RpcRoutes:
     """The agent's RPC methods in one room, each call dispatched to the caller's conversation."""
 
-    def __init__(self, local_participant: rtc.LocalParticipant) -> None:
+    def __init__(
+        self,
+        local_participant: rtc.LocalParticipant,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._participant = local_participant
         self._routes: dict[str, _Route] = {}
+        self._clock = clock
+        # per caller identity: when its restart in flight was requested, when its last ended
+        self._restart_started: dict[str, float] = {}
+        self._restart_ended: dict[str, float] = {}
+        # a multi-participant room's transcript, and who may read it
+        self._shared: tuple[TranscriptLog, Callable[[str], bool]] | None = None
+        self._registered = False
 
     def add(self, identity: str, restart: RestartHandler, transcript: TranscriptLog) -> None:
         """Route ``identity``'s calls to its conversation (registers the methods on first use)."""
         if identity in self._routes:
             raise ValueError(f"participant {identity_ref(identity)} already has a conversation")
-        if not self._routes:
-            self._participant.register_rpc_method(METHOD_RESTART, self._on_restart)
-            self._participant.register_rpc_method(METHOD_HISTORY, self._on_history)
         self._routes[identity] = _Route(restart, transcript)
+        self._update_registration()
 
     def remove(self, identity: str) -> None:
-        """Stop routing ``identity``'s calls; the methods go when the last conversation does."""
-        if self._routes.pop(identity, None) is not None and not self._routes:
+        """Stop routing ``identity``'s calls; the methods go when nothing is left to serve."""
+        self._routes.pop(identity, None)
+        self._update_registration()
+
+    def share_history(
+        self, log: TranscriptLog | None, *, may_read: Callable[[str], bool] | None = None
+    ) -> None:
+        """Serve ``log`` (the room's transcript) to every caller ``may_read`` accepts, in
+        place of their own conversation's (None: stop)."""
+        self._shared = (log, may_read or (lambda _identity: True)) if log is not None else None
+        self._update_registration()
+
+    def _update_registration(self) -> None:
+        wanted = bool(self._routes) or self._shared is not None
+        if wanted and not self._registered:
+            self._participant.register_rpc_method(METHOD_RESTART, self._on_restart)
+            self._participant.register_rpc_method(METHOD_HISTORY, self._on_history)
+        elif not wanted and self._registered:
             self._participant.unregister_rpc_method(METHOD_RESTART)
             self._participant.unregister_rpc_method(METHOD_HISTORY)
+        self._registered = wanted
 
     def _route(self, data: rtc.RpcInvocationData) -> _Route:
         route = self._routes.get(data.caller_identity)
@@ -107,13 +150,40 @@ class RpcRoutes:
     async def _on_restart(self, data: rtc.RpcInvocationData) -> str:
         route = self._route(data)
         reason = parse_restart_request(data.payload)
+        identity = data.caller_identity
+        # no await between this check and marking the restart in flight
+        self._check_restart_interval(identity)
+        self._restart_started[identity] = self._clock()
         try:
             restarts = await route.restart(reason)
         except RestartUnavailableError as exc:
             raise rtc.RpcError(ERROR_UNAVAILABLE, str(exc)) from None
+        finally:
+            del self._restart_started[identity]
+            self._restart_ended[identity] = self._clock()
         return json.dumps({"ok": True, "restarts": restarts})
 
+    def _check_restart_interval(self, identity: str) -> None:
+        now = self._clock()
+        started = self._restart_started.get(identity)
+        if started is not None:
+            message = (
+                f"too soon: a restart was requested {int(now - started)} s ago and is still in"
+                " progress; retry after it answers"
+            )
+        else:
+            ended = self._restart_ended.get(identity)
+            if ended is None or now - ended >= RESTART_RPC_MIN_INTERVAL_S:
+                self._restart_ended.pop(identity, None)
+                return
+            wait = max(1, math.ceil(RESTART_RPC_MIN_INTERVAL_S - (now - ended)))
+            message = f"too soon: a restart finished {int(now - ended)} s ago; retry in {wait} s"
+        logger.warning("rpc restart refused: too soon", caller=identity_ref(identity))
+        raise rtc.RpcError(ERROR_TOO_SOON, message)
+
     async def _on_history(self, data: rtc.RpcInvocationData) -> str:
+        if self._shared is not None and self._shared[1](data.caller_identity):
+            return history_page(self._shared[0], data.payload)
         return history_page(self._route(data).transcript, data.payload)
 
 
@@ -136,12 +206,28 @@ def _request_object(payload: str) -> dict[str, Any]:
     if not payload.strip():
         return {}
     try:
-        request = json.loads(payload)
+        request = json.loads(payload, parse_constant=_reject_constant)
     except json.JSONDecodeError:
         raise _invalid("the payload is not JSON") from None
+    except _ConstantError as exc:
+        raise _invalid(f"{exc.args[0]} is not a JSON value") from None
+    except ValueError:
+        # json refuses integers over sys.get_int_max_str_digits() digits with a ValueError
+        raise _invalid("a number in the payload has too many digits") from None
+    except RecursionError:
+        raise _invalid("the payload nests too deeply") from None
     if not isinstance(request, dict):
         raise _invalid("the payload must be a JSON object")
     return request
+
+
+class _ConstantError(Exception):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    # json accepts NaN, Infinity and -Infinity, which are not JSON
+    raise _ConstantError(name)
 
 
 def parse_restart_request(payload: str) -> str:

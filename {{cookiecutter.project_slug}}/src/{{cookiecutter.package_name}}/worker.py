@@ -9,11 +9,10 @@ model stack, so they exercise exactly this wiring.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 
 from livekit import api, rtc
-from livekit.agents import AgentServer, AgentSession, JobContext, JobProcess, room_io
+from livekit.agents import AgentServer, AgentSession, JobContext, JobProcess, llm, room_io
 
 from .assistant import GREETING, WELCOME_BACK, Assistant
 from .log import (
@@ -26,6 +25,7 @@ from .log import (
 from .models import ModelStack, build_models, modules_to_preload
 from .resilience.election import SessionElection, SupervisedConversation
 from .resilience.gemini_resume import GeminiResume
+from .resilience.meeting import MeetingTranscript, may_read
 from .resilience.persistence import (
     ConversationRecorder,
     chat_ctx_from_record,
@@ -42,7 +42,9 @@ from .resilience.room_lease import (
     RoomPrimacy,
     SqliteRoomLease,
 )
+from .resilience.room_output import TranscriptSegment
 from .resilience.room_registry import RedisRoomRegistry, RoomRegistry, SqliteRoomRegistry
+from .resilience.rpc import routes_for
 from .resilience.store import (
     MEMORY,
     JoinKind,
@@ -53,7 +55,8 @@ from .resilience.store import (
     open_store,
 )
 from .resilience.store.redis_client import connect
-from .resilience.supervisor import SessionSupervisor
+from .resilience.supervisor import GAVE_UP, SessionSupervisor
+from .resilience.supervisor_events import ClosedEvent
 from .resilience.transcribers import TranscriberPool, listen_only_stt
 from .settings import Settings, load_settings
 
@@ -127,25 +130,105 @@ async def entrypoint(ctx: JobContext) -> None:
     )
 
 
-@dataclass
 class Conversation:
-    """What one job runs; ``aclose`` ends it and saves what is pending."""
+    """What one job runs: the participant's supervised conversation (reopened when they come
+    back after it gave up), and in a multi-participant room the room's transcript and the
+    transcribers. ``aclose`` ends it all and saves what is pending."""
 
-    supervisor: SessionSupervisor
-    store: SessionStore
-    recorder: ConversationRecorder
-    presence: ParticipantPresence
-    election: SessionElection
-    primacy: RoomPrimacy
-    gemini: GeminiResume
-    transcribers: TranscriberPool | None = None
-    owns_store: bool = True
-    _late_join: asyncio.Task[None] | None = None
+    def __init__(
+        self,
+        ctx: JobContext,
+        settings: Settings,
+        identity: str,
+        models: ModelFactory,
+        store: SessionStore,
+        recorder: ConversationRecorder,
+        presence: ParticipantPresence,
+        election: SessionElection,
+        primacy: RoomPrimacy,
+        gemini: GeminiResume,
+        *,
+        owns_store: bool = True,
+    ) -> None:
+        self.ctx, self.settings, self.identity, self.models = ctx, settings, identity, models
+        self.store, self.recorder, self.presence = store, recorder, presence
+        self.election, self.primacy, self.gemini = election, primacy, gemini
+        self.owns_store = owns_store
+        self.meeting: MeetingTranscript | None = None
+        self.transcribers: TranscriberPool | None = None
+        self._supervisor: SessionSupervisor | None = None
+        self._late_join: asyncio.Task[None] | None = None
+
+    @property
+    def supervisor(self) -> SessionSupervisor:
+        """The participant's supervisor (a new one after a reopen)."""
+        if self._supervisor is None:
+            raise RuntimeError("the conversation has not been opened")
+        return self._supervisor
 
     @property
     def session(self) -> AgentSession | None:
         """The current AgentSession (it changes on every restart)."""
-        return self.supervisor.session
+        return self._supervisor.session if self._supervisor is not None else None
+
+    async def open(
+        self,
+        *,
+        greeting: str,
+        chat_ctx: llm.ChatContext | None = None,
+        transcript: Iterable[TranscriptSegment] = (),
+    ) -> None:
+        """Start a supervised conversation with the participant, registered in the election."""
+        supervisor = SessionSupervisor(
+            self.ctx.room,
+            self.identity,
+            models=self.models,
+            agent_factory=lambda chat_ctx: Assistant(chat_ctx=chat_ctx),
+            job_ctx=self.ctx,
+            # a refresh or network drop is not the end: presence waits for the return
+            room_options=room_io.RoomOptions(close_on_disconnect=False),
+            note_restarts=self.settings.note_restarts,
+            initial_transcript=transcript,
+            before_start=self.gemini.before_start,
+        )
+        supervisor.on("session_started", lambda ev: self.recorder.attach(ev.session))
+        supervisor.on(
+            "transcript_segment", lambda ev: self.recorder.add(transcript=[ev.segment.to_dict()])
+        )
+        if self.meeting is not None:
+            supervisor.on("transcript_segment", lambda ev: self.meeting.add_segment(ev.segment))
+        supervisor.on("closed", self._on_closed)
+        self._supervisor = supervisor
+        async with self.election.starting(SupervisedConversation(supervisor, self.identity)):
+            await supervisor.start(greeting=greeting, chat_ctx=chat_ctx)
+
+    def welcome_back(self) -> None:
+        """The participant came back: welcome them (once per return), or reopen the
+        conversation if it gave up (its restart budget was spent) while they were away."""
+        supervisor = self.supervisor
+        if supervisor.closed:
+            self._spawn_reopen(supervisor)
+        elif supervisor.session is not None:
+            supervisor.session.generate_reply(instructions=WELCOME_BACK)
+
+    def _spawn_reopen(self, closed: SessionSupervisor) -> None:
+        async def reopen() -> None:
+            logger.info("participant came back to a conversation that gave up; reopening it")
+            await self.open(
+                greeting=WELCOME_BACK,
+                chat_ctx=closed.chat_ctx(),
+                transcript=list(closed.transcript),
+            )
+
+        self._late_join = asyncio.create_task(reopen(), name="reopen_conversation")
+
+    def _on_closed(self, ev: ClosedEvent) -> None:
+        if ev.reason == GAVE_UP:
+            # the agent apologised; the participant gets a fresh session when they reconnect
+            logger.info("conversation gave up; it reopens when the participant comes back")
+        elif self.settings.room_mode != "multi-participant":
+            # one-to-one: the conversation is the job; with transcribers the job outlives it
+            self.ctx.shutdown(reason=f"conversation closed: {ev.reason}")
 
     def adopt_late_join(self, settled: asyncio.Future[JoinOutcome]) -> None:
         """When the store answers a join it could not answer at once, continue the earlier
@@ -175,7 +258,11 @@ class Conversation:
         await self.election.aclose()
         if self.transcribers is not None:
             await self.transcribers.aclose()
-        await self.supervisor.aclose(reason)
+        if self._supervisor is not None:
+            await self._supervisor.aclose(reason)
+        if self.meeting is not None:
+            routes_for(self.ctx.room).share_history(None)
+            await self.meeting.aclose()
         await self.gemini.aclose()
         await self.recorder.aclose()
         await self.primacy.aclose()
@@ -241,12 +328,6 @@ def warn_if_room_closes_early(room: rtc.Room, settings: Settings) -> None:
             departure_timeout_s=closes_after,
             session_retention_s=settings.session_retention_s,
         )
-
-
-def welcome_back(supervisor: SessionSupervisor) -> None:
-    """Greet a participant who came back (once per return; presence sees to that)."""
-    if supervisor.session is not None:
-        supervisor.session.generate_reply(instructions=WELCOME_BACK)
 
 
 async def claim_room(ctx: JobContext, settings: Settings) -> RoomPrimacy | None:
@@ -328,67 +409,66 @@ async def run_job(
         writer,
         ctx.room.name,
         identity,
-        on_exhausted=lambda _ev: supervisor.restart("gemini_unavailable", models=fallback),
+        on_exhausted=lambda _ev: conversation.supervisor.restart(
+            "gemini_unavailable", models=fallback
+        ),
     )
-    supervisor = SessionSupervisor(
-        ctx.room,
-        identity,
-        models=models,
-        agent_factory=lambda chat_ctx: Assistant(chat_ctx=chat_ctx),
-        job_ctx=ctx,
-        # a refresh or network drop is not the end: presence waits for the return
-        room_options=room_io.RoomOptions(close_on_disconnect=False),
-        note_restarts=settings.note_restarts,
-        initial_transcript=transcript_from_record(earlier) if earlier else (),
-        before_start=gemini.before_start,
-    )
-    supervisor.on("session_started", lambda ev: recorder.attach(ev.session))
-    supervisor.on("transcript_segment", lambda ev: recorder.add(transcript=[ev.segment.to_dict()]))
-    if not multi:
-        # one-to-one: the conversation is the job; with transcribers the job outlives it
-        supervisor.on("closed", lambda ev: ctx.shutdown(reason=f"conversation closed: {ev.reason}"))
     conversation = Conversation(
-        supervisor, store, recorder, presence, election, primacy, gemini, owns_store=owns_store
-    )
+        ctx, settings, identity, models, store, recorder, presence, election, primacy, gemini,
+        owns_store=owns_store,
+    )  # fmt: skip
     ctx.add_shutdown_callback(conversation.aclose)
-
-    async with election.starting(SupervisedConversation(supervisor, identity)):
-        await supervisor.start(
-            greeting=WELCOME_BACK if earlier else GREETING,
-            chat_ctx=chat_ctx_from_record(earlier) if earlier else None,
+    if multi:  # the room's transcript, before the conversation's first line
+        conversation.meeting = await MeetingTranscript.load(writer, ctx.room.name)
+        routes_for(ctx.room).share_history(
+            conversation.meeting.log, may_read=lambda who: may_read(ctx.room, who)
         )
+    await conversation.open(
+        greeting=WELCOME_BACK if earlier else GREETING,
+        chat_ctx=chat_ctx_from_record(earlier) if earlier else None,
+        transcript=transcript_from_record(earlier) if earlier else (),
+    )
     logger.info("conversation started", returning=earlier is not None)
     if outcome is not None and outcome.settled is not None and earlier is None:
         # answered from memory during a store outage: the store may still know them
         conversation.adopt_late_join(outcome.settled)
     presence.follow(
-        on_return=lambda _outcome: welcome_back(supervisor),
+        on_return=lambda _outcome: conversation.welcome_back(),
         # one-to-one: the job ends; multi-participant: the others are still transcribed
         on_gone=(
-            (lambda: asyncio.ensure_future(supervisor.aclose("participant did not return")))
+            (
+                lambda: asyncio.ensure_future(
+                    conversation.supervisor.aclose("participant did not return")
+                )
+            )
             if multi
             else (lambda: ctx.shutdown(reason="participant did not return"))
         ),
     )
     if multi:
-        conversation.transcribers = start_transcribers(ctx, settings, models, election)
+        conversation.transcribers = start_transcribers(ctx, settings, models, conversation)
     return conversation
 
 
 def start_transcribers(
-    ctx: JobContext, settings: Settings, models: ModelFactory, election: SessionElection
+    ctx: JobContext, settings: Settings, models: ModelFactory, conversation: Conversation
 ) -> TranscriberPool:
-    """One listen-only transcription session per remote participant, for the whole job."""
+    """One listen-only transcription session per remote participant but the conversation's
+    (its own session publishes their lines), for the whole job; every line goes to the
+    room's transcript."""
     stack = models()
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    meeting = conversation.meeting
     pool = TranscriberPool(
         ctx.room,
         stt_factory=lambda: listen_only_stt(
             models().stt, openai_api_key=key, model=settings.openai_stt_model
         ),
         vad=stack.vad or ctx.proc.userdata.get("vad"),
-        election=election,
+        election=conversation.election,
         job_ctx=ctx,
+        on_line=meeting.add_line if meeting is not None else None,
+        exclude={conversation.identity},
     )
     pool.follow()
     return pool

@@ -56,6 +56,9 @@ from .supervisor_events import (
 
 logger = get_logger(__name__)
 
+# the ``closed`` reason when the restart budget is spent (the agent apologised)
+GAVE_UP = "restart_budget_exhausted"
+
 EventTypes = Literal[
     "session_started", "conversation_item_added", "transcript_segment", "restarted", "closed"
 ]
@@ -334,7 +337,7 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
                 logger.warning("no session to apologise with", error=repr(exc))
         if session is not None:
             await self._say_apology(session)
-        await self._finish("restart_budget_exhausted")
+        await self._finish(GAVE_UP)
 
     async def _say_apology(self, session: AgentSession) -> None:
         try:

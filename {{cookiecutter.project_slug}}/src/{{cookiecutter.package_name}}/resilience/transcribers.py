@@ -8,7 +8,11 @@ speaks. Its final lines are kept, attributed to the participant. It is an electi
 runs, and then it holds the SessionHost and recording.
 
 :class:`TranscriberPool` starts a transcriber when a participant joins and closes it when
-they leave, each start going through the :class:`~.election.SessionElection`.
+they leave, each start going through the :class:`~.election.SessionElection`. The participant
+the conversational agent talks to is not transcribed again (their conversation session
+publishes their lines), so every line is transcribed and published once. Memory is bounded:
+each transcriber and the pool keep the newest ``MAX_LINES`` lines (the room's transcript is
+kept, and persisted, by :class:`~.meeting.MeetingTranscript`).
 
 The STT is the model stack's when it has one (the OpenAI pipeline), else OpenAI's
 (``openai.STT``, which needs ``OPENAI_API_KEY``): see :func:`listen_only_stt`.
@@ -18,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,6 +39,8 @@ logger = get_logger(__name__)
 
 LISTEN_ONLY_INSTRUCTIONS = "You only listen and transcribe; you never speak."
 CLOSE_TIMEOUT_S = 10.0
+# lines kept in memory per transcriber and per pool (as the conversation's transcript log)
+MAX_LINES = 2000
 # participants that get a transcriber: people and phone callers, not other agents
 TRANSCRIBED_KINDS = (
     rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
@@ -52,11 +59,6 @@ class TranscribedLine:
     identity: str
     text: str
     at: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (a store transcript entry)."""
-        return {"id": self.id, "role": "user", "speaker": self.identity, "text": self.text,
-                "at": self.at}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,8 @@ class Transcriber(utils.EventEmitter[EventTypes]):
         self._job_ctx = job_ctx
         self._session: AgentSession | None = None
         self._previous: AgentSession | None = None
-        self._lines: list[TranscribedLine] = []
-        self._items: list[llm.ChatItem] = []
+        self._lines: deque[TranscribedLine] = deque(maxlen=MAX_LINES)
+        self._items: deque[llm.ChatItem] = deque(maxlen=MAX_LINES)
         self._lock = asyncio.Lock()
         self._closed = False
         self._restarts = 0
@@ -153,7 +155,7 @@ class Transcriber(utils.EventEmitter[EventTypes]):
 
     @property
     def lines(self) -> list[TranscribedLine]:
-        """The participant's final lines so far, across sessions."""
+        """The participant's newest final lines (up to ``MAX_LINES``), across sessions."""
         return list(self._lines)
 
     def conversation_items(self) -> list[llm.ChatItem]:
@@ -239,7 +241,10 @@ class Transcriber(utils.EventEmitter[EventTypes]):
         self._items.append(message)
         if self._session is not None:
             # a session with no LLM keeps no history of its own; the report reads it
-            self._session.history.insert(message.model_copy(deep=True))
+            history = self._session.history
+            history.insert(message.model_copy(deep=True))
+            if len(history.items) > MAX_LINES:
+                history.truncate(max_items=MAX_LINES)
         self.emit("transcribed", line)
 
 
@@ -250,6 +255,7 @@ class TranscriberPool:
     job_ctx: the job (for the primary designation on restarts).
     election: where each transcriber registers (None: no election, e.g. a lone tool).
     on_line: called with every final :class:`TranscribedLine`, from any participant.
+    exclude: participants not to transcribe (the conversation's: its session publishes them).
     """
 
     def __init__(
@@ -261,8 +267,10 @@ class TranscriberPool:
         job_ctx: JobContext | None = None,
         election: SessionElection | None = None,
         on_line: Callable[[TranscribedLine], None] | None = None,
+        exclude: Collection[str] = (),
     ) -> None:
         self._room = room
+        self._exclude = frozenset(exclude)
         self._stt_factory = stt_factory
         self._vad = vad
         self._job_ctx = job_ctx
@@ -271,7 +279,7 @@ class TranscriberPool:
         self._transcribers: dict[str, Transcriber] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._lines: list[TranscribedLine] = []
+        self._lines: deque[TranscribedLine] = deque(maxlen=MAX_LINES)
         self._following = False
 
     @property
@@ -281,7 +289,7 @@ class TranscriberPool:
 
     @property
     def lines(self) -> list[TranscribedLine]:
-        """Every final line, of every participant, in the order they were transcribed."""
+        """The newest final lines (up to ``MAX_LINES``), of every participant, in order."""
         return list(self._lines)
 
     def follow(self) -> None:
@@ -310,7 +318,7 @@ class TranscriberPool:
             await self._leave(identity, "pool closed")
 
     def _on_connected(self, participant: rtc.RemoteParticipant) -> None:
-        if participant.kind in TRANSCRIBED_KINDS:
+        if participant.kind in TRANSCRIBED_KINDS and participant.identity not in self._exclude:
             self._spawn(self._join(participant.identity))
 
     def _on_disconnected(self, participant: rtc.RemoteParticipant) -> None:

@@ -203,20 +203,20 @@ async def scenario_with_job(sim: Simulation, scenario: ScenarioFn, job: asyncio.
 
 
 def _transcript_printer(room: SimulatedRoom, printer: Printer) -> Callable[[TimelineEvent], None]:
-    """Print each line of the conversation once it is final, as a frontend shows it."""
-    agent = room.local_participant.identity
+    """Print each line of the conversation once it is final, as a frontend shows it: typed
+    lines, the agent's lines and the participants' transcribed speech (which the agent
+    publishes on their behalf), by speaker."""
 
     def observe(event: TimelineEvent) -> None:
         record = event.record
-        if event.kind == "text_stream_received" and record.topic == "lk.chat":
-            printer(f"[{record.sender_identity}] {record.text}")
-        elif (
+        typed = event.kind == "text_stream_received" and record.topic == "lk.chat"
+        spoken = (
             event.kind == "text_stream_closed"
             and record.topic == TOPIC_TRANSCRIPTION
-            and record.sender_identity == agent
             and record.attributes.get("lk.transcription_final") == "true"
-        ):
-            printer(f"[{agent}] {record.text}")
+        )
+        if typed or spoken:
+            printer(f"[{record.sender_identity}] {record.text}")
 
     return observe
 

@@ -95,6 +95,12 @@ async def multi(sim: Simulation) -> None:
         await microphones[identity].say(line)
     await asyncio.sleep(0.5)
     sim.timeline = [term.to_dict() for term in election.timeline]  # type: ignore[attr-defined]
+    meeting = sim.conversation.meeting if sim.conversation is not None else None
+    sim.meeting_lines = [  # type: ignore[attr-defined]
+        (s.text, s.speaker)
+        for s in (meeting.log if meeting is not None else [])
+        if s.role == "user"
+    ]
     sim.primary_identities = [t.identity for t in election.timeline]  # type: ignore[attr-defined]
     for microphone in microphones.values():
         await microphone.aclose()
@@ -126,7 +132,15 @@ def check_multi(obs: Observations, sim: Simulation) -> list[str]:
     for segment in heard:
         if spoken.get(segment["text"]) != segment["speaker"]:
             problems.append("a transcript line is attributed to someone who did not say it")
-    missing = set(spoken) - {s["text"] for s in heard if s["final"]}
+    finals = [s["text"] for s in heard if s["final"]]
+    missing = set(spoken) - set(finals)
     if missing:
         problems.append(f"{len(missing)} spoken lines never reached the transcript")
+    repeated = sorted({text for text in finals if finals.count(text) > 1})
+    if repeated:
+        problems.append(f"{len(repeated)} spoken lines were published more than once")
+    meeting = getattr(sim, "meeting_lines", [])
+    obs.timings["meeting_lines"] = len(meeting)
+    if sorted(meeting) != sorted(spoken.items()):
+        problems.append("the room's transcript does not hold every spoken line once")
     return problems

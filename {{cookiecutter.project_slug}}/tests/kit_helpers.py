@@ -6,7 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from {{ cookiecutter.package_name }}.testing.kit_worker import GREETING_REPLY
-from {{ cookiecutter.package_name }}.testing.livekit_server import KitRoom, LocalLiveKitServer
+from {{ cookiecutter.package_name }}.testing.livekit_server import (
+    KitRoom,
+    LocalLiveKitServer,
+)
 
 __all__ = ["GREETING_REPLY", "agent_texts", "kit_server"]
 

@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 from store_fixtures import new_prefix, redis_server  # noqa: F401 - fixture
 
-from {{ cookiecutter.package_name }}.resilience.room_lease import RedisRoomLease, SqliteRoomLease
+from {{ cookiecutter.package_name }}.resilience.room_lease import (
+    RedisRoomLease,
+    SqliteRoomLease,
+)
 from {{ cookiecutter.package_name }}.resilience.room_registry import (
     LapsedRoom,
     RedisRoomRegistry,

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     room_lease_s: float = Field(default=3.0, gt=0, le=60)
     # What a second worker in the same room does: wait to take over, or leave.
     room_standby: Literal["wait", "leave"] = "wait"
+    # Serve Prometheus metrics (livekit's and this project's, every job process summed) on
+    # http://WORKER_HOST:METRICS_PORT/metrics; unset: no metrics endpoint.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
     redis_url: str | None = None
     redis_cluster: bool = False
     # Without REDIS_URL: the SQLite file every job and worker process on this host shares, so

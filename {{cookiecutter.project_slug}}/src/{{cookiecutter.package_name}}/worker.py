@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from livekit import api, rtc
 from livekit.agents import AgentServer, AgentSession, JobContext, JobProcess, llm, room_io
 
+from . import metrics
 from .assistant import GREETING, WELCOME_BACK, Assistant
 from .log import (
     bind_job_context,
@@ -57,7 +58,7 @@ from .resilience.store import (
 from .resilience.store.redis_client import connect
 from .resilience.supervisor import GAVE_UP, SessionSupervisor
 from .resilience.supervisor_events import ClosedEvent
-from .resilience.transcribers import TranscriberPool, listen_only_stt
+from .resilience.transcribers import TranscribedLine, TranscriberPool, listen_only_stt
 from .settings import Settings, load_settings
 
 logger = get_logger(__name__)
@@ -87,6 +88,9 @@ def build_server(settings: Settings) -> AgentServer:
         options["host"] = settings.worker_host
     if settings.worker_port is not None:
         options["port"] = settings.worker_port
+    if settings.metrics_port is not None:
+        options["prometheus_port"] = settings.metrics_port
+        options["prometheus_multiproc_dir"] = metrics.multiprocess_dir()
     server = AgentServer(**options)
     watcher = room_watcher(settings)
     if watcher is not None:
@@ -198,17 +202,22 @@ class Conversation:
         if self.meeting is not None:
             supervisor.on("transcript_segment", lambda ev: self.meeting.add_segment(ev.segment))
         supervisor.on("closed", self._on_closed)
+        metrics.watch_supervisor(supervisor)
         self._supervisor = supervisor
+        if greeting == WELCOME_BACK:
+            metrics.WELCOME_BACKS.inc()
         async with self.election.starting(SupervisedConversation(supervisor, self.identity)):
             await supervisor.start(greeting=greeting, chat_ctx=chat_ctx)
 
     def welcome_back(self) -> None:
         """The participant came back: welcome them (once per return), or reopen the
         conversation if it gave up (its restart budget was spent) while they were away."""
+        metrics.RETURNING.inc()
         supervisor = self.supervisor
         if supervisor.closed:
             self._spawn_reopen(supervisor)
         elif supervisor.session is not None:
+            metrics.WELCOME_BACKS.inc()
             supervisor.session.generate_reply(instructions=WELCOME_BACK)
 
     def _spawn_reopen(self, closed: SessionSupervisor) -> None:
@@ -265,6 +274,8 @@ class Conversation:
             await self.meeting.aclose()
         await self.gemini.aclose()
         await self.recorder.aclose()
+        if self.primacy.token is not None:
+            metrics.LEASES_HELD.dec()
         await self.primacy.aclose()
         if self.owns_store:
             await self.store.aclose()
@@ -338,10 +349,18 @@ async def claim_room(ctx: JobContext, settings: Settings) -> RoomPrimacy | None:
     Returns None when another worker holds the room and ``ROOM_STANDBY=leave``.
     """
     lease = open_room_lease(settings, ctx.room.name, f"{ctx.worker_id}/{ctx.job.id}")
+
     # lost means Redis answered and showed another holder; an outage never ends the call
-    primacy = RoomPrimacy(
-        lease, on_lost=lambda: ctx.shutdown(reason="another worker took the room over")
-    )
+    def lost() -> None:
+        metrics.LEASES_LOST.inc()
+        metrics.LEASES_HELD.dec()
+        ctx.shutdown(reason="another worker took the room over")
+
+    def acquired(_token: int) -> None:
+        metrics.LEASES_ACQUIRED.inc()
+        metrics.LEASES_HELD.inc()
+
+    primacy = RoomPrimacy(lease, on_acquired=acquired, on_lost=lost)
     if await primacy.start():
         return primacy
     # a job dispatched after the room's worker died is not needed once another worker has it
@@ -401,6 +420,8 @@ async def run_job(
     outcome = await presence.join(participant, answer_within=JOIN_ANSWER_S)
     # what to continue: the record of a participant the store knows (None: a new one)
     earlier = outcome.record if outcome and outcome.kind is JoinKind.RETURNING else None
+    if earlier is not None:
+        metrics.RETURNING.inc()
 
     recorder = ConversationRecorder(writer, ctx.room.name, identity)
     # Gemini Live sessions resume by handle (kept in the store); when its reconnect budget
@@ -413,6 +434,7 @@ async def run_job(
             "gemini_unavailable", models=fallback
         ),
     )
+    metrics.watch_gemini(gemini)
     conversation = Conversation(
         ctx, settings, identity, models, store, recorder, presence, election, primacy, gemini,
         owns_store=owns_store,
@@ -450,6 +472,13 @@ async def run_job(
     return conversation
 
 
+def transcribed(meeting: MeetingTranscript | None, line: TranscribedLine) -> None:
+    """A participant's line, heard by their transcriber: into the room's transcript."""
+    metrics.TRANSCRIPT_LINES.labels("user").inc()
+    if meeting is not None:
+        meeting.add_line(line)
+
+
 def start_transcribers(
     ctx: JobContext, settings: Settings, models: ModelFactory, conversation: Conversation
 ) -> TranscriberPool:
@@ -467,7 +496,7 @@ def start_transcribers(
         vad=stack.vad or ctx.proc.userdata.get("vad"),
         election=conversation.election,
         job_ctx=ctx,
-        on_line=meeting.add_line if meeting is not None else None,
+        on_line=lambda line: transcribed(meeting, line),
         exclude={conversation.identity},
     )
     pool.follow()

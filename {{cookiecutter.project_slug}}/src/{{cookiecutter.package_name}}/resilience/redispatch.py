@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 from livekit import api
 
+from .. import metrics
 from ..log import get_logger
 from .room_registry import LapsedRoom, RoomRegistry
 from .store import StoreUnavailableError
@@ -137,6 +138,7 @@ class RoomWatcher:
             return await self._retry_later(room, exc)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return await self._retry_later(room, exc)
+        metrics.REDISPATCHES.inc()
         logger.warning(
             "room re-dispatched: its worker stopped renewing the room lease",
             lapsed_s=_s(room),

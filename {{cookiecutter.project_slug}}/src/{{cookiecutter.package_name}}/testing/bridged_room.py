@@ -98,11 +98,22 @@ class BridgedRoom(SimulatedRoom):
                     self.remove_participant(message["identity"])
             elif kind == "chat":
                 await self.send_chat(message["from"], message["text"])
+            elif kind == "rpc":
+                self._tasks.append(asyncio.create_task(self._answer_rpc(message)))
             elif kind == "room_closed":
                 await self.disconnect(reason=rtc.DisconnectReason.ROOM_DELETED)
                 return
         # the server went away: as the SDK does when its signal connection is lost for good
         await self.disconnect(reason=rtc.DisconnectReason.SIGNAL_CLOSE)
+
+    async def _answer_rpc(self, call: dict[str, Any]) -> None:
+        """A participant's RPC to the agent, through the SDK's own incoming chain."""
+        try:
+            payload = await self.perform_rpc_as(call["from"], call["method"], call["payload"])
+            self._outbox.put_nowait({"t": "rpc_result", "id": call["id"], "payload": payload})
+        except rtc.RpcError as exc:
+            error = {"code": exc.code, "message": exc.message}
+            self._outbox.put_nowait({"t": "rpc_result", "id": call["id"], "error": error})
 
     async def _write(self) -> None:
         assert self._ws is not None

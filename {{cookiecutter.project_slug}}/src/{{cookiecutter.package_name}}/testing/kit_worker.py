@@ -8,20 +8,24 @@ stand-ins:
 - each job's room is a :class:`~.bridged_room.BridgedRoom` joined through
   :class:`~.livekit_server.LocalLiveKitServer` (``LIVEKIT_URL`` points there);
 - the model stack is scripted and answers from the conversation it is given
-  (:func:`kit_reply`), so a test reads from the room's transcript what the model knew.
+  (:func:`kit_reply`), so a test reads from the room's transcript what the model knew; with
+  ``KIT_MODELS=gemini-text`` it is the real Gemini Live plugin with the resume handler
+  (text out, a scripted voice) against ``GEMINI_BASE_URL`` (a ``LocalGeminiLiveServer``;
+  TLS trust through ``SSL_CERT_FILE``).
 
 ``run_job`` is called exactly as ``worker.entrypoint`` calls it.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from livekit.agents import JobContext
 
 from ..assistant import WELCOME_BACK
 from ..models import ModelStack
-from ..settings import load_settings
+from ..settings import Settings, load_settings
 from ..worker import build_server, run_job
 from . import bridged_room
 from .models import LLMRequest, ScriptedLLM, ScriptedTTS
@@ -52,11 +56,32 @@ def scripted_models() -> ModelStack:
     )
 
 
+def gemini_text_models(settings: Settings) -> ModelStack:
+    """The real Gemini Live plugin and resume handler, text out, a scripted voice."""
+    from google.genai import types
+
+    from ..resilience.gemini_resume import gemini_realtime_model
+
+    key = settings.google_api_key.get_secret_value() if settings.google_api_key else None
+    model = gemini_realtime_model(
+        model=settings.gemini_model,
+        api_key=key,
+        http_options=types.HttpOptions(base_url=settings.gemini_base_url),
+        modalities=[types.Modality.TEXT],
+    )
+    return ModelStack(name="gemini-live", llm=model, tts=ScriptedTTS())
+
+
 async def kit_entrypoint(ctx: JobContext) -> None:
     """A job: the room is bridged to the kit server; the rest is ``worker.entrypoint``."""
     bridged_room.install(ctx)
-    stack = scripted_models()
-    await run_job(ctx, settings=load_settings(), models=lambda: stack)
+    settings = load_settings()
+    if os.environ.get("KIT_MODELS") == "gemini-text":
+        models = lambda: gemini_text_models(settings)  # noqa: E731 - one per session
+    else:
+        stack = scripted_models()
+        models = lambda: stack  # noqa: E731
+    await run_job(ctx, settings=settings, models=models)
 
 
 server = build_server(load_settings())

@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 from aiohttp import WSMsgType, web
-from livekit import api
+from livekit import api, rtc
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import agent_dispatch as dispatch_pb
 from livekit.protocol import models as models_pb
@@ -60,6 +60,26 @@ class KitParticipant:
             raise RuntimeError(f"{self.identity!r} is not in room {self.room.name!r}")
         self.room.lines.append(AgentLine(time.monotonic(), self.identity, "user", text))
         await self.server._broadcast(self.room, {"t": "chat", "from": self.identity, "text": text})
+
+    async def rpc(self, method: str, payload: str = "", within: float = 15.0) -> str:
+        """Call an RPC method on the room's latest agent; its response, or ``rtc.RpcError``
+        with the code and message the agent answered."""
+        agents = [who for who in self.room.agents() if who in self.room._bridges]
+        if not agents:
+            raise RuntimeError(f"no agent is connected in room {self.room.name!r}")
+        call_id = str(next(self.server._turn))
+        answer = asyncio.get_running_loop().create_future()
+        self.server._rpc_answers[call_id] = answer
+        message = {"t": "rpc", "id": call_id, "from": self.identity, "method": method,
+                   "payload": payload}  # fmt: skip
+        await _send(self.room._bridges[agents[-1]], message)
+        try:
+            result = await asyncio.wait_for(answer, within)
+        finally:
+            self.server._rpc_answers.pop(call_id, None)
+        if "error" in result:
+            raise rtc.RpcError(result["error"]["code"], result["error"]["message"])
+        return result["payload"]
 
     async def leave(self) -> None:
         """Disconnect (a closed tab): the room's departure timer starts if nobody else is left."""
@@ -87,6 +107,7 @@ class LocalLiveKitServer:
         self.workers: dict[str, str] = {}  # worker id -> agent name, while connected
         self._worker_ws: dict[str, web.WebSocketResponse] = {}
         self._answers: dict[str, asyncio.Future[agent_pb.AvailabilityResponse]] = {}
+        self._rpc_answers: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._turn = itertools.count()
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -356,6 +377,10 @@ class LocalLiveKitServer:
                     line = AgentLine(time.monotonic(), identity, "agent", message["text"])
                     room.lines.append(line)
                     await self._notify()
+                elif message["t"] == "rpc_result":
+                    answer = self._rpc_answers.get(message["id"])
+                    if answer is not None and not answer.done():
+                        answer.set_result(message)
                 elif message["t"] == "track":
                     room.agent_tracks.append(message["sid"])
                     await self._notify()

@@ -42,6 +42,10 @@ class KitWorkerProcess:
             "WORKER_PORT": "0",
             **(env or {}),
         }
+        if "METRICS_PORT" in self.env and "PROMETHEUS_MULTIPROC_DIR" not in self.env:
+            # before the worker imports prometheus_client, as `agent.py start` does, so the
+            # main process's metrics are served too
+            self.env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="kit-metrics-")
         directory = log_dir or Path(tempfile.mkdtemp(prefix="kit-worker-"))
         self.log_path = directory / f"worker-{id(self):x}.log"
         self.process: subprocess.Popen[bytes] | None = None

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from ... import metrics
 from .base import JoinOutcome
 from .memory import MemoryStore
 from .records import identity_hash
@@ -56,10 +58,15 @@ class BufferedWrites:
     ) -> T:
         """Send now; while the backend cannot answer, apply ``local`` and queue ``send``."""
         if not self._queue.busy:
+            started = time.perf_counter()
             try:
-                return await send()
+                result = await send()
             except self._unavailable as exc:
                 self._queue.mark_unavailable(exc)
+            else:
+                metrics.STORE_WRITES.labels("sent").inc()
+                metrics.STORE_WRITE_SECONDS.observe(time.perf_counter() - started)
+                return result
         result = await local()
         self._queue.put(PendingWrite(name, room, identity_hash(identity), send))
         return result

@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ... import metrics
+
 __all__ = ["PendingWrite", "WriteQueue"]
 
 logger = logging.getLogger(__name__)
@@ -117,6 +119,8 @@ class WriteQueue:
                 )
             return False
         self._writes.append(write)
+        metrics.STORE_WRITES.labels("queued").inc()
+        metrics.STORE_QUEUE_DEPTH.inc()
         return True
 
     async def wait_idle(self, max_wait: float | None = None) -> bool:
@@ -142,6 +146,8 @@ class WriteQueue:
             self._atask.cancel()
             await asyncio.gather(self._atask, return_exceptions=True)
             self._atask = None
+        metrics.STORE_QUEUE_DEPTH.dec(len(self._writes))
+        self._writes.clear()
 
     async def _replay(self) -> None:
         delay = self._base_delay
@@ -170,6 +176,8 @@ class WriteQueue:
                     if await self._attempt(write.send):
                         self.replayed += 1
                         self._writes.popleft()
+                        metrics.STORE_WRITES.labels("retried").inc()
+                        metrics.STORE_QUEUE_DEPTH.dec()
                         delay = self._base_delay
                         continue
                 except Exception as exc:
@@ -208,6 +216,8 @@ class WriteQueue:
     def _refuse(self, write: PendingWrite, exc: Exception) -> None:
         self._writes.popleft()
         self.refused += 1
+        metrics.STORE_WRITES.labels("refused").inc()
+        metrics.STORE_QUEUE_DEPTH.dec()
         logger.error(
             "session store refused a queued write; dropped",
             extra={

@@ -6,19 +6,25 @@ SESSION_DB_PATH), never through a worker's cache: when it cannot be reached they
 line and exit 1. Reads never write: a record they cannot read (a key missing from
 SESSION_ENCRYPTION_KEYS, corruption) is reported, left as it is, and the command exits 1.
 With SESSION_DB_PATH=:memory: records live inside each worker process: nothing to see here.
+
+Every command that reaches the store logs one audit event (``audit.py``): the operator (OS
+user and host), what the command did, to which conversation (keyed hashes), its outcome and
+counts, whether it succeeded or not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from . import audit
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -43,10 +49,13 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _with_admin(
-    settings: Settings, action: Callable[[RedisAdmin | SqliteAdmin], Awaitable[Any]]
+    settings: Settings,
+    action: Callable[[RedisAdmin | SqliteAdmin], Awaitable[Any]],
+    event: dict[str, Any],
 ) -> Any:
-    """Run ``action`` on the store; a store error is one line and exit 1."""
-    from .resilience.store import KeyRing, StoreError, open_admin
+    """Run ``action`` on the store; a store error is one line and exit 1 (and noted in the
+    audit ``event``)."""
+    from .resilience.store import InvalidInputError, KeyRing, StoreError, open_admin
     from .resilience.store.sqlite_admin import SqliteAdmin
 
     async def run() -> Any:
@@ -72,7 +81,33 @@ def _with_admin(
     try:
         return asyncio.run(run())
     except StoreError as exc:
+        # refused: a name or key the store does not accept; else it could not do it
+        refused = isinstance(exc, InvalidInputError)
+        event.update(outcome=audit.REFUSED if refused else audit.ERROR, error=type(exc).__name__)
         raise _fail(str(exc)) from None
+
+
+@contextlib.contextmanager
+def _audited(
+    action: str, *, room: str | None, identity: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """Log one audit event for the command's visit to the store, however it ends.
+
+    The body fills in the event (counts, and ``outcome`` when it knows better); a command
+    that exits 0 is ``ok``, any other exit ``error`` unless the body said otherwise."""
+    event: dict[str, Any] = {"room": room, "identity": identity}
+    try:
+        yield event
+    except typer.Exit as exc:
+        event.setdefault("outcome", audit.OK if exc.exit_code == 0 else audit.ERROR)
+        raise
+    except BaseException:
+        event.setdefault("outcome", audit.ERROR)
+        raise
+    else:
+        event.setdefault("outcome", audit.OK)
+    finally:
+        audit.audit(action, actor=audit.operator_actor(), **event)
 
 
 def _settings(*, needs_redis: bool) -> Settings | None:
@@ -126,35 +161,36 @@ def list_sessions(room: Room = None) -> None:
     settings = _settings(needs_redis=False)
     if settings is None:
         return
-    inventory = _with_admin(settings, lambda admin: admin.inventory(room))
-    records = sorted(inventory.records, key=lambda r: (r.room, r.last_seen))
-    _print_table(
-        f"{len(records)} sessions",
-        ("room", "identity", "items", "segments", "reconnects", "active", "last seen"),
-        [
-            (r.room, r.identity, str(len(r.items)), str(len(r.transcript)),
-             str(r.reconnect_count), "yes" if r.active_session else "no", _when(r.last_seen))
-            for r in records
-        ],
-    )  # fmt: skip
-    if inventory.unreadable:
-        raise _fail(describe_unreadable(inventory.unreadable))
+    with _audited(audit.SESSIONS_LIST, room=room) as event:
+        inventory = _with_admin(settings, lambda admin: admin.inventory(room), event)
+        records = sorted(inventory.records, key=lambda r: (r.room, r.last_seen))
+        event.update(records=len(records), unreadable=len(inventory.unreadable))
+        _print_table(
+            f"{len(records)} sessions",
+            ("room", "identity", "items", "segments", "reconnects", "active", "last seen"),
+            [
+                (r.room, r.identity, str(len(r.items)), str(len(r.transcript)),
+                 str(r.reconnect_count), "yes" if r.active_session else "no", _when(r.last_seen))
+                for r in records
+            ],
+        )  # fmt: skip
+        if inventory.unreadable:
+            raise _fail(describe_unreadable(inventory.unreadable))
 
 
-def _read_one(identity: str, room: str) -> Any:
+def _read_one(settings: Settings, identity: str, room: str, event: dict[str, Any]) -> Any:
     from .resilience.store import CorruptRecordError, MissingKeyError
-
-    settings = _settings(needs_redis=True)
-    assert settings is not None
 
     async def read(admin: RedisAdmin) -> Any:
         try:
             return await admin.read(room, identity)
         except (MissingKeyError, CorruptRecordError) as exc:
+            event.update(outcome=audit.ERROR, error=type(exc).__name__, unreadable=1)
             raise _fail(f"stored session unreadable, left as it is: {exc}") from None
 
-    record = _with_admin(settings, read)
+    record = _with_admin(settings, read, event)
     if record is None:
+        event["outcome"] = audit.NOT_FOUND
         raise _fail("no stored session for that participant in that room")
     return record
 
@@ -164,8 +200,12 @@ def show_session(identity: Identity, room: RequiredRoom) -> None:
     """The whole stored record of one participant, as JSON (read-only)."""
     from dataclasses import asdict
 
-    record = _read_one(identity, room)
-    typer.echo(json.dumps(asdict(record), indent=2, default=str))
+    settings = _settings(needs_redis=True)
+    assert settings is not None
+    with _audited(audit.SESSION_SHOW, room=room, identity=identity) as event:
+        record = _read_one(settings, identity, room, event)
+        event.update(items=len(record.items), segments=len(record.transcript))
+        typer.echo(json.dumps(asdict(record), indent=2, default=str))
 
 
 @sessions_app.command("purge")
@@ -181,12 +221,18 @@ def purge_sessions(
     what = f"the session of {identity!r}" if identity else "every session"
     if not yes:
         typer.confirm(f"Delete {what} in room {room!r}?", abort=True)
-    purged = _with_admin(settings, lambda admin: admin.purge(room, identity))
-    typer.echo(
-        f"deleted {purged.sessions} session(s) and {purged.quarantined} quarantined record(s)"
-    )
-    if purged.unreadable:
-        raise _fail(f"not checked for room {room!r}: " + describe_unreadable(purged.unreadable))
+    with _audited(audit.SESSION_PURGE, room=room, identity=identity) as event:
+        purged = _with_admin(settings, lambda admin: admin.purge(room, identity), event)
+        event.update(
+            sessions=purged.sessions,
+            quarantined=purged.quarantined,
+            unreadable=len(purged.unreadable),
+        )
+        typer.echo(
+            f"deleted {purged.sessions} session(s) and {purged.quarantined} quarantined record(s)"
+        )
+        if purged.unreadable:
+            raise _fail(f"not checked for room {room!r}: " + describe_unreadable(purged.unreadable))
 
 
 @sessions_app.command("quarantine")
@@ -196,7 +242,9 @@ def list_quarantine(room: Room = None) -> None:
     settings = _settings(needs_redis=False)
     if settings is None:
         return
-    quarantined = _with_admin(settings, lambda admin: admin.quarantined(room))
+    with _audited(audit.QUARANTINE_LIST, room=room) as event:
+        quarantined = _with_admin(settings, lambda admin: admin.quarantined(room), event)
+        event["records"] = len(quarantined)
     _print_table(
         f"{len(quarantined)} quarantined",
         ("key", "room", "participant", "reason", "quarantined", "expires"),
@@ -217,7 +265,12 @@ def restore_session(
 
     settings = _settings(needs_redis=True)
     assert settings is not None
-    restored = _with_admin(settings, lambda admin: admin.restore(key))
+    with _audited(audit.QUARANTINE_RESTORE, room=None) as event:
+        restored = _with_admin(settings, lambda admin: admin.restore(key), event)
+        if isinstance(restored, SessionRecord):  # else: restored, but unreadable here
+            event.update(room=restored.room, identity=restored.identity)
+        else:
+            event.update(room=restored.room, unreadable=1)
     if isinstance(restored, SessionRecord):
         typer.echo(f"restored {key}: room {restored.room!r}, {len(restored.items)} items")
         return
@@ -236,8 +289,12 @@ def restore_session(
 
 def transcript(identity: Identity, room: RequiredRoom) -> None:
     """Print a participant's transcript, as the frontend showed it (read-only)."""
-    record = _read_one(identity, room)
-    for segment in record.transcript:
-        typer.echo(f"[{segment.get('speaker', '?')}] {segment.get('text', '')}")
+    settings = _settings(needs_redis=True)
+    assert settings is not None
+    with _audited(audit.SESSION_TRANSCRIPT, room=room, identity=identity) as event:
+        record = _read_one(settings, identity, room, event)
+        event["segments"] = len(record.transcript)
+        for segment in record.transcript:
+            typer.echo(f"[{segment.get('speaker', '?')}] {segment.get('text', '')}")
     if not record.transcript:
         typer.echo("(no transcript segments stored)", err=True)

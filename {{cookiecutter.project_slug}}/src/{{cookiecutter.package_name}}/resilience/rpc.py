@@ -46,6 +46,7 @@ from typing import Any
 
 from livekit import rtc
 
+from ..audit import ERROR, OK, REFUSED, TRANSCRIPT_READ, audit
 from ..log import get_logger, identity_ref
 from .room_output import TranscriptLog
 
@@ -92,9 +93,11 @@ class RpcRoutes:
         self,
         local_participant: rtc.LocalParticipant,
         *,
+        room_name: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._participant = local_participant
+        self._room_name = room_name  # for the audit trail
         self._routes: dict[str, _Route] = {}
         self._clock = clock
         # per caller identity: when its restart in flight was requested, when its last ended
@@ -182,9 +185,26 @@ class RpcRoutes:
         raise rtc.RpcError(ERROR_TOO_SOON, message)
 
     async def _on_history(self, data: rtc.RpcInvocationData) -> str:
-        if self._shared is not None and self._shared[1](data.caller_identity):
-            return history_page(self._shared[0], data.payload)
-        return history_page(self._route(data).transcript, data.payload)
+        caller = data.caller_identity
+        shared = self._shared if self._shared is not None and self._shared[1](caller) else None
+        # one audit event per call, served or refused: who read which conversation
+        event: dict[str, Any] = {
+            "actor": identity_ref(caller),
+            "room": self._room_name,
+            "identity": caller if shared is None else None,  # a meeting's is the room's
+            "scope": "participant" if shared is None else "room",
+        }
+        try:
+            log = self._route(data).transcript if shared is None else shared[0]
+            page = history_page(log, data.payload)
+        except rtc.RpcError as exc:
+            audit(TRANSCRIPT_READ, outcome=REFUSED, code=exc.code, **event)
+            raise
+        except Exception as exc:
+            audit(TRANSCRIPT_READ, outcome=ERROR, error=type(exc).__name__, **event)
+            raise
+        audit(TRANSCRIPT_READ, outcome=OK, segments=len(json.loads(page)["segments"]), **event)
+        return page
 
 
 _rooms: weakref.WeakKeyDictionary[rtc.Room, RpcRoutes] = weakref.WeakKeyDictionary()
@@ -194,7 +214,7 @@ def routes_for(room: rtc.Room) -> RpcRoutes:
     """The room's RPC routes (one per room, made on first use)."""
     routes = _rooms.get(room)
     if routes is None:
-        routes = _rooms[room] = RpcRoutes(room.local_participant)
+        routes = _rooms[room] = RpcRoutes(room.local_participant, room_name=room.name)
     return routes
 
 

@@ -38,7 +38,7 @@ ALWAYS = [
     "AGENTS.md",
     ".env.example",
     ".gitignore",
-    ".cookiecutter.json",
+    ".cruft.json",
     ".python-version",
     "src/{pkg}/__init__.py",
     "src/{pkg}/settings.py",

@@ -16,6 +16,8 @@ MODEL_STACKS = ("gemini-live", "openai-realtime", "openai-pipeline")
 SESSION_STORES = ("sqlite", "redis")
 ROOM_MODES = ("one-to-one", "multi-participant")
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
+# The first is the default; "none" generates no LICENSE file.
+LICENSES = ("MIT", "none")
 
 MAX_NAME_LENGTH = 50
 # The package name appears in import lines; longer ones would not fit the line length.
@@ -76,6 +78,12 @@ def validate(answers: dict[str, object]) -> list[str]:
 
     if not isinstance(answers.get("include_dockerfile"), bool):
         problems.append("include_dockerfile must be true or false (a JSON boolean)")
+    # Answers recorded before the option existed mean the default, which those projects got.
+    license_name = answers.get("license", LICENSES[0])
+    if license_name not in LICENSES:
+        problems.append(
+            f"license {license_name!r} is not supported: choose one of {', '.join(LICENSES)}"
+        )
     return problems
 
 

@@ -11,8 +11,8 @@ from conftest import bake, run
 
 pytestmark = pytest.mark.deep
 
+# the default answers run as the generated CI workflow runs them (test_ship.py)
 DEEP = {
-    "default": {},
     "redis-multi": {"session_store": "redis", "room_mode": "multi-participant"},
 }
 

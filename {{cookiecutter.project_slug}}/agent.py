@@ -1,12 +1,32 @@
 """Entry point: `python agent.py COMMAND`; run `python agent.py --help` for the commands.
 
-`python -m livekit.agents start agent.py` also works: it finds `server` here.
+`python -m livekit.agents start agent.py` also works: it finds `server` here. `server` is
+loaded on first use (module `__getattr__`), so `--help` and the commands that do not run
+the worker never import livekit-agents and its plugins.
 """
 
-from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.worker import server
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["server"]
+if TYPE_CHECKING:
+    from livekit.agents import AgentServer
+
+    server: AgentServer
+
+
+def __getattr__(name: str) -> Any:
+    if name == "server":
+        from {{ cookiecutter.package_name }}.cli import load_server
+
+        return load_server()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # livekit's discovery looks for `server` in dir(module)
+    return sorted([*globals(), "server"])
+
 
 if __name__ == "__main__":
+    from {{ cookiecutter.package_name }}.cli import main
+
     main()

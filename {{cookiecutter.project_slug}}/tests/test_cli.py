@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -50,12 +51,21 @@ def rejecting_server() -> Iterator[str]:
     server.shutdown()
 
 
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture
 def livekit_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIVEKIT_API_KEY", "devkey")
     monkeypatch.setenv("LIVEKIT_API_SECRET", "a-secret-long-enough-for-hs256-signing!!")
     monkeypatch.setenv("GOOGLE_API_KEY", "g")
     monkeypatch.setenv("OPENAI_API_KEY", "o")
+    # the keys are checked before a worker starts: against nothing, never the internet
+    monkeypatch.setenv("GEMINI_BASE_URL", f"https://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{closed_port()}/v1")
 
 
 def test_dev_without_settings_names_what_to_set() -> None:
@@ -124,13 +134,16 @@ def test_doctor_lists_each_failure_with_its_fix(
 ) -> None:
     monkeypatch.setenv("LIVEKIT_URL", "ws://127.0.0.1:9")
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:9/0")
-    monkeypatch.setenv("COLUMNS", "200")
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 1
-    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if "│" in line}
-    assert "FAIL" in rows["LiveKit server reachable"]
-    assert "FAIL" in rows["Redis reachable"]
-    assert "OK" in rows["model plugins installed"]
+    lines = result.stdout.splitlines()
+    rows = {line[6:].split(":", 1)[0]: line for line in lines if line[:4] in ("OK  ", "FAIL")}
+    assert rows["LiveKit server"].startswith("FAIL")
+    assert rows["Redis reachable"].startswith("FAIL")
+    assert rows["model plugins installed"].startswith("OK")
+    fixes = [line for line in lines if line.strip().startswith("fix: ")]
+    assert len(fixes) >= 2
+    assert lines[-1].startswith("doctor: 2 failed")
 
 
 def test_a_second_worker_on_a_busy_port_says_how_to_move_it(
@@ -163,3 +176,117 @@ def test_real_process_dev_without_settings() -> None:
     assert "error: LIVEKIT_URL is not set" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "DeprecationWarning" not in proc.stderr
+
+
+def test_a_bad_flag_is_one_line() -> None:
+    cases = {
+        ("simulate", "--log-level", "bogus"): "--log-level (or LOG_LEVEL) must be one of",
+        ("simulate", "--json", "no-such-folder/sim.json"): "the folder no-such-folder does not",
+        ("simulate", "--scenario", "nope"): "--scenario must be one of basic",
+        ("simulate", "--no-such-flag"): "No such option: --no-such-flag",
+        ("dev", "--log-level", "loud"): "--log-level (or LOG_LEVEL) must be one of",
+        ("token", "--room", "r"): "Missing option '--identity'",
+        ("no-such-command",): "No such command 'no-such-command'",
+    }
+    for args, expected in cases.items():
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 2, args
+        assert result.stdout == "", args
+        assert result.stderr.count("\n") == 1, (args, result.stderr)
+        assert result.stderr.startswith("error: ") and expected in result.stderr, args
+
+
+def test_an_invalid_setting_is_one_line_in_any_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROOM_LEASE_S", "soon")
+    for args in (["sessions", "list"], ["simulate"], ["token", "--identity", "a", "--room", "r"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, args
+        assert "error: ROOM_LEASE_S is invalid" in result.stderr, args
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_help_imports_no_livekit_and_livekit_still_finds_the_server() -> None:
+    """`python agent.py --help` loads no livekit code; `python -m livekit.agents start
+    agent.py` still finds `server` (livekit's own discovery, in a fresh process)."""
+    project = AGENT_PY.parent
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['agent.py', '--help']\n"
+        "try:\n"
+        "    runpy.run_path('agent.py', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code in (0, None), exit.code\n"
+        "heavy = ('livekit.agents', 'livekit.rtc', 'google.genai')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "print('heavy:', heavy)\n"
+    )
+    helped = subprocess.run(
+        [sys.executable, "-c", probe], cwd=project, capture_output=True, text=True, timeout=60
+    )
+    assert helped.returncode == 0, helped.stderr
+    assert "heavy: []" in helped.stdout
+    assert "simulate" in helped.stdout
+    discover = (
+        "from pathlib import Path\n"
+        "from livekit.agents import AgentServer\n"
+        "from livekit.agents.cli.discover import get_import_data\n"
+        "import importlib\n"
+        "data = get_import_data(path=Path('agent.py'))\n"
+        "module = importlib.import_module(data.module_data.module_import_str)\n"
+        "print(data.app_name, isinstance(getattr(module, data.app_name), AgentServer))\n"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", discover], cwd=project, capture_output=True, text=True, timeout=120
+    )
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip().endswith("server True")
+
+
+def test_token_with_the_dev_servers_secret_says_so_once(tmp_path: Path) -> None:
+    """`livekit-server --dev`'s secret is 6 bytes: one clear line, not PyJWT's warning."""
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "default",
+        "LIVEKIT_URL": "ws://localhost:7880",
+        "LIVEKIT_API_KEY": "devkey",
+        "LIVEKIT_API_SECRET": "secret",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(AGENT_PY), "token", "--identity", "ada", "--room", "r"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    with warnings.catch_warnings():  # the same PyJWT warning, here for the test's decode
+        warnings.simplefilter("ignore")
+        jwt.decode(proc.stdout.strip(), "secret", algorithms=["HS256"])
+    assert proc.stderr.count("LIVEKIT_API_SECRET is shorter than 32 bytes") == 1
+    assert "InsecureKeyLengthWarning" not in proc.stderr
+
+
+def test_simulate_shows_the_conversation_and_keeps_logs_apart(tmp_path: Path) -> None:
+    """stdout holds the conversation only; the logs (a Gemini scenario has warnings: it
+    drops connections on purpose) go to the log file, and stderr says where."""
+    log = tmp_path / "sim.log"
+    proc = subprocess.run(
+        [sys.executable, str(AGENT_PY), "simulate", "--scenario", "gemini-faults",
+         "--log-file", str(log)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    conversation = proc.stdout.splitlines()
+    assert conversation[0].startswith("simulate gemini-faults:")
+    assert any(line.startswith("[agent] reply to: ") for line in conversation)
+    assert all(line.startswith(("simulate", "[", "  ..", "ok:")) for line in conversation)
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(r["event"] == "gemini handle refused; replaying the history" for r in logged)
+    # the template asks for the realtime model's own turn detection: no VAD warning
+    assert not any("TurnDetector requires a VAD" in r["event"] for r in logged)
+    assert proc.stderr.strip().startswith(f"logs: {log} (")
+    assert "Traceback" not in proc.stderr

@@ -25,7 +25,10 @@ from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.testing import RedisServer
 from {{ cookiecutter.package_name }}.testing.worker_process import holder_of, start_workers
 
-LEASE_S = 1.0
+# short, to keep the tests quick, but longer than a job start's longest event-loop block
+# (about 1.1 s importing google.genai on a loaded machine): a lease that lapses there is a
+# crash to the watchers, and the room is taken over
+LEASE_S = 2.0
 ROOM = "support-42"
 
 

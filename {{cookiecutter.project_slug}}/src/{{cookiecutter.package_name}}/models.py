@@ -25,7 +25,21 @@ class ModelStack:
     tts: tts.TTS | None = None
     vad: vad.VAD | None = None
     turn_detection: TurnDetectionMode | None = None
-    """None lets livekit choose (the realtime model's own, or VAD-based for a pipeline)."""
+    """None: a realtime model's own turn detection when it has one, else livekit's default
+    (its TurnDetector, with the VAD, for a pipeline)."""
+
+    def __post_init__(self) -> None:
+        # livekit's default is a TurnDetector, which needs a VAD: a realtime model without
+        # one would log "TurnDetector requires a VAD model" at every session start, then
+        # fall back to the model's own turn detection anyway. Ask for that directly.
+        model = self.llm
+        if (
+            self.turn_detection is None
+            and self.vad is None
+            and isinstance(model, llm.RealtimeModel)
+            and model.capabilities.turn_detection
+        ):
+            object.__setattr__(self, "turn_detection", "realtime_llm")
 
 
 # what each stack imports when a job builds it: loaded once by the worker's process pool

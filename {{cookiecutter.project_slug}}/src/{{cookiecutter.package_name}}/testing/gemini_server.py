@@ -13,6 +13,10 @@ or with the environment alone (read when the genai Client is built)::
 
     GOOGLE_GEMINI_BASE_URL=srv.base_url  SSL_CERT_FILE=srv.cert_path  GOOGLE_API_KEY=...
 
+It also answers google-genai's ``models.get`` (``GET /v1beta/models/NAME``), the cheap
+request `doctor` checks a key with, refusing a key other than ``api_key`` as Google does
+(HTTP 400, reason ``API_KEY_INVALID``).
+
 The server keeps a history per conversation and issues resumption handles that name a
 conversation as it was then (see ``gemini_state``); tests assert on :meth:`history` and
 :attr:`connections`. Faults are armed for the next point they apply to (:meth:`arm`) or
@@ -23,13 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import re
 import ssl
 import time
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
@@ -50,6 +57,9 @@ logger = logging.getLogger(__name__)
 
 # livekit's generate_reply() sends this user turn to make Gemini answer; it is not speech
 REPLY_PLACEHOLDER = "."
+
+# the REST path of models.get: /v1beta/models/gemini-... (the key in a header or ?key=)
+_MODEL_PATH_RE = re.compile(r"^/v1(?:alpha|beta)?/models/(?P<model>[^/]+)$")
 
 
 def default_responder(history: Sequence[HistoryItem]) -> str:
@@ -75,7 +85,8 @@ class LocalGeminiLiveServer:
         chunk_delay: seconds between pieces, so a fault can land mid-reply.
         audio_chunk_ms: length of the tone sent with each piece in AUDIO modality.
         silence_ms: quiet that ends a user audio turn (automatic activity detection).
-        api_key: when set, connections must send this ``x-goog-api-key`` (else HTTP 401).
+        api_key: when set, connections must send this ``x-goog-api-key`` (else HTTP 401),
+            and ``models.get`` refuses any other key (HTTP 400, ``API_KEY_INVALID``).
     """
 
     def __init__(
@@ -280,10 +291,51 @@ class LocalGeminiLiveServer:
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if proto.match_live_path(request.path) is None:
+            if (model := _MODEL_PATH_RE.match(request.path.split("?", 1)[0])) is not None:
+                return self._get_model(connection, request, model["model"])
             return connection.respond(HTTPStatus.NOT_FOUND, "not a Gemini Live endpoint\n")
         if self._api_key is not None and request.headers.get("x-goog-api-key") != self._api_key:
             return connection.respond(HTTPStatus.UNAUTHORIZED, "API key not valid\n")
         return None
+
+    def _get_model(self, connection: ServerConnection, request: Request, model: str) -> Response:
+        """``models.get`` as the Gemini API answers it: the model, or Google's error shape."""
+        query = parse_qs(urlsplit(request.path).query)
+        key = request.headers.get("x-goog-api-key") or query.get("key", [""])[0]
+        if not key:
+            status, body = (
+                HTTPStatus.FORBIDDEN,
+                _google_error(
+                    403,
+                    "PERMISSION_DENIED",
+                    "Method doesn't allow unregistered callers (callers without established "
+                    "identity). Please use API Key or other form of API consumer identity to call "
+                    "this API.",
+                ),
+            )
+        elif self._api_key is not None and key != self._api_key:
+            status, body = (
+                HTTPStatus.BAD_REQUEST,
+                _google_error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "API key not valid. Please pass a valid API key.",
+                    reason="API_KEY_INVALID",
+                ),
+            )
+        else:
+            status, body = (
+                HTTPStatus.OK,
+                {
+                    "name": f"models/{model}",
+                    "displayName": model,
+                    "supportedGenerationMethods": ["bidiGenerateContent"],
+                },
+            )
+        response = connection.respond(status, json.dumps(body))
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = "application/json; charset=UTF-8"
+        return response
 
     async def _serve(self, ws: ServerConnection) -> None:
         assert ws.request is not None
@@ -318,3 +370,18 @@ class LocalGeminiLiveServer:
                 extra={"connection": record.index, "code": record.close_code},
             )
             self._notify()
+
+
+def _google_error(code: int, status: str, message: str, *, reason: str = "") -> dict[str, Any]:
+    """The JSON body of a Google API error (``google.rpc.Status``)."""
+    error: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if reason:
+        error["details"] = [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason,
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            }
+        ]
+    return {"error": error}

@@ -39,8 +39,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from redis.exceptions import ResponseError
-
 from ..log import get_logger
 from .room_registry import RedisRoomRegistry
 from .store import (
@@ -52,7 +50,7 @@ from .store import (
     sqlite_ops,
 )
 from .store.leases import LeaseTable, check_ttl
-from .store.redis_client import UNAVAILABLE
+from .store.redis_client import run_script
 from .store.sqlite_db import SqliteDatabase
 
 logger = get_logger(__name__)
@@ -164,13 +162,7 @@ class RedisRoomLease:
         return LeaseState(owner.decode(), int(token), left)
 
     async def _call(self, script: Any, args: list[Any]) -> Any:
-        try:
-            return await script(keys=[self.key], args=args)
-        except (*UNAVAILABLE, ResponseError) as exc:  # refusals (OOM...) count as outages
-            raise StoreUnavailableError(
-                f"redis cannot answer ({type(exc).__name__}: {str(exc)[:120]}); "
-                "the room lease cannot be checked"
-            ) from None
+        return await run_script(script, [self.key], args, "the room lease cannot be checked")
 
 
 class SqliteRoomLease:

@@ -29,10 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from redis.exceptions import ResponseError
-
-from .store import StoreUnavailableError, redis_scripts, sqlite_ops
-from .store.redis_client import UNAVAILABLE
+from .store import redis_scripts, sqlite_ops
+from .store.redis_client import run_script
 from .store.sqlite_db import SqliteDatabase
 
 __all__ = ["LapsedRoom", "RedisRoomRegistry", "RoomRegistry", "SqliteRoomRegistry"]
@@ -107,13 +105,9 @@ class RedisRoomRegistry:
         await self._client.aclose()
 
     async def _call(self, script: Any, args: list[Any]) -> Any:
-        try:
-            return await script(keys=self.keys, args=args)
-        except (*UNAVAILABLE, ResponseError) as exc:  # refusals (OOM...) count as outages
-            raise StoreUnavailableError(
-                f"redis cannot answer ({type(exc).__name__}: {str(exc)[:120]}); "
-                "the watch list of held rooms cannot be used"
-            ) from None
+        return await run_script(
+            script, self.keys, args, "the watch list of held rooms cannot be used"
+        )
 
 
 class SqliteRoomRegistry:

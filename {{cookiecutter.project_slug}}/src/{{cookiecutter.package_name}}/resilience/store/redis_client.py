@@ -47,6 +47,17 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+async def run_script(script: Any, keys: list[str], args: list[Any], what: str) -> Any:
+    """Run a Lua script; any Redis refusal or outage (script errors included: OOM...) becomes
+    StoreUnavailableError saying ``what`` cannot be done (the room lease, the watch list)."""
+    try:
+        return await script(keys=keys, args=args)
+    except (*UNAVAILABLE, rex.ResponseError) as exc:
+        raise StoreUnavailableError(
+            f"redis cannot answer ({type(exc).__name__}: {str(exc)[:120]}); {what}"
+        ) from None
+
+
 _TAG = re.compile(r"\{[A-Za-z0-9_.-]{1,64}:[0-9a-f]{32}\}")
 
 

@@ -16,6 +16,8 @@ unless they delete.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .admin import Inventory, Purged, RedisAdmin, Unreadable, open_admin
 from .base import (
     AppendResult,
@@ -122,38 +124,25 @@ def open_store(
     """
     if retention <= 0 or active_ttl <= 0 or (quarantine is not None and quarantine <= 0):
         raise InvalidInputError("retention, active_ttl and quarantine must be positive seconds")
-    keyring = KeyRing.parse(encryption_keys) if encryption_keys else None
+    # what every backend is given alike
+    common: dict[str, Any] = {
+        "retention": retention,
+        "active_ttl": active_ttl,
+        "keyring": KeyRing.parse(encryption_keys) if encryption_keys else None,
+        "retention_policy": retention_policy,
+        "quarantine_ttl": quarantine,
+        "limits": limits,
+    }
     if not redis_url and db_path and db_path != MEMORY:
         return SqliteStore(
-            db_path,
-            retention=retention,
-            active_ttl=active_ttl,
-            max_records=max_records,
-            keyring=keyring,
-            retention_policy=retention_policy,
-            quarantine_ttl=quarantine,
-            limits=limits,
-            max_queued_writes=max_queued_writes,
+            db_path, max_records=max_records, max_queued_writes=max_queued_writes, **common
         )
     if not redis_url:
-        return MemoryStore(
-            retention=retention,
-            active_ttl=active_ttl,
-            max_records=max_records,
-            keyring=keyring,
-            retention_policy=retention_policy,
-            quarantine_ttl=quarantine,
-            limits=limits,
-        )
+        return MemoryStore(max_records=max_records, **common)
     return RedisStore(
         connect(redis_url, cluster=redis_cluster),
         prefix=prefix,
-        retention=retention,
-        active_ttl=active_ttl,
-        keyring=keyring,
-        retention_policy=retention_policy,
-        quarantine_ttl=quarantine,
         cache_records=min(max_records, 1000),
         max_queued_writes=max_queued_writes,
-        limits=limits,
+        **common,
     )

@@ -143,10 +143,11 @@ async def test_the_call_goes_on_and_redis_holds_every_turn_once_in_order(
     # the call went on: never ended, every turn answered (and seen by the model), one greeting
     assert run.observations.job_ended == []
     assert run.violations == []
-    # the fault happened while the user talked, and the store noticed it
+    # the fault happened while the user talked, and the store noticed it: an outage, or (a
+    # restart that fell between two writes) a live record Redis lost, given back from memory
     assert m.turns_during >= 1
     if case not in UNNOTICEABLE:
-        assert m.outages >= 1
+        assert m.outages + m.given_back >= 1
     # a fresh client reads every conversation item from Redis once, in order
     assert m.stored == m.expected
     assert len(set(run.record.item_ids)) == len(run.record.item_ids)

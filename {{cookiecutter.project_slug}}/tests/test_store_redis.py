@@ -151,6 +151,38 @@ async def test_a_full_queue_drops_loudly_and_a_live_conversation_is_rewritten(
         await store.aclose()
 
 
+async def test_redis_emptied_between_two_writes_gets_the_live_conversation_back(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart without persistence between two writes: the client reconnects without ever
+    seeing an outage, so only the next write can notice that Redis lost the record."""
+    store = build_store("redis", redis_server)
+    await store.join(ROOM, "ida", "s1")
+    await store.append(ROOM, "ida", items=[turn(0), turn(1)], transcript=[segment(0)])
+    await store.join(ROOM, "left-early", "s2")
+    await store.leave(ROOM, "left-early", "s2")
+    with redis_server.client() as admin:  # what a restart without persistence leaves
+        admin.delete(*admin.keys("{" + store.prefix + ":*"))
+    with caplog.at_level(logging.INFO):
+        await store.append(ROOM, "ida", items=[turn(2)], transcript=[segment(1)])
+        await store.set_gemini_handle(ROOM, "ida", "handle-1", ["item_0", "item_1", "item_2"])
+        # one who left is not live: a write creates their record afresh, as before
+        await store.append(ROOM, "left-early", items=[turn(9)])
+    assert store.write_queue.outages == 0 and store.records_given_back == 1
+    assert [r.getMessage() for r in caplog.records].count(
+        "live conversation given to redis again from memory"
+    ) == 1
+    fresh = build_store("redis", redis_server, prefix=store.prefix)
+    record = await fresh.load(ROOM, "ida")
+    # every item once, in the order said, the segments too, and the handle written after
+    assert record.item_ids == ["item_0", "item_1", "item_2"]
+    assert [s["id"] for s in record.transcript] == ["seg_0", "seg_1"]
+    assert record.gemini.handle == "handle-1"
+    assert (await fresh.load(ROOM, "left-early")).item_ids == ["item_9"]
+    await fresh.aclose()
+    await store.aclose()
+
+
 async def test_kill_9_during_a_50_turn_conversation_loses_nothing() -> None:
     """Redis is SIGKILLed and restarted five times, some kills landing mid-write."""
     kills = {6: "between", 15: "mid-write", 24: "between", 33: "mid-write", 41: "mid-write"}

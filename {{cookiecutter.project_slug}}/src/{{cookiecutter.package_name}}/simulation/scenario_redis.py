@@ -115,6 +115,7 @@ class FaultMeasures:
     queued_peak: int = 0  # writes waiting for Redis, at most
     drained_s: float | None = None  # from the fault's end until every queued write had landed
     outages: int = 0  # outages the store noticed
+    given_back: int = 0  # live conversations the store gave Redis again from memory
     expected: list[Message] = field(default_factory=list)
     stored: list[Message] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
@@ -202,6 +203,7 @@ class FaultCall:
             if healing is not None and not healing.done():
                 healing.cancel()
             m.outages = store.write_queue.outages
+            m.given_back = store.records_given_back
             m.fault_began_s = self.since_start(fault.started_at)
             m.fault_ended_s = self.since_start(fault.ended_at)
             if m.fault_began_s is not None:

@@ -4,7 +4,8 @@ Every participant script gets the same KEYS, all under one hash tag (one Cluster
 1 record hash, 2 items list, 3 transcript list, 4 seen-ids set, 5 lease hash.
 Times come from Redis ``TIME`` so retention and tokens run on the store's clock, never a
 worker's. Errors are ``error_reply`` strings whose first word the client maps to an exception:
-STALELEASE (fencing refused) and CORRUPT (record unusable: quarantine it).
+STALELEASE (fencing refused), CORRUPT (record unusable: quarantine it) and LOST (a
+live participant's record is gone: Redis lost its data; give the record back).
 The watch list of held rooms (room_registry.py) has scripts of its own, on its own slot.
 """
 
@@ -45,14 +46,21 @@ local function create_record(schema, session, who, now, rev)
   redis.call('HSET', KEYS[1], 'v', schema, 'joined', now, 'seen', now, 'reconnects', 0,
              'active', session, 'rev', rev, 'who', who)
 end
-local function ensure_record(schema, session, who, now)
+-- the record a write goes to: created when absent, unless the writer knows the participant is
+-- here (live == '1'): then Redis lost it, and the writer must give the whole record back first
+local function ensure_record(schema, session, who, now, live)
   local found = redis.call('HMGET', KEYS[1], 'v', 'reconnects')
   if not found[1] then
+    if live == '1' then
+      return redis.error_reply('LOST redis no longer holds this live participant')
+    end
     create_record(schema, session, who, now, 0)
-    return true
+    return nil
   end
-  if found[1] ~= schema or not tonumber(found[2] or '') then return nil end
-  return false
+  if found[1] ~= schema or not tonumber(found[2] or '') then
+    return redis.error_reply('CORRUPT unknown schema version or bad fields')
+  end
+  return nil
 end
 -- a list as two bulk strings: the blobs as one JSON array text '[b1,b2,...]' (plaintext
 -- entries decode in one call) and their lengths (to split sealed blobs one by one)
@@ -115,8 +123,8 @@ return record_reply(kind)
 """
 )
 
-# ARGV: fence, schema, active_ttl_ms, retention_ms, who, n_items, max_entries, max_bytes,
-# then (id, blob) for n_items items followed by (id, blob) for each transcript segment.
+# ARGV: fence, schema, active_ttl_ms, retention_ms, who, live (0/1), n_items, max_entries,
+# max_bytes, then (id, blob) for n_items items followed by (id, blob) for each segment.
 # A stale fence does not refuse the write: entries are append-only with unique ids, so a
 # writer that lost the participant has its new entries merged (reply's third value 1).
 APPEND = (
@@ -125,10 +133,9 @@ APPEND = (
 local now = now_ms()
 local merged = 0
 if fence_error(ARGV[1], now) then merged = 1 end
-if ensure_record(ARGV[2], '', ARGV[5], now) == nil then
-  return redis.error_reply('CORRUPT unknown schema version or bad fields')
-end
-local max_n, max_bytes = tonumber(ARGV[7]), tonumber(ARGV[8])
+local err = ensure_record(ARGV[2], '', ARGV[5], now, ARGV[6])
+if err then return err end
+local max_n, max_bytes = tonumber(ARGV[8]), tonumber(ARGV[9])
 -- push a list's new entries, then drop its oldest beyond the bounds (counted in the record)
 local function push(list, tag, from, to, bytes_field, trimmed_field)
   local added = 0
@@ -150,26 +157,26 @@ local function push(list, tag, from, to, bytes_field, trimmed_field)
   if trimmed > 0 then redis.call('HINCRBY', KEYS[1], trimmed_field, trimmed) end
   return added
 end
-local first_segment = 9 + 2 * tonumber(ARGV[6])
-local added_items = push(KEYS[2], 'item:', 9, first_segment - 1, 'ib', 'it')
+local first_segment = 10 + 2 * tonumber(ARGV[7])
+local added_items = push(KEYS[2], 'item:', 10, first_segment - 1, 'ib', 'it')
 local added_segments = push(KEYS[3], 'seg:', first_segment, #ARGV - 1, 'sb', 'st')
 refresh(now, tonumber(ARGV[3]), tonumber(ARGV[4]))
 return {added_items, added_segments, merged}
 """
 )
 
-# ARGV: fence, schema, active_ttl_ms, retention_ms, who, stamp_gemini (0/1), field, value, ...
+# ARGV: fence, schema, active_ttl_ms, retention_ms, who, live (0/1), stamp_gemini (0/1),
+# field, value, ...
 SET = (
     _PRELUDE
     + """
 local now = now_ms()
 local err = fence_error(ARGV[1], now)
 if err then return redis.error_reply(err) end
-if ensure_record(ARGV[2], '', ARGV[5], now) == nil then
-  return redis.error_reply('CORRUPT unknown schema version or bad fields')
-end
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'gem_at', now) end
+err = ensure_record(ARGV[2], '', ARGV[5], now, ARGV[6])
+if err then return err end
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'gem_at', now) end
 refresh(now, tonumber(ARGV[3]), tonumber(ARGV[4]))
 return 1
 """

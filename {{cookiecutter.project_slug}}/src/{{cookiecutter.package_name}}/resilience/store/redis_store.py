@@ -84,6 +84,11 @@ T = TypeVar("T")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _WHO_CACHE = 4096
 _SCRIPTS = ("JOIN", "APPEND", "SET", "LEAVE", "EXTEND", "LOAD", "QUARANTINE", "ACQUIRE", "RELEASE")
+_LIVE_ARG = 5  # where _write_args puts the live flag
+
+
+class _RecordLostError(Exception):
+    """A write found no record for a participant this worker serves: Redis lost its data."""
 
 
 class RedisStore(BufferedWrites):
@@ -121,6 +126,7 @@ class RedisStore(BufferedWrites):
         # participants whose join reached Redis and who have not left: rewritten from the
         # cache after an outage, in case Redis came back without their data
         self._live: dict[tuple[str, str], tuple[str, Fence]] = {}
+        self.records_given_back = 0  # live conversations given to Redis again from memory
         self._codec = RecordCodec(keyring)
         self._who_cache: dict[tuple[str, str], bytes] = {}
         self._cache = MemoryStore(
@@ -399,13 +405,15 @@ class RedisStore(BufferedWrites):
 
         await self._write(name, room, identity, send, local)
 
-    def _write_args(self, room: str, identity: str) -> list[Any]:
+    def _write_args(self, room: str, identity: str, live: bool = True) -> list[Any]:
+        """The arguments APPEND and SET share (``live``: refuse to recreate a live record)."""
         return [
             "",  # the fence, resolved when sent
             SCHEMA_VERSION,
             ms(self.active_ttl),
             ms(self.retention),
             self._who(room, identity),
+            "1" if live and (room, identity) in self._live else "0",  # _LIVE_ARG
         ]
 
     def _who(self, room: str, identity: str) -> bytes:
@@ -429,6 +437,8 @@ class RedisStore(BufferedWrites):
             message = str(exc)
             if message.startswith("STALELEASE"):
                 raise StaleLeaseError(message.removeprefix("STALELEASE ")) from None
+            if message.startswith("LOST"):
+                raise _RecordLostError(message) from None
             if (
                 message.startswith("CORRUPT")
                 or "WRONGTYPE" in message
@@ -445,11 +455,13 @@ class RedisStore(BufferedWrites):
         items: list[tuple[str, bytes, dict[str, Any]]],
         segments: list[tuple[str, bytes, dict[str, Any]]],
         fence: Fence,
+        *,
+        live: bool = True,
     ) -> Callable[[], Awaitable[AppendResult]]:
         """The APPEND call for validated entries, sealed once; the fence resolved when sent."""
         keys = participant_keys(self.prefix, room, identity)
         limits = self.limits
-        args: list[Any] = [*self._write_args(room, identity), len(items)]
+        args: list[Any] = [*self._write_args(room, identity, live), len(items)]
         args += [limits.max_entries, limits.max_list_bytes]
         for tag, entries in ((TAG_ITEM, items), (TAG_SEGMENT, segments)):
             for entry_id, raw, _ in entries:
@@ -470,45 +482,63 @@ class RedisStore(BufferedWrites):
         return send
 
     async def _rewrite_live(self) -> None:
-        """After an outage, before the queued writes: give Redis every live conversation again.
+        """After an outage, before the queued writes: give Redis every live conversation again."""
+        for room, identity in list(self._live):
+            await self._give_back(room, identity)
+
+    async def _give_back(self, room: str, identity: str) -> None:
+        """Give Redis a live participant's join and every cached item and segment again.
 
         A Redis that came back without the data (restarted without persistence, failed over
-        to a lagging replica) gets the join and every item and segment back from the cache;
-        one that kept it answers DUPLICATE and adds nothing (entries are deduplicated by id).
+        to a lagging replica) gets the conversation back from the cache; one that kept it
+        answers DUPLICATE and adds nothing (entries are deduplicated by id).
         """
-        for (room, identity), (session_id, fence) in list(self._live.items()):
-            record = await self._cache.load(room, identity)
-            if record is None:
-                continue
-            keys = participant_keys(self.prefix, room, identity)
-            args = [SCHEMA_VERSION, session_id, ms(self.active_ttl), self._who(room, identity)]
-            args += [self.channel, _event_head("participant_returned", room, identity)]
-            try:
-                await self._eval("JOIN", keys, [_fence(await resolve_fence(fence)), *args])
-            except StaleLeaseError:
-                del self._live[(room, identity)]  # another worker has it now: its writes win
-                continue
-            items = validate_entries(record.items, "items", self.limits.max_entry_bytes)
-            segments = validate_entries(
-                record.transcript, "transcript", self.limits.max_entry_bytes
+        live = self._live.get((room, identity))
+        if live is None:
+            return
+        record = await self._cache.load(room, identity)
+        if record is None:
+            logger.error(
+                "redis lost a live conversation that memory no longer holds; kept from here on",
+                extra={"room": room, "participant": identity_hash(identity)},
             )
-            added = await self._append_sender(room, identity, items, segments, fence)()
-            if added.items_added or added.transcript_added:
-                # the writes still queued, or what a Redis that lost its data no longer had
-                logger.info(
-                    "live conversation given to redis again from memory",
-                    extra={"room": room, "participant": identity_hash(identity),
-                           "items": added.items_added, "segments": added.transcript_added},
-                )  # fmt: skip
+            return
+        session_id, fence = live
+        keys = participant_keys(self.prefix, room, identity)
+        args = [SCHEMA_VERSION, session_id, ms(self.active_ttl), self._who(room, identity)]
+        args += [self.channel, _event_head("participant_returned", room, identity)]
+        try:
+            await self._eval("JOIN", keys, [_fence(await resolve_fence(fence)), *args])
+        except StaleLeaseError:
+            self._live.pop((room, identity), None)  # another worker has it now: its writes win
+            return
+        items = validate_entries(record.items, "items", self.limits.max_entry_bytes)
+        segments = validate_entries(record.transcript, "transcript", self.limits.max_entry_bytes)
+        send = self._append_sender(room, identity, items, segments, fence, live=False)
+        added = await send()
+        if added.items_added or added.transcript_added:
+            self.records_given_back += 1
+            # the writes still queued, or what a Redis that lost its data no longer had
+            logger.info(
+                "live conversation given to redis again from memory",
+                extra={"room": room, "participant": identity_hash(identity),
+                       "items": added.items_added, "segments": added.transcript_added},
+            )  # fmt: skip
 
     async def _eval_write(
         self, name: str, keys: ParticipantKeys, args: list[Any], room: str, identity: str
     ) -> Any:
+        """APPEND or SET: a corrupt record is quarantined, a lost one given back, then again."""
         try:
             return await self._eval(name, keys, args)
         except CorruptRecordError as exc:
             await self._quarantine(keys, room, identity, "", str(exc))
-            return await self._eval(name, keys, args)
+        except _RecordLostError:
+            # Redis lost its data between two writes without this client seeing an outage
+            # (restarted without persistence within a reconnect): what came before goes first
+            await self._give_back(room, identity)
+        args[_LIVE_ARG] = "0"
+        return await self._eval(name, keys, args)
 
     async def _load_keys(
         self, keys: ParticipantKeys, room: str, identity: str

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from livekit.agents.utils.hw import get_cpu_monitor
 
-from {{ cookiecutter.package_name }}.resilience.room_lease import MAX_POLL_S
+from {{ cookiecutter.package_name }}.resilience.primary.room_lease import MAX_POLL_S
 from {{ cookiecutter.package_name }}.testing.kit_worker import GREETING_REPLY
 from {{ cookiecutter.package_name }}.testing.livekit_server import LocalLiveKitServer
 from {{ cookiecutter.package_name }}.testing.worker_process import (

@@ -22,8 +22,8 @@ import time
 from livekit.agents.testing import fake_job_context
 
 from {{ cookiecutter.package_name }}.resilience import _livekit
-from {{ cookiecutter.package_name }}.resilience.election import SessionElection
-from {{ cookiecutter.package_name }}.resilience.room_lease import (
+from {{ cookiecutter.package_name }}.resilience.primary.election import SessionElection
+from {{ cookiecutter.package_name }}.resilience.primary.room_lease import (
     RedisRoomLease,
     RoomPrimacy,
 )

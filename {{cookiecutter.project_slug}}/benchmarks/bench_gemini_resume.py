@@ -23,7 +23,7 @@ from google.genai import types
 from livekit.agents import Agent, AgentSession, APIConnectOptions, llm
 from livekit.plugins import google
 
-from {{ cookiecutter.package_name }}.resilience.gemini_resume import (
+from {{ cookiecutter.package_name }}.resilience.gemini.resume import (
     GeminiResume,
     ReconnectPolicy,
     gemini_realtime_model,

@@ -35,7 +35,7 @@ from livekit.agents.testing import fake_job_context
 from {{ cookiecutter.package_name }} import worker
 from {{ cookiecutter.package_name }}.assistant import GREETING, Assistant
 from {{ cookiecutter.package_name }}.models import ModelStack
-from {{ cookiecutter.package_name }}.resilience.presence import ParticipantPresence
+from {{ cookiecutter.package_name }}.resilience.returning import ParticipantPresence
 from {{ cookiecutter.package_name }}.resilience.supervisor import SessionSupervisor
 from {{ cookiecutter.package_name }}.settings import Settings, load_settings
 from {{ cookiecutter.package_name }}.testing import (

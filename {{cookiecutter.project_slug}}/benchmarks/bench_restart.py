@@ -31,7 +31,7 @@ from livekit.agents import Agent, AgentSession, llm
 from livekit.agents.testing import fake_job_context
 
 from {{ cookiecutter.package_name }}.models import ModelStack
-from {{ cookiecutter.package_name }}.resilience.restart_policy import (
+from {{ cookiecutter.package_name }}.resilience.backoff import (
     RestartPolicy,
 )
 from {{ cookiecutter.package_name }}.resilience.store import MemoryStore

@@ -16,7 +16,7 @@ import asyncio
 import json
 import time
 
-from {{ cookiecutter.package_name }}.resilience.room_lease import (
+from {{ cookiecutter.package_name }}.resilience.primary.room_lease import (
     FencedStore,
     RedisRoomLease,
     RoomPrimacy,

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from {{ cookiecutter.package_name }}.resilience.room_lease import SqliteRoomLease
+from {{ cookiecutter.package_name }}.resilience.primary.room_lease import SqliteRoomLease
 from {{ cookiecutter.package_name }}.resilience.store import (
     LeaseHeldError,
     SqliteStore,

@@ -33,7 +33,6 @@ from {{ cookiecutter.package_name }}.audit import (
 )
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.log import identity_ref
-from {{ cookiecutter.package_name }}.resilience.room_output import TranscriptLog
 from {{ cookiecutter.package_name }}.resilience.rpc import (
     ERROR_FORBIDDEN,
     ERROR_INVALID_REQUEST,
@@ -42,6 +41,7 @@ from {{ cookiecutter.package_name }}.resilience.rpc import (
 )
 from {{ cookiecutter.package_name }}.resilience.store import open_store
 from {{ cookiecutter.package_name }}.resilience.store.records import participant_hash
+from {{ cookiecutter.package_name }}.resilience.transcript import TranscriptLog
 from {{ cookiecutter.package_name }}.settings import load_settings
 from {{ cookiecutter.package_name }}.testing import SimulatedRoom
 from {{ cookiecutter.package_name }}.testing.redis_server import free_port

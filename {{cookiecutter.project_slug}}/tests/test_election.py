@@ -20,12 +20,12 @@ from livekit.agents.types import recording_enabled
 
 from {{ cookiecutter.package_name }}.models import ModelStack
 from {{ cookiecutter.package_name }}.resilience import _livekit
-from {{ cookiecutter.package_name }}.resilience.election import (
+from {{ cookiecutter.package_name }}.resilience.backoff import (
+    RestartPolicy,
+)
+from {{ cookiecutter.package_name }}.resilience.primary.election import (
     SessionElection,
     SupervisedConversation,
-)
-from {{ cookiecutter.package_name }}.resilience.restart_policy import (
-    RestartPolicy,
 )
 from {{ cookiecutter.package_name }}.resilience.supervisor import (
     SessionSupervisor,

@@ -1,6 +1,6 @@
 """What the Gemini resume adapter relies on in livekit-plugins-google's internals.
 
-Each test names one thing ``resilience/_gemini_plugin.py`` uses; when a plugin upgrade
+Each test names one thing ``resilience/gemini/_plugin.py`` uses; when a plugin upgrade
 changes it, the test fails here, loudly, instead of the handler failing in a call.
 """
 
@@ -15,7 +15,7 @@ from livekit.agents import llm
 from livekit.plugins.google.realtime import realtime_api
 from livekit.plugins.google.version import __version__
 
-from {{ cookiecutter.package_name }}.resilience._gemini_plugin import (
+from {{ cookiecutter.package_name }}.resilience.gemini._plugin import (
     PLUGIN_VERSION_RANGE,
     ResumableRealtimeModel,
     ResumableRealtimeSession,
@@ -143,7 +143,7 @@ def test_the_plugin_still_logs_drops_as_receive_task_errors() -> None:
 
     from livekit.plugins.google.realtime import realtime_api
 
-    from {{ cookiecutter.package_name }}.resilience._gemini_plugin import (
+    from {{ cookiecutter.package_name }}.resilience.gemini._plugin import (
         RECEIVE_ERROR_PREFIX,
         RecoveredDropsAreWarnings,
     )

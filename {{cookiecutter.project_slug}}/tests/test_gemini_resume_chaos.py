@@ -15,7 +15,7 @@ from livekit.agents import Agent, AgentSession
 from livekit.agents.voice.events import CloseEvent
 from websockets.exceptions import ConnectionClosed
 
-from {{ cookiecutter.package_name }}.resilience.gemini_resume import (
+from {{ cookiecutter.package_name }}.resilience.gemini.resume import (
     GeminiResume,
     ReconnectedEvent,
     ReconnectPolicy,

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from livekit import api
 
-from {{ cookiecutter.package_name }}.resilience.redispatch import (
+from {{ cookiecutter.package_name }}.resilience.primary.recovery import (
     RoomWatcher,
     is_redispatch,
     redispatch_metadata,
 )
-from {{ cookiecutter.package_name }}.resilience.room_lease import SqliteRoomLease
-from {{ cookiecutter.package_name }}.resilience.room_registry import (
+from {{ cookiecutter.package_name }}.resilience.primary.room_lease import SqliteRoomLease
+from {{ cookiecutter.package_name }}.resilience.primary.room_registry import (
     LapsedRoom,
     SqliteRoomRegistry,
 )

@@ -159,7 +159,7 @@ async def test_the_job_ends_when_the_participant_does_not_return() -> None:
         sim.expect_job_end("participant did not return")
         await asyncio.wait_for(gone.seen.wait(), timeout=10)
 
-    logger = logging.getLogger("{{ cookiecutter.package_name }}.resilience.presence")
+    logger = logging.getLogger("{{ cookiecutter.package_name }}.resilience.returning")
     logger.addHandler(gone)
     logger.setLevel(logging.INFO)
     try:

@@ -21,7 +21,7 @@ from queue import Empty, Queue
 import pytest
 from store_fixtures import new_prefix, redis_server  # noqa: F401 - fixture
 
-from {{ cookiecutter.package_name }}.resilience.room_lease import (
+from {{ cookiecutter.package_name }}.resilience.primary.room_lease import (
     FencedStore,
     LocalRoomLease,
     RedisRoomLease,

@@ -13,13 +13,11 @@ from livekit.agents.testing import fake_job_context
 from livekit.agents.voice.events import UserInputTranscribedEvent
 
 from {{ cookiecutter.package_name }}.models import ModelStack
-from {{ cookiecutter.package_name }}.resilience.restart_policy import (
+from {{ cookiecutter.package_name }}.resilience.backoff import (
     RestartPolicy,
 )
 from {{ cookiecutter.package_name }}.resilience.room_output import (
     RoomOutput,
-    TranscriptLog,
-    TranscriptSegment,
     _AgentTranscriptOutput,
 )
 from {{ cookiecutter.package_name }}.resilience.rpc import (
@@ -29,6 +27,10 @@ from {{ cookiecutter.package_name }}.resilience.rpc import (
 )
 from {{ cookiecutter.package_name }}.resilience.supervisor import (
     SessionSupervisor,
+)
+from {{ cookiecutter.package_name }}.resilience.transcript import (
+    TranscriptLog,
+    TranscriptSegment,
 )
 from {{ cookiecutter.package_name }}.testing import (
     ScriptedLLM,

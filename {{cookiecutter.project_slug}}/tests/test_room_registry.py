@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from store_fixtures import new_prefix, redis_server  # noqa: F401 - fixture
 
-from {{ cookiecutter.package_name }}.resilience.room_lease import (
+from {{ cookiecutter.package_name }}.resilience.primary.room_lease import (
     RedisRoomLease,
     SqliteRoomLease,
 )
-from {{ cookiecutter.package_name }}.resilience.room_registry import (
+from {{ cookiecutter.package_name }}.resilience.primary.room_registry import (
     LapsedRoom,
     RedisRoomRegistry,
     SqliteRoomRegistry,
@@ -36,7 +36,7 @@ LAPSE_S = 0.3  # a lease left to lapse
 CLAIMER = """
 import asyncio, json, sys, time
 from pathlib import Path
-from {{ cookiecutter.package_name }}.resilience.room_registry import SqliteRoomRegistry
+from {{ cookiecutter.package_name }}.resilience.primary.room_registry import SqliteRoomRegistry
 
 async def main(db, barrier, name, parties):
     registry = SqliteRoomRegistry(db)

@@ -9,7 +9,6 @@ import json
 import pytest
 from livekit import rtc
 
-from {{ cookiecutter.package_name }}.resilience.room_output import TranscriptLog
 from {{ cookiecutter.package_name }}.resilience.rpc import (
     ERROR_INVALID_REQUEST,
     ERROR_TOO_SOON,
@@ -18,6 +17,7 @@ from {{ cookiecutter.package_name }}.resilience.rpc import (
     RESTART_RPC_MIN_INTERVAL_S,
     RpcRoutes,
 )
+from {{ cookiecutter.package_name }}.resilience.transcript import TranscriptLog
 from {{ cookiecutter.package_name }}.testing import SimulatedRoom
 from {{ cookiecutter.package_name }}.testing.rpc import MAX_RPC_PAYLOAD_BYTES
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from {{ cookiecutter.package_name }}.models import ModelStack
-from {{ cookiecutter.package_name }}.resilience.persistence import chat_ctx_from_record
+from {{ cookiecutter.package_name }}.resilience.returning import chat_ctx_from_record
 from {{ cookiecutter.package_name }}.resilience.store import (
     MemoryStore,
     StorageLimits,

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.checks import check_session_db
 from {{ cookiecutter.package_name }}.cli import app
-from {{ cookiecutter.package_name }}.resilience.room_lease import (
+from {{ cookiecutter.package_name }}.resilience.primary.room_lease import (
     LocalRoomLease,
     SqliteRoomLease,
 )

@@ -22,7 +22,7 @@ from livekit.agents.testing import fake_job_context
 
 from {{ cookiecutter.package_name }}.models import ModelStack
 from {{ cookiecutter.package_name }}.resilience import _livekit
-from {{ cookiecutter.package_name }}.resilience.restart_policy import (
+from {{ cookiecutter.package_name }}.resilience.backoff import (
     RestartBudget,
     RestartPolicy,
 )

@@ -15,7 +15,7 @@ import pytest
 from livekit.agents.testing import fake_job_context
 
 from {{ cookiecutter.package_name }}.resilience import _livekit
-from {{ cookiecutter.package_name }}.resilience.election import SessionElection
+from {{ cookiecutter.package_name }}.resilience.primary.election import SessionElection
 from {{ cookiecutter.package_name }}.resilience.transcribers import (
     Transcriber,
     TranscriberPool,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
-    from .resilience.gemini_resume import GeminiResume
+    from .resilience.gemini.resume import GeminiResume
     from .resilience.supervisor import SessionSupervisor
 
 __all__ = ["multiprocess_dir", "watch_gemini", "watch_supervisor"]

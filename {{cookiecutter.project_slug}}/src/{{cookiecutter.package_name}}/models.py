@@ -96,7 +96,7 @@ def build_models(settings: Settings, *, vad_model: vad.VAD | None = None) -> Mod
 def _gemini_live(settings: Settings) -> llm.RealtimeModel:
     from google.genai import types
 
-    from .resilience.gemini_resume import gemini_realtime_model
+    from .resilience.gemini.resume import gemini_realtime_model
 
     kwargs = {}
     if settings.gemini_base_url:

@@ -24,17 +24,12 @@ from .log import (
     setup_structlog,
 )
 from .models import ModelStack, build_models, modules_to_preload
-from .resilience.election import SessionElection, SupervisedConversation
-from .resilience.gemini_resume import GeminiResume
+from .resilience.events import ClosedEvent
+from .resilience.gemini.resume import GeminiResume
 from .resilience.meeting import MeetingTranscript, may_read
-from .resilience.persistence import (
-    ConversationRecorder,
-    chat_ctx_from_record,
-    transcript_from_record,
-)
-from .resilience.presence import ParticipantPresence
-from .resilience.redispatch import RoomWatcher, is_redispatch
-from .resilience.room_lease import (
+from .resilience.primary.election import SessionElection, SupervisedConversation
+from .resilience.primary.recovery import RoomWatcher, is_redispatch
+from .resilience.primary.room_lease import (
     MAX_POLL_S,
     FencedStore,
     LocalRoomLease,
@@ -43,8 +38,13 @@ from .resilience.room_lease import (
     RoomPrimacy,
     SqliteRoomLease,
 )
-from .resilience.room_output import TranscriptSegment
-from .resilience.room_registry import RedisRoomRegistry, RoomRegistry, SqliteRoomRegistry
+from .resilience.primary.room_registry import RedisRoomRegistry, RoomRegistry, SqliteRoomRegistry
+from .resilience.returning import (
+    ConversationRecorder,
+    ParticipantPresence,
+    chat_ctx_from_record,
+    transcript_from_record,
+)
 from .resilience.rpc import routes_for
 from .resilience.store import (
     MEMORY,
@@ -57,8 +57,8 @@ from .resilience.store import (
 )
 from .resilience.store.redis_client import connect
 from .resilience.supervisor import GAVE_UP, SessionSupervisor
-from .resilience.supervisor_events import ClosedEvent
 from .resilience.transcribers import TranscribedLine, TranscriberPool, listen_only_stt
+from .resilience.transcript import TranscriptSegment
 from .settings import Settings, load_settings
 
 logger = get_logger(__name__)
@@ -94,7 +94,7 @@ def build_server(settings: Settings) -> AgentServer:
     server = AgentServer(**options)
     watcher = room_watcher(settings)
     if watcher is not None:
-        # the worker's main process re-dispatches rooms whose worker died (redispatch.py)
+        # the main process re-dispatches rooms whose worker died (primary/recovery.py)
         server.on("worker_started", watcher.start)
     return server
 

@@ -150,7 +150,7 @@ def unhook_audio_wrappers(head: io.AudioOutput | None, base: io.AudioOutput) -> 
     return 1
 
 
-# -- election (resilience/election.py) -----------------------------------------------------
+# -- election (primary/election.py) ------------------------------------------------------
 
 
 def set_primary(job_ctx: JobContext, session: AgentSession | None) -> None:

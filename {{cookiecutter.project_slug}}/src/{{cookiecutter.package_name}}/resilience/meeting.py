@@ -18,10 +18,10 @@ from __future__ import annotations
 from livekit import rtc
 
 from ..log import get_logger
-from .persistence import ConversationRecorder, transcript_from_record
-from .room_output import TranscriptLog, TranscriptSegment
+from .returning import ConversationRecorder, transcript_from_record
 from .store import SessionStore, StoreError
 from .transcribers import TRANSCRIBED_KINDS, TranscribedLine
+from .transcript import TranscriptLog, TranscriptSegment
 
 logger = get_logger(__name__)
 

@@ -48,7 +48,7 @@ from livekit import rtc
 
 from ..audit import ERROR, OK, REFUSED, TRANSCRIPT_READ, audit
 from ..log import get_logger, identity_ref
-from .room_output import TranscriptLog
+from .transcript import TranscriptLog
 
 logger = get_logger(__name__)
 

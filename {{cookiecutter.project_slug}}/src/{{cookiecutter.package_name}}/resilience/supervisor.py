@@ -41,10 +41,8 @@ from livekit.agents.voice.events import (
 from ..log import get_logger, identity_ref
 from ..models import ModelStack
 from . import _livekit
-from .restart_policy import RestartBudget, RestartPolicy
-from .room_output import RoomOutput, TranscriptLog, TranscriptSegment
-from .rpc import RestartUnavailableError, routes_for
-from .supervisor_events import (
+from .backoff import RestartBudget, RestartPolicy
+from .events import (
     BeforeStart,
     ClosedEvent,
     RestartedEvent,
@@ -53,6 +51,9 @@ from .supervisor_events import (
     TranscriptSegmentEvent,
     conversation_items,
 )
+from .room_output import RoomOutput
+from .rpc import RestartUnavailableError, routes_for
+from .transcript import TranscriptLog, TranscriptSegment
 
 logger = get_logger(__name__)
 

@@ -33,7 +33,7 @@ from livekit.agents.voice.events import UserInputTranscribedEvent
 
 from ..log import get_logger, identity_ref
 from . import _livekit
-from .election import Role, SessionElection
+from .primary.election import Role, SessionElection
 
 logger = get_logger(__name__)
 

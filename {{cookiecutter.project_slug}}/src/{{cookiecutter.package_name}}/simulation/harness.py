@@ -9,13 +9,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from livekit.agents import AgentSession
+from livekit.agents.types import ATTRIBUTE_TRANSCRIPTION_FINAL, TOPIC_CHAT, TOPIC_TRANSCRIPTION
 
 from ..models import ModelStack
 from ..resilience.store import SessionStore
 from ..resilience.supervisor import SessionSupervisor
 from ..settings import Settings
 from ..testing import ScriptedLLM, ScriptedTTS, SimulatedJob, SimulatedRoom, TimelineEvent
-from ..testing.transcript import TOPIC_TRANSCRIPTION
 from ..worker import Conversation, run_job
 from .invariants import check_conversation
 
@@ -209,11 +209,11 @@ def _transcript_printer(room: SimulatedRoom, printer: Printer) -> Callable[[Time
 
     def observe(event: TimelineEvent) -> None:
         record = event.record
-        typed = event.kind == "text_stream_received" and record.topic == "lk.chat"
+        typed = event.kind == "text_stream_received" and record.topic == TOPIC_CHAT
         spoken = (
             event.kind == "text_stream_closed"
             and record.topic == TOPIC_TRANSCRIPTION
-            and record.attributes.get("lk.transcription_final") == "true"
+            and record.attributes.get(ATTRIBUTE_TRANSCRIPTION_FINAL) == "true"
         )
         if typed or spoken:
             printer(f"[{record.sender_identity}] {record.text}")

@@ -9,6 +9,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from livekit.agents.types import (
+    ATTRIBUTE_TRANSCRIPTION_FINAL,
+    ATTRIBUTE_TRANSCRIPTION_SEGMENT_ID,
+    ATTRIBUTE_TRANSCRIPTION_TRACK_ID,
+)
+
 if TYPE_CHECKING:
     from .harness import Observations
 
@@ -45,16 +51,17 @@ def transcripts_name_the_agent_track(obs: Observations) -> list[str]:
     wrong = [
         s["stream_id"]
         for s in obs.transcription_streams
-        if s["sender"] == AGENT and s["attributes"].get("lk.transcribed_track_id") not in sids
+        if s["sender"] == AGENT
+        and s["attributes"].get(ATTRIBUTE_TRANSCRIPTION_TRACK_ID) not in sids
     ]
     return [f"{len(wrong)} agent transcription streams name another track"] if wrong else []
 
 
 def segments_finalised_once(obs: Observations) -> list[str]:
     finals = Counter(
-        s["attributes"].get("lk.segment_id")
+        s["attributes"].get(ATTRIBUTE_TRANSCRIPTION_SEGMENT_ID)
         for s in obs.transcription_streams
-        if s["sender"] == AGENT and s["attributes"].get("lk.transcription_final") == "true"
+        if s["sender"] == AGENT and s["attributes"].get(ATTRIBUTE_TRANSCRIPTION_FINAL) == "true"
     )
     agent_segments = {s["segment_id"] for s in obs.segments if s["role"] == "agent"}
     problems = [f"segment {sid} finalised {n} times" for sid, n in finals.items() if n != 1]

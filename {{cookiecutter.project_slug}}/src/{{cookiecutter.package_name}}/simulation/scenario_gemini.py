@@ -18,7 +18,7 @@ from livekit.agents import llm
 
 from ..assistant import GREETING, WELCOME_BACK
 from ..models import ModelStack
-from ..resilience.gemini_resume import GeminiResume, gemini_realtime_model
+from ..resilience.gemini.resume import GeminiResume, gemini_realtime_model
 from ..resilience.store import GeminiHandle
 from ..settings import Settings
 from ..testing import ScriptedTTS

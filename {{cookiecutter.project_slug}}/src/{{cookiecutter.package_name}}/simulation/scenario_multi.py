@@ -3,7 +3,7 @@ job's primary designation moves without a gap or an overlap.
 
 It needs ``ROOM_MODE=multi-participant``: ``run_job`` then runs the conversation with the
 first participant plus one listen-only transcriber per participant, all registered in the
-job's :class:`~..resilience.election.SessionElection`.
+job's :class:`~..resilience.primary.election.SessionElection`.
 
 What is real and what is scripted: participants speak through real audio tracks into the
 agent, and a scripted STT tells which line they said (see :mod:`..testing.speech`).
@@ -15,7 +15,7 @@ import asyncio
 from typing import Any
 
 from ..models import ModelStack
-from ..resilience.election import SessionElection, election_for
+from ..resilience.primary.election import SessionElection, election_for
 from ..settings import Settings
 from ..testing import ScriptedLLM, ScriptedTTS
 from ..testing.speech import ParticipantMicrophone, SpeechCodebook, ToneSTT

@@ -25,10 +25,10 @@ import aiohttp
 import jwt
 from livekit import rtc
 from livekit.agents import JobContext
+from livekit.agents.types import ATTRIBUTE_TRANSCRIPTION_FINAL, TOPIC_TRANSCRIPTION
 
 from .records import TextStreamRecord, TimelineEvent, TrackRecord
 from .room import SimulatedRoom
-from .transcript import ATTR_FINAL, TOPIC_TRANSCRIPTION
 
 __all__ = ["BridgedRoom", "install"]
 
@@ -128,7 +128,7 @@ class BridgedRoom(SimulatedRoom):
             and isinstance(record, TextStreamRecord)
             and record.direction == "outgoing"
             and record.topic == TOPIC_TRANSCRIPTION
-            and record.attributes.get(ATTR_FINAL) == "true"
+            and record.attributes.get(ATTRIBUTE_TRANSCRIPTION_FINAL) == "true"
         ):
             self._outbox.put_nowait({"t": "line", "text": record.text})
         elif (

@@ -13,11 +13,11 @@ import time
 from typing import Any
 
 from livekit import rtc
+from livekit.agents.types import TOPIC_CHAT
 
 from .protos import require_connected, require_participant
 from .records import ByteStreamRecord, RoomRecorder, TextStreamRecord
 from .streams import SimulatedByteStreamReader, SimulatedTextStreamReader, new_stream_id
-from .transcript import TOPIC_CHAT
 
 logger = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ def gemini_text_models(settings: Settings) -> ModelStack:
     """The real Gemini Live plugin and resume handler, text out, a scripted voice."""
     from google.genai import types
 
-    from ..resilience.gemini_resume import gemini_realtime_model
+    from ..resilience.gemini.resume import gemini_realtime_model
 
     key = settings.google_api_key.get_secret_value() if settings.google_api_key else None
     model = gemini_realtime_model(

@@ -12,13 +12,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from .records import TextStreamRecord
+from livekit.agents.types import (
+    ATTRIBUTE_TRANSCRIPTION_FINAL,
+    ATTRIBUTE_TRANSCRIPTION_SEGMENT_ID,
+    ATTRIBUTE_TRANSCRIPTION_TRACK_ID,
+    TOPIC_CHAT,
+    TOPIC_TRANSCRIPTION,
+)
 
-TOPIC_TRANSCRIPTION = "lk.transcription"
-TOPIC_CHAT = "lk.chat"
-ATTR_SEGMENT_ID = "lk.segment_id"
-ATTR_FINAL = "lk.transcription_final"
-ATTR_TRACK_ID = "lk.transcribed_track_id"
+from .records import TextStreamRecord
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,9 @@ def build_transcript(
     by_segment: dict[str, list[TextStreamRecord]] = {}
     for record in streams:
         if record.topic == TOPIC_TRANSCRIPTION:
-            key = "tr:" + record.attributes.get(ATTR_SEGMENT_ID, record.stream_id)
+            key = "tr:" + record.attributes.get(
+                ATTRIBUTE_TRANSCRIPTION_SEGMENT_ID, record.stream_id
+            )
         elif record.topic == TOPIC_CHAT:
             key = "chat:" + record.stream_id
         else:
@@ -73,8 +77,10 @@ def build_transcript(
                 source="chat" if is_chat else "transcription",
                 text=latest.text,
                 # a chat message is complete once its stream is closed
-                final=latest.closed if is_chat else attrs.get(ATTR_FINAL) == "true",
-                track_id=attrs.get(ATTR_TRACK_ID),
+                final=latest.closed
+                if is_chat
+                else attrs.get(ATTRIBUTE_TRANSCRIPTION_FINAL) == "true",
+                track_id=attrs.get(ATTRIBUTE_TRANSCRIPTION_TRACK_ID),
                 started_at=first.opened_at,
                 streams=len(records),
             )

@@ -6,7 +6,7 @@ Times come from Redis ``TIME`` so retention and tokens run on the store's clock,
 worker's. Errors are ``error_reply`` strings whose first word the client maps to an exception:
 STALELEASE (fencing refused), CORRUPT (record unusable: quarantine it) and LOST (a
 live participant's record is gone: Redis lost its data; give the record back).
-The watch list of held rooms (room_registry.py) has scripts of its own, on its own slot.
+The watch list of held rooms (primary/room_registry.py) has scripts of its own, on its own slot.
 """
 
 from __future__ import annotations
@@ -281,7 +281,8 @@ end
 return 0
 """
 
-# The watch list of held rooms (room_registry.py). KEYS: 1 sorted set (room name -> its lease's
+# The watch list of held rooms (primary/room_registry.py). KEYS: 1 sorted set (room name ->
+# its lease's
 # until, Redis ms), 2 hash (room name -> agent name); one hash tag, one Cluster slot.
 
 # Set a room's entry unless one as new or newer is there: a late write never undoes a newer

@@ -79,7 +79,8 @@ CREATE TABLE leases (
 ) WITHOUT ROWID;
 """
 
-# The watch list of held rooms (room_registry.py), added after file version 1 was released: a
+# The watch list of held rooms (primary/room_registry.py), added after file version 1 was
+# released: a
 # file written before lacks it and gets it when it is next opened (older workers ignore it).
 ROOMS_TABLE = """
 CREATE TABLE IF NOT EXISTS rooms (

@@ -5,7 +5,7 @@ for writes), so each is atomic across every process sharing the file; a StoreErr
 rolls the whole transaction back. The tables are in sqlite_db.SCHEMA: a record is one
 ``records`` row holding the stored fields of records.py, its items and segments are
 ``entries`` rows in insertion order; ``rooms`` is the watch list of held rooms
-(room_registry.py). Times are the host's wall clock in integer milliseconds
+(resilience/primary/room_registry.py). Times are the host's wall clock in integer milliseconds
 (the store's clock, as Redis ``TIME`` is the Redis store's). The lease rules are leases.py's.
 """
 
@@ -139,7 +139,7 @@ def lease_state(conn: sqlite3.Connection, key: str) -> tuple[str, int, float] | 
     return row["owner"], int(row["token"]), left
 
 
-# -- the watch list of held rooms (room_registry.py) -----------------------------------------
+# -- the watch list of held rooms (primary/room_registry.py) ------------------------------
 
 
 def acquire_room(

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ... import metrics
+from ..backoff import Backoff
 
 __all__ = ["PendingWrite", "WriteQueue"]
 
@@ -62,8 +62,7 @@ class WriteQueue:
         self._before_replay = before_replay
         self._probe = probe
         self._unavailable = unavailable
-        self._base_delay = base_delay
-        self._max_delay = max_delay
+        self._backoff = Backoff(base_delay, max_delay, jitter=0.5)
         self._writes: deque[PendingWrite] = deque()
         self._degraded = False
         self._atask: asyncio.Task[None] | None = None
@@ -150,7 +149,7 @@ class WriteQueue:
         self._writes.clear()
 
     async def _replay(self) -> None:
-        delay = self._base_delay
+        failures = 0
         prepared = self._before_replay is None
         while True:
             if not prepared:
@@ -178,14 +177,14 @@ class WriteQueue:
                         self._writes.popleft()
                         metrics.STORE_WRITES.labels("retried").inc()
                         metrics.STORE_QUEUE_DEPTH.dec()
-                        delay = self._base_delay
+                        failures = 0
                         continue
                 except Exception as exc:
                     self._refuse(write, exc)
                     continue
-            # full jitter keeps many workers from hammering a recovering server together
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            delay = min(delay * 2, self._max_delay)
+            # jitter keeps many workers from hammering a recovering server together
+            failures += 1
+            await asyncio.sleep(self._backoff.delay(failures))
 
     async def _prepare(self) -> bool:
         """Run ``before_replay`` once the service answers; False while it still cannot."""

@@ -1,7 +1,7 @@
 """The connection loop of one resumable Gemini Live session: connect, serve, reconnect.
 
 The loop decides *when* and *how* to connect (which handle, after what delay, whether a
-goAway has reached an idle point); the plugin adapter (:mod:`._gemini_plugin`) does the
+goAway has reached an idle point); the plugin adapter (:mod:`._plugin`) does the
 sending and receiving through a :class:`SessionPort`. A :class:`TappedSession` sits between
 the plugin's receive path and the genai session: it takes resumption updates and goAway
 out of the stream (the loop owns them).
@@ -24,9 +24,9 @@ from typing import Any, Protocol
 
 from google.genai import errors, types
 
-from ..log import get_logger
-from .gemini_resume import ExhaustedEvent, GeminiResume, ReconnectedEvent
-from .store import GeminiHandle
+from ...log import get_logger
+from ..store import GeminiHandle
+from .resume import ExhaustedEvent, GeminiResume, ReconnectedEvent
 
 logger = get_logger(__name__)
 

@@ -40,9 +40,9 @@ from typing import Any, Literal, Protocol
 from livekit import rtc
 from livekit.agents import AgentSession, JobContext, llm, utils
 
-from ..log import get_logger, identity_ref
-from . import _livekit
-from .supervisor import SessionSupervisor
+from ...log import get_logger, identity_ref
+from .. import _livekit
+from ..supervisor import SessionSupervisor
 
 logger = get_logger(__name__)
 

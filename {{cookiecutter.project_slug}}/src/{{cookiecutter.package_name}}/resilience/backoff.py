@@ -1,9 +1,10 @@
-"""How often a conversation may restart its session, and how long to wait before each restart.
+"""Retry delays: the one :class:`Backoff`, and how often a conversation may restart.
 
-A budget of ``max_restarts`` per sliding ``window`` stops a restart loop (a model that fails
-on every start, a frontend spamming ``session.restart``); within the window each restart
-after the first waits a jittered, exponentially growing delay, so many conversations hit by
-the same outage do not reconnect in lockstep.
+Every retry in the project (session restarts, Gemini reconnects, the store's write replay)
+waits a :class:`Backoff` delay. A budget of ``max_restarts`` per sliding ``window`` stops a
+restart loop (a model that fails on every start, a frontend spamming ``session.restart``);
+within the window each restart after the first waits a jittered, exponentially growing
+delay, so many conversations hit by the same outage do not reconnect in lockstep.
 """
 
 from __future__ import annotations
@@ -13,6 +14,33 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter.
+
+    Retry ``n`` (1 = the first retry) waits ``base * 2 ** (n - 1)`` seconds, at most ``cap``;
+    ``jitter`` is the fraction taken off at random (0 = none, 1 = anywhere in [0, delay]), so
+    many clients hit by the same outage do not retry in lockstep.
+    """
+
+    base: float
+    cap: float
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.base < 0 or self.cap < self.base:
+            raise ValueError("need 0 <= base delay <= max delay")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("jitter must be between 0 and 1")
+
+    def delay(self, n: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before retry ``n``; 0 for ``n`` <= 0."""
+        if n <= 0:
+            return 0.0
+        delay = min(self.cap, self.base * 2 ** min(n - 1, 62))
+        return delay * (1 - self.jitter * (rng or random).random())
 
 
 @dataclass(frozen=True)
@@ -36,17 +64,12 @@ class RestartPolicy:
             raise ValueError("max_restarts must be >= 0")
         if self.window <= 0:
             raise ValueError("window must be positive seconds")
-        if self.base_delay < 0 or self.max_delay < self.base_delay:
-            raise ValueError("need 0 <= base_delay <= max_delay")
-        if not 0 <= self.jitter <= 1:
-            raise ValueError("jitter must be between 0 and 1")
+        Backoff(self.base_delay, self.max_delay, self.jitter)  # validates the three
 
     def delay(self, previous: int, rng: random.Random) -> float:
-        """Seconds to wait before a restart that follows ``previous`` restarts in the window."""
-        if previous == 0:
-            return 0.0  # the first restart is immediate: the user is waiting
-        delay = min(self.max_delay, self.base_delay * 2 ** (previous - 1))
-        return delay * (1 - self.jitter * rng.random())
+        """Seconds to wait before a restart that follows ``previous`` restarts in the window
+        (the first restart is immediate: the user is waiting)."""
+        return Backoff(self.base_delay, self.max_delay, self.jitter).delay(previous, rng)
 
 
 class RestartBudget:

@@ -39,9 +39,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..log import get_logger
-from .room_registry import RedisRoomRegistry
-from .store import (
+from ...log import get_logger
+from ..store import (
     LeaseHeldError,
     SessionStore,
     StaleLeaseError,
@@ -49,9 +48,10 @@ from .store import (
     redis_scripts,
     sqlite_ops,
 )
-from .store.leases import LeaseTable, check_ttl
-from .store.redis_client import run_script
-from .store.sqlite_db import SqliteDatabase
+from ..store.leases import LeaseTable, check_ttl
+from ..store.redis_client import run_script
+from ..store.sqlite_db import SqliteDatabase
+from .room_registry import RedisRoomRegistry
 
 logger = get_logger(__name__)
 

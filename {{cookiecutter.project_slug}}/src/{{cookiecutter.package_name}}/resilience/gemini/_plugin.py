@@ -1,7 +1,7 @@
 """The one place that touches livekit-plugins-google's internals (pinned to 1.8.x, >= 1.8.9).
 
 ``ResumableRealtimeSession`` subclasses the plugin's ``RealtimeSession`` and replaces its
-connection loop (``_main_task``) with :class:`.gemini_link.ConnectionLoop`; it keeps the
+connection loop (``_main_task``) with :class:`.connection_loop.ConnectionLoop`; it keeps the
 plugin's receive path (``_recv_task``: server messages -> generations, tools, transcripts)
 and chat-context diff (``_sync_chat_ctx``). What it relies on, all checked by
 ``tests/test_gemini_plugin_adapter.py``:
@@ -35,9 +35,9 @@ from livekit.plugins import google
 from livekit.plugins.google import log as google_log
 from livekit.plugins.google.realtime import realtime_api
 
-from ..log import get_logger
-from .gemini_link import ConnectionLoop, TappedSession
-from .gemini_resume import GeminiResume
+from ...log import get_logger
+from .connection_loop import ConnectionLoop, TappedSession
+from .resume import GeminiResume
 
 __all__ = [
     "PLUGIN_VERSION_RANGE",
@@ -78,7 +78,7 @@ def check_plugin_version(version: str | None = None) -> None:
         span = f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
         raise UnsupportedPluginVersionError(
             f"livekit-plugins-google {found} is not supported by the Gemini resume handler "
-            f"(needs {span}); pin the plugin or re-check resilience/_gemini_plugin.py and run "
+            f"(needs {span}); pin the plugin or re-check resilience/gemini/_plugin.py and run "
             "tests/test_gemini_plugin_adapter.py"
         )
 

@@ -27,10 +27,10 @@ from typing import Any
 import aiohttp
 from livekit import api
 
-from .. import metrics
-from ..log import get_logger
+from ... import metrics
+from ...log import get_logger
+from ..store import StoreUnavailableError
 from .room_registry import LapsedRoom, RoomRegistry
-from .store import StoreUnavailableError
 
 logger = get_logger(__name__)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from livekit.agents import AgentSession, llm
 
 from ..models import ModelStack
-from .room_output import TranscriptSegment
+from .transcript import TranscriptSegment
 
 __all__ = [
     "BeforeStart",

@@ -25,7 +25,7 @@ generations, tools, audio, transcripts) is right and large. A wrapper around the
 RealtimeModel or the genai client cannot reorder the plugin's queue or see which chat items
 a handle covers, so it would have to re-implement the session. The subclass keeps the
 plugin's receive path and chat-context diff and swaps the loop; every contact with the
-plugin's internals sits in ``_gemini_plugin`` behind a version pin, and
+plugin's internals sits in ``gemini/_plugin.py`` behind a version pin, and
 ``tests/test_gemini_plugin_adapter.py`` fails when an upgrade changes them.
 """
 
@@ -41,12 +41,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from livekit.agents import utils
 
-from ..log import get_logger, identity_ref
-from .store import GeminiHandle, SessionStore, StoreError
+from ...log import get_logger, identity_ref
+from ..backoff import Backoff
+from ..store import GeminiHandle, SessionStore, StoreError
 
 if TYPE_CHECKING:
-    from ._gemini_plugin import ResumableRealtimeModel
-    from .supervisor import SessionSpec
+    from ..supervisor import SessionSpec
+    from ._plugin import ResumableRealtimeModel
 
 __all__ = [
     "ExhaustedEvent",
@@ -73,7 +74,7 @@ class ReconnectPolicy:
     max_attempts: failed connects in a row (no setupComplete) before giving up.
     backoff_base / backoff_max: seconds before the 2nd failed attempt's retry, doubling up
         to the cap; the first reconnect after a lost connection is immediate.
-    jitter: each delay is scaled by a random factor in ``[1 - jitter, 1 + jitter]``.
+    jitter: the fraction of each delay taken off at random (see ``Backoff`` in backoff.py).
     setup_timeout: seconds to wait for setupComplete before the attempt counts as failed.
     go_away_margin: seconds before goAway's ``time_left`` runs out at which the handler
         reconnects even if no idle point came.
@@ -89,19 +90,13 @@ class ReconnectPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        if self.backoff_base < 0 or self.backoff_max < self.backoff_base:
-            raise ValueError("need 0 <= backoff_base <= backoff_max")
-        if not 0 <= self.jitter < 1:
-            raise ValueError("jitter must be in [0, 1)")
+        Backoff(self.backoff_base, self.backoff_max, self.jitter)  # validates the three
         if self.setup_timeout <= 0 or self.go_away_margin < 0:
             raise ValueError("setup_timeout must be positive and go_away_margin not negative")
 
     def delay(self, failures: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before the next attempt after ``failures`` failed ones in a row."""
-        if failures <= 0:
-            return 0.0
-        base = min(self.backoff_max, self.backoff_base * 2 ** (failures - 1))
-        return base * (rng or random).uniform(1 - self.jitter, 1 + self.jitter)
+        return Backoff(self.backoff_base, self.backoff_max, self.jitter).delay(failures, rng)
 
 
 @dataclass(frozen=True)
@@ -249,7 +244,7 @@ class GeminiResume(utils.EventEmitter[EventTypes]):
     async def before_start(self, spec: SessionSpec) -> None:
         """``SessionSupervisor(before_start=...)``: bind a resumable Gemini model in the
         next session's stack to this conversation (and load the stored handle first)."""
-        from ._gemini_plugin import ResumableRealtimeModel
+        from ._plugin import ResumableRealtimeModel
 
         await self.load()
         if isinstance(spec.models.llm, ResumableRealtimeModel):
@@ -261,7 +256,7 @@ class GeminiResume(utils.EventEmitter[EventTypes]):
             await asyncio.gather(self._writer, return_exceptions=True)
         await utils.aio.cancel_and_wait(*self._tasks)
 
-    # -- reports from the connection loop (see gemini_link) -----------------------------------
+    # -- reports from the connection loop (connection_loop.py) ----------------------------
 
     def handle_issued(self, handle: str, covered_item_ids: Sequence[str]) -> None:
         """A resumable update arrived: keep it, and write it to the store (newest wins)."""
@@ -351,6 +346,6 @@ def gemini_realtime_model(
 
     Context-window compression is on unless ``context_window_compression`` is given.
     """
-    from ._gemini_plugin import ResumableRealtimeModel
+    from ._plugin import ResumableRealtimeModel
 
     return ResumableRealtimeModel(resume=resume, **plugin_kwargs)

@@ -29,9 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .store import redis_scripts, sqlite_ops
-from .store.redis_client import run_script
-from .store.sqlite_db import SqliteDatabase
+from ..store import redis_scripts, sqlite_ops
+from ..store.redis_client import run_script
+from ..store.sqlite_db import SqliteDatabase
 
 __all__ = ["LapsedRoom", "RedisRoomRegistry", "RoomRegistry", "SqliteRoomRegistry"]
 

@@ -1,0 +1,1 @@
+"""Gemini Live resume: reconnect by handle with no history replay, survive goAway, fall back."""

@@ -37,7 +37,7 @@ from {{ cookiecutter.package_name }}.resilience.rpc import (
     ERROR_FORBIDDEN,
     ERROR_INVALID_REQUEST,
     METHOD_HISTORY,
-    routes_for,
+    RpcRoutes,
 )
 from {{ cookiecutter.package_name }}.resilience.store import open_store
 from {{ cookiecutter.package_name }}.resilience.store.records import participant_hash
@@ -128,7 +128,7 @@ async def test_each_transcript_history_call_is_one_event_served_or_refused(
     log = TranscriptLog()
     log.append(id="SG_1", role="agent", speaker="agent", text="Hello!")
     log.append(id="u1", role="user", speaker=ALICE, text=SECRET_TEXT)
-    routes = routes_for(room)
+    routes = RpcRoutes(room.local_participant, room_name=room.name)
     routes.add(ALICE, _restart, log)
 
     page = await _history(room, ALICE, '{"limit": 1}')

@@ -8,11 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from {{ cookiecutter.package_name }}.resilience.store import (
-    MemoryStore,
-    SessionStore,
-    open_store,
-)
+from {{ cookiecutter.package_name }}.backends import Backends, open_backends
 from {{ cookiecutter.package_name }}.settings import load_settings
 from {{ cookiecutter.package_name }}.simulation import (
     SCENARIOS,
@@ -30,16 +26,17 @@ USER = "user-1"
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
+async def backends(request: pytest.FixtureRequest) -> AsyncIterator[Backends]:
+    """The store and room leases two jobs share, as production pairs them."""
     if request.param == "memory":
-        store = MemoryStore()
-        yield store
-        await store.aclose()
+        shared = open_backends(load_settings(session_db_path=":memory:"))
+        yield shared
+        await shared.aclose()
         return
     with RedisServer() as server:
-        store = open_store(redis_url=server.url)
-        yield store
-        await store.aclose()
+        shared = open_backends(load_settings(redis_url=server.url))
+        yield shared
+        await shared.aclose()
 
 
 def stored_messages(record) -> list[tuple[str, str]]:
@@ -50,14 +47,14 @@ def stored_messages(record) -> list[tuple[str, str]]:
     ]
 
 
-async def test_refresh_welcomes_back_once_and_keeps_every_turn(store: SessionStore) -> None:
+async def test_refresh_welcomes_back_once_and_keeps_every_turn(backends: Backends) -> None:
     refresh = SCENARIOS["refresh"]
     obs = await run_scenario(
         "refresh",
         refresh.run,
-        settings=load_settings(),
+        settings=backends.settings,
         llm=refresh.scripted_llm(),
-        store=store,
+        backends=backends,
         printer=lambda _: None,
     )
     assert obs.violations == []
@@ -65,7 +62,7 @@ async def test_refresh_welcomes_back_once_and_keeps_every_turn(store: SessionSto
     users_seen = [i["text"] for i in obs.model_requests[-1] if i["role"] == "user"]
     assert users_seen == [*REFRESH_BEFORE, *REFRESH_AFTER]
 
-    record = await store.load("sim-room", USER)
+    record = await backends.store.load("sim-room", USER)
     assert record.reconnect_count == 1
     assert stored_messages(record) == [
         ("assistant", refresh.replies[0]),
@@ -80,15 +77,15 @@ async def test_refresh_welcomes_back_once_and_keeps_every_turn(store: SessionSto
     assert len(set(record.item_ids)) == len(record.item_ids)
 
 
-async def test_a_new_worker_picks_the_conversation_up(store: SessionStore) -> None:
+async def test_a_new_worker_picks_the_conversation_up(backends: Backends) -> None:
     """Another job (a restarted worker) in the same room: welcome back, full context."""
     basic = SCENARIOS["basic"]
     first = await run_scenario(
         "basic",
         basic.run,
-        settings=load_settings(),
+        settings=backends.settings,
         llm=basic.scripted_llm(),
-        store=store,
+        backends=backends,
         printer=lambda _: None,
     )
     assert first.violations == []
@@ -103,9 +100,9 @@ async def test_a_new_worker_picks_the_conversation_up(store: SessionStore) -> No
     second = await run_scenario(
         "comes-back",
         comes_back,
-        settings=load_settings(),
+        settings=backends.settings,
         llm=model,
-        store=store,
+        backends=backends,
         printer=lambda _: None,
     )
     assert second.violations == []
@@ -113,7 +110,7 @@ async def test_a_new_worker_picks_the_conversation_up(store: SessionStore) -> No
     earlier = [(i["role"], i["text"]) for i in first.model_requests[-1] if i["role"] != "system"]
     earlier.append(("assistant", basic.replies[-1]))
     assert [m for m in first_request if m[0] != "system"] == earlier
-    assert (await store.load("sim-room", USER)).reconnect_count == 1
+    assert (await backends.store.load("sim-room", USER)).reconnect_count == 1
 
 
 async def test_repeated_join_events_do_not_welcome_twice() -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from typer.testing import CliRunner
 
+from {{ cookiecutter.package_name }}.backends import open_backends
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.resilience.store import open_store
 from {{ cookiecutter.package_name }}.resilience.store.redis_client import (
@@ -57,19 +58,19 @@ async def _write(url: str, *participants: str, keys: str | None = KEY_1, room: s
 
 
 async def _one_conversation(url: str) -> None:
-    store = open_store(redis_url=url)
+    backends = open_backends(load_settings(redis_url=url))
     basic = SCENARIOS["basic"]
     try:
         obs = await run_scenario(
             "basic",
             basic.run,
-            settings=load_settings(),
+            settings=backends.settings,
             llm=basic.scripted_llm(),
-            store=store,
+            backends=backends,
             printer=lambda _: None,
         )
     finally:
-        await store.aclose()
+        await backends.aclose()
     assert obs.ok
 
 

@@ -40,7 +40,6 @@ import json
 import math
 import re
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -205,17 +204,6 @@ class RpcRoutes:
             raise
         audit(TRANSCRIPT_READ, outcome=OK, segments=len(json.loads(page)["segments"]), **event)
         return page
-
-
-_rooms: weakref.WeakKeyDictionary[rtc.Room, RpcRoutes] = weakref.WeakKeyDictionary()
-
-
-def routes_for(room: rtc.Room) -> RpcRoutes:
-    """The room's RPC routes (one per room, made on first use)."""
-    routes = _rooms.get(room)
-    if routes is None:
-        routes = _rooms[room] = RpcRoutes(room.local_participant, room_name=room.name)
-    return routes
 
 
 def _invalid(message: str) -> rtc.RpcError:

@@ -52,7 +52,7 @@ from .events import (
     conversation_items,
 )
 from .room_output import RoomOutput
-from .rpc import RestartUnavailableError, routes_for
+from .rpc import RestartUnavailableError, RpcRoutes
 from .transcript import TranscriptLog, TranscriptSegment
 
 logger = get_logger(__name__)
@@ -96,6 +96,8 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
     note_restarts: tell the model in its context that a restart happened.
     before_start: called with the :class:`SessionSpec` before each session is built.
     initial_transcript: transcript segments of an earlier part of the conversation.
+    routes: the room's RPC routes, which the job shares among its conversations (None:
+        routes of this conversation's own).
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         before_start: BeforeStart | None = None,
         initial_transcript: Iterable[TranscriptSegment] = (),
         apology: str = APOLOGY,
+        routes: RpcRoutes | None = None,
     ) -> None:
         super().__init__()
         if stuck_timeout is not None and stuck_timeout <= 0:
@@ -134,6 +137,7 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         self._note_restarts = note_restarts
         self._before_start = before_start
         self._apology = apology
+        self._routes = routes or RpcRoutes(room.local_participant, room_name=room.name)
         self._output = RoomOutput(
             room,
             participant_identity,
@@ -207,7 +211,7 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         if chat_ctx is not None:
             self._absorb(chat_ctx.items)
         await self._output.start()
-        routes_for(self._room).add(self._identity, self._restart_from_rpc, self.transcript)
+        self._routes.add(self._identity, self._restart_from_rpc, self.transcript)
         try:
             async with self._lock:
                 session = await self._open(restart=False, reason="start")
@@ -419,7 +423,7 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         if self._closed:
             return
         self._closed = True
-        routes_for(self._room).remove(self._identity)
+        self._routes.remove(self._identity)
         await self._retire(self._session)
         await self._output.aclose()
         current = asyncio.current_task()

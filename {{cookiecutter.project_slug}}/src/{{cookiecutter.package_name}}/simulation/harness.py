@@ -11,8 +11,8 @@ from typing import Any
 from livekit.agents import AgentSession
 from livekit.agents.types import ATTRIBUTE_TRANSCRIPTION_FINAL, TOPIC_CHAT, TOPIC_TRANSCRIPTION
 
+from ..backends import Backends
 from ..models import ModelStack
-from ..resilience.store import SessionStore
 from ..resilience.supervisor import SessionSupervisor
 from ..settings import Settings
 from ..testing import ScriptedLLM, ScriptedTTS, SimulatedJob, SimulatedRoom, TimelineEvent
@@ -129,7 +129,7 @@ async def run_scenario(
     *,
     settings: Settings,
     llm: ScriptedLLM,
-    store: SessionStore | None = None,
+    backends: Backends | None = None,
     printer: Printer = print,
     room_name: str = "sim-room",
     departure_timeout: float | None = None,
@@ -138,8 +138,9 @@ async def run_scenario(
 ) -> Observations:
     """Run ``scenario`` against the real job wiring and return what was observed.
 
-    With a ``store`` the job uses it (and leaves it open), so several runs can share one:
-    a second run in the same room is a worker that picks the conversation up. ``models``
+    With ``backends`` (``open_backends(settings)``) the job uses that store and its room
+    leases and leaves them open, so several runs can share one: a second run in the same
+    room is a worker that picks the conversation up. ``models``
     replaces the scripted stack built around ``llm``; ``checks`` replaces the standard
     one-participant invariants. ``departure_timeout``: what the room reports (default: as
     ``token`` configures it, ``SESSION_RETENTION_S``).
@@ -159,7 +160,7 @@ async def run_scenario(
     observations = Observations(scenario=name)
     with SimulatedJob(room, agent_identity=AGENT_IDENTITY) as simulated:
         job = asyncio.create_task(
-            run_job(simulated.ctx, settings=settings, models=models, store=store)
+            run_job(simulated.ctx, settings=settings, models=models, backends=backends)
         )
         try:
             await scenario_with_job(sim, scenario, job)

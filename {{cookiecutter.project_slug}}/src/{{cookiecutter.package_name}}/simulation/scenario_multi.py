@@ -15,7 +15,7 @@ import asyncio
 from typing import Any
 
 from ..models import ModelStack
-from ..resilience.primary.election import SessionElection, election_for
+from ..resilience.primary.election import SessionElection
 from ..settings import Settings
 from ..testing import ScriptedLLM, ScriptedTTS
 from ..testing.speech import ParticipantMicrophone, SpeechCodebook, ToneSTT
@@ -50,13 +50,12 @@ def multi_models(_settings: Settings) -> Any:
 
 
 def _election(sim: Simulation) -> SessionElection:
-    election = election_for(sim.room)
-    if election is None:
+    if sim.conversation is None or sim.conversation.transcribers is None:
         raise RuntimeError(
-            "the multi scenario needs ROOM_MODE=multi-participant: run_job registers no "
-            "SessionElection in this room"
+            "the multi scenario needs ROOM_MODE=multi-participant: the job runs no "
+            "transcribers in this room"
         )
-    return election
+    return sim.conversation.election
 
 
 async def _settle(sim: Simulation, election: SessionElection) -> None:
@@ -107,7 +106,7 @@ async def multi(sim: Simulation) -> None:
 
 
 async def _wait_for_election(sim: Simulation) -> SessionElection:
-    await sim.room.wait_until(lambda room: election_for(room) is not None, 10.0)
+    await sim.room.wait_until(lambda _room: sim.conversation is not None, 10.0)
     return _election(sim)
 
 

@@ -21,11 +21,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..backends import open_session_store
 from ..resilience.store import SessionRecord
 from ..settings import Settings, load_settings
 from ..testing import ScriptedLLM
 from ..testing.redis_faults import Kill, RedisFault
-from ..worker import open_session_store
 from .harness import Observations, Printer, Simulation, run_scenario
 from .invariants import check_conversation
 from .scenarios import USER, scenario

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -49,13 +48,6 @@ logger = get_logger(__name__)
 Role = Literal["conversational", "listen-only"]
 _RANK: dict[str, int] = {"conversational": 0, "listen-only": 1}
 PROMOTE_ATTEMPTS = 3
-
-_ELECTIONS: weakref.WeakKeyDictionary[rtc.Room, SessionElection] = weakref.WeakKeyDictionary()
-
-
-def election_for(room: rtc.Room) -> SessionElection | None:
-    """The election running in ``room``'s job, if any (the ``multi`` scenario reads it)."""
-    return _ELECTIONS.get(room)
 
 
 class Member(Protocol):
@@ -182,7 +174,6 @@ class SessionElection(utils.EventEmitter[Literal["primary_changed"]]):
         self._closed = False
         self._room.on("participant_connected", self._on_presence)
         self._room.on("participant_disconnected", self._on_presence)
-        _ELECTIONS[self._room] = self
 
     # -- public surface ----------------------------------------------------------------------
 

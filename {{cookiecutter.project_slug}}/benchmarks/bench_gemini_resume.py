@@ -1,6 +1,6 @@
 """The Gemini resume handler against the local Live server (figures, not pass/fail).
 
-    uv run python benchmarks/bench_gemini_resume.py [--rounds 20]
+    uv run python benchmarks/bench_gemini_resume.py [--rounds 20] [--quick]
 
 1. History bytes sent on a reconnect, for 10/100/1000-turn conversations: resumed with
    nothing changed, resumed with one turn added while disconnected, and a full replay
@@ -23,19 +23,19 @@ from google.genai import types
 from livekit.agents import Agent, AgentSession, APIConnectOptions, llm
 from livekit.plugins import google
 
+from {{ cookiecutter.package_name }}.resilience.gemini import gemini_realtime_model
 from {{ cookiecutter.package_name }}.resilience.gemini.resume import (
     GeminiResume,
     ReconnectPolicy,
-    gemini_realtime_model,
 )
-from {{ cookiecutter.package_name }}.testing.gemini_faults import (
+from {{ cookiecutter.package_name }}.testing.gemini.faults import (
     ConnectionRecord,
     Drop,
     GoAway,
     RefuseHandle,
     SlowSetup,
 )
-from {{ cookiecutter.package_name }}.testing.gemini_server import (
+from {{ cookiecutter.package_name }}.testing.gemini.server import (
     LocalGeminiLiveServer,
 )
 
@@ -182,7 +182,10 @@ async def reconnect_latency(make: str, rounds: int, fault: str) -> list[float]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="2 reconnects timed per way")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds = 2
     # both log every drop at WARNING/ERROR with a traceback; the figures are the point here
     logging.getLogger("livekit").setLevel(logging.CRITICAL)
     logging.getLogger("{{ cookiecutter.package_name }}").setLevel(logging.CRITICAL)

@@ -20,18 +20,18 @@ from livekit.agents.voice.events import CloseEvent
 from {{ cookiecutter.package_name }}.resilience.gemini.connection_loop import (
     SetupTimeoutError,
 )
+from {{ cookiecutter.package_name }}.resilience.gemini import gemini_realtime_model
 from {{ cookiecutter.package_name }}.resilience.gemini.resume import (
     ExhaustedEvent,
     GeminiResume,
     ReconnectPolicy,
-    gemini_realtime_model,
 )
 from {{ cookiecutter.package_name }}.resilience.store import MemoryStore
 from {{ cookiecutter.package_name }}.simulation.scenario_gemini import (
     server_conversation,
     worker_conversation,
 )
-from {{ cookiecutter.package_name }}.testing.gemini_faults import (
+from {{ cookiecutter.package_name }}.testing.gemini.faults import (
     Drop,
     GoAway,
     NoSetupComplete,
@@ -39,7 +39,7 @@ from {{ cookiecutter.package_name }}.testing.gemini_faults import (
     ResumableFalse,
     SlowSetup,
 )
-from {{ cookiecutter.package_name }}.testing.gemini_server import (
+from {{ cookiecutter.package_name }}.testing.gemini.server import (
     LocalGeminiLiveServer,
     default_responder,
 )

@@ -15,17 +15,17 @@ from livekit.agents import Agent, AgentSession
 from livekit.agents.voice.events import CloseEvent
 from websockets.exceptions import ConnectionClosed
 
+from {{ cookiecutter.package_name }}.resilience.gemini import gemini_realtime_model
 from {{ cookiecutter.package_name }}.resilience.gemini.resume import (
     GeminiResume,
     ReconnectedEvent,
     ReconnectPolicy,
-    gemini_realtime_model,
 )
 from {{ cookiecutter.package_name }}.simulation.scenario_gemini import (
     server_conversation,
     worker_conversation,
 )
-from {{ cookiecutter.package_name }}.testing.gemini_faults import (
+from {{ cookiecutter.package_name }}.testing.gemini.faults import (
     Drop,
     GoAway,
     NoSetupComplete,
@@ -33,7 +33,7 @@ from {{ cookiecutter.package_name }}.testing.gemini_faults import (
     ResumableFalse,
     SlowSetup,
 )
-from {{ cookiecutter.package_name }}.testing.gemini_server import (
+from {{ cookiecutter.package_name }}.testing.gemini.server import (
     LocalGeminiLiveServer,
 )
 

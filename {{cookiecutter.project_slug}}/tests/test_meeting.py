@@ -17,7 +17,7 @@ from livekit.agents import llm
 from livekit.agents.voice.events import UserInputTranscribedEvent
 
 from {{ cookiecutter.package_name }}.models import ModelStack
-from {{ cookiecutter.package_name }}.resilience.meeting import MEETING_IDENTITY
+from {{ cookiecutter.package_name }}.resilience.transcribers import MEETING_IDENTITY
 from {{ cookiecutter.package_name }}.resilience.rpc import METHOD_HISTORY
 from {{ cookiecutter.package_name }}.resilience.store import open_store
 from {{ cookiecutter.package_name }}.resilience.transcribers import MAX_LINES, Transcriber
@@ -30,7 +30,10 @@ from {{ cookiecutter.package_name }}.testing import (
     SimulatedJob,
     SimulatedRoom,
 )
-from {{ cookiecutter.package_name }}.testing.speech import SpeechCodebook, ToneSTT
+from {{ cookiecutter.package_name }}.testing.room.speech import (
+    SpeechCodebook,
+    ToneSTT,
+)
 from {{ cookiecutter.package_name }}.worker import run_job
 
 ROOM = "sim-room"

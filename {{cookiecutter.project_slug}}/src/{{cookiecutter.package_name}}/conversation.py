@@ -19,16 +19,16 @@ from .assistant import WELCOME_BACK, Assistant
 from .backends import Backends
 from .log import get_logger
 from .models import ModelStack
+from .resilience.apology import GAVE_UP
 from .resilience.events import ClosedEvent
 from .resilience.gemini.resume import GeminiResume
-from .resilience.meeting import MeetingTranscript
 from .resilience.primary.election import SessionElection, SupervisedConversation
 from .resilience.primary.room_lease import FencedStore, RoomPrimacy
 from .resilience.returning import ConversationRecorder, ParticipantPresence, chat_ctx_from_record
 from .resilience.rpc import RpcRoutes
 from .resilience.store import JoinKind, JoinOutcome, StoreError
-from .resilience.supervisor import GAVE_UP, SessionSupervisor
-from .resilience.transcribers import TranscriberPool
+from .resilience.supervisor import SessionSupervisor
+from .resilience.transcribers import MeetingTranscript, TranscriberPool
 from .resilience.transcript import TranscriptSegment
 from .settings import Settings
 
@@ -79,6 +79,7 @@ class Conversation:
         self.transcribers: TranscriberPool | None = None
         self._supervisor: SessionSupervisor | None = None
         self._late_join: asyncio.Task[None] | None = None
+        self._ending: asyncio.Task[None] | None = None
 
     @property
     def supervisor(self) -> SessionSupervisor:
@@ -148,6 +149,10 @@ class Conversation:
             )
 
         self._late_join = asyncio.create_task(reopen(), name="reopen_conversation")
+
+    def end_supervisor(self, reason: str) -> None:
+        """End the participant's conversation but not the job (the others are transcribed)."""
+        self._ending = asyncio.create_task(self.supervisor.aclose(reason), name="end_conversation")
 
     def _on_closed(self, ev: ClosedEvent) -> None:
         if ev.reason == GAVE_UP:

@@ -7,6 +7,7 @@ tests build a scripted stack instead and hand it to the same composition root.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from livekit.agents import llm, stt, tts, vad
@@ -40,6 +41,19 @@ class ModelStack:
             and model.capabilities.turn_detection
         ):
             object.__setattr__(self, "turn_detection", "realtime_llm")
+
+
+ModelSource = ModelStack | Callable[[], ModelStack]
+"""A stack, or a factory building one (called for each session)."""
+
+
+def as_factory(models: ModelSource) -> Callable[[], ModelStack]:
+    """``models`` as a factory; TypeError for anything else."""
+    if isinstance(models, ModelStack):
+        return lambda: models
+    if callable(models):
+        return models
+    raise TypeError(f"models must be a ModelStack or a factory returning one, not {models!r}")
 
 
 # what each stack imports when a job builds it: loaded once by the worker's process pool
@@ -96,7 +110,7 @@ def build_models(settings: Settings, *, vad_model: vad.VAD | None = None) -> Mod
 def _gemini_live(settings: Settings) -> llm.RealtimeModel:
     from google.genai import types
 
-    from .resilience.gemini.resume import gemini_realtime_model
+    from .resilience.gemini import gemini_realtime_model
 
     kwargs = {}
     if settings.gemini_base_url:

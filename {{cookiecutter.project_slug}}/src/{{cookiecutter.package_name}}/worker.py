@@ -8,8 +8,6 @@ model stack, so they exercise exactly this wiring.
 
 from __future__ import annotations
 
-import asyncio
-
 from livekit import api, rtc
 from livekit.agents import AgentServer, JobContext, JobProcess
 
@@ -26,7 +24,6 @@ from .log import (
 )
 from .models import build_models, modules_to_preload
 from .resilience.gemini.resume import GeminiResume
-from .resilience.meeting import MeetingTranscript, may_read
 from .resilience.primary.election import SessionElection
 from .resilience.primary.recovery import RoomWatcher, is_redispatch
 from .resilience.primary.room_lease import MAX_POLL_S, FencedStore, RoomPrimacy
@@ -38,7 +35,13 @@ from .resilience.returning import (
 )
 from .resilience.rpc import RpcRoutes
 from .resilience.store import MEMORY, JoinKind, JoinOutcome, SessionRecord
-from .resilience.transcribers import TranscribedLine, TranscriberPool, listen_only_stt
+from .resilience.transcribers import (
+    MeetingTranscript,
+    TranscribedLine,
+    TranscriberPool,
+    listen_only_stt,
+    may_read,
+)
 from .settings import Settings, load_settings
 
 logger = get_logger(__name__)
@@ -289,7 +292,7 @@ def follow_participant(ctx: JobContext, settings: Settings, conversation: Conver
 
     def gone() -> None:
         if settings.room_mode == "multi-participant":
-            asyncio.ensure_future(conversation.supervisor.aclose("participant did not return"))
+            conversation.end_supervisor("participant did not return")
         else:
             ctx.shutdown(reason="participant did not return")
 

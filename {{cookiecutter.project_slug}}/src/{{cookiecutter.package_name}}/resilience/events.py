@@ -1,5 +1,6 @@
-"""What the session supervisor hands out: the spec of the next session, its event
-payloads, and the filter that decides which chat items a new session carries over."""
+"""What the session supervisor carries and hands out: the conversation it carries from one
+session to the next (and the one filter that decides which chat items are the
+conversation), the spec of the next session, and its event payloads."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from ..models import ModelStack
 from .transcript import TranscriptSegment
 
 __all__ = [
+    "CONVERSATION_TYPES",
     "BeforeStart",
+    "CarriedContext",
     "ClosedEvent",
     "RestartedEvent",
     "SessionSpec",
@@ -73,11 +76,16 @@ class ClosedEvent:
     error: BaseException | None = None
 
 
+# Item types the model needs to continue a conversation; others (config updates, handoffs)
+# describe the session, not the conversation.
+CONVERSATION_TYPES = ("message", "function_call", "function_call_output")
+
+
 def conversation_items(items: Iterable[llm.ChatItem]) -> list[llm.ChatItem]:
     """What a new session needs to continue: user and assistant messages (a reply cut short
     stays, marked interrupted) and the tool calls that have their outputs, in order.
     Instructions, handoffs, config updates and empty messages are left out."""
-    items = list(items)
+    items = [i for i in items if i.type in CONVERSATION_TYPES]
     calls = {i.call_id for i in items if i.type == "function_call"}
     outputs = {i.call_id for i in items if i.type == "function_call_output"}
     kept: list[llm.ChatItem] = []
@@ -90,3 +98,34 @@ def conversation_items(items: Iterable[llm.ChatItem]) -> list[llm.ChatItem]:
         ):
             kept.append(item)
     return kept
+
+
+class CarriedContext:
+    """The conversation carried across sessions: each item once, in the order said."""
+
+    def __init__(self) -> None:
+        self._items: list[llm.ChatItem] = []
+        self._ids: set[str] = set()
+
+    def absorb(self, items: Iterable[llm.ChatItem]) -> None:
+        """Keep what a closing session said (its conversation items not carried yet)."""
+        for item in conversation_items(items):
+            if item.id not in self._ids:
+                self._ids.add(item.id)
+                self._items.append(item)
+
+    def prepend(self, items: Iterable[llm.ChatItem]) -> list[llm.ChatItem]:
+        """Put an earlier conversation first; returns the items that were new."""
+        earlier = [i for i in conversation_items(items) if i.id not in self._ids]
+        self._items[:0] = earlier
+        self._ids.update(i.id for i in earlier)
+        return earlier
+
+    def items(self, current: Iterable[llm.ChatItem] = ()) -> list[llm.ChatItem]:
+        """Everything carried, then what the ``current`` session added since (a copy)."""
+        return self._items + [i for i in conversation_items(current) if i.id not in self._ids]
+
+    def ends_with_user_turn(self) -> bool:
+        """Whether the last thing carried is the user's turn (which nobody answered)."""
+        last = self._items[-1] if self._items else None
+        return last is not None and last.type == "message" and last.role == "user"

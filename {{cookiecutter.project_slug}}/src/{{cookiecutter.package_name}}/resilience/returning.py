@@ -26,6 +26,7 @@ from livekit.agents import AgentSession, llm
 from livekit.agents.voice.events import ConversationItemAddedEvent, FunctionToolsExecutedEvent
 
 from ..log import get_logger, identity_ref
+from .events import CONVERSATION_TYPES
 from .store import JoinKind, JoinOutcome, SessionRecord, SessionStore, StoreError
 from .transcript import TranscriptSegment
 
@@ -167,9 +168,6 @@ class ParticipantPresence:
         task.add_done_callback(self._tasks.discard)
 
 
-# Item types the model needs to continue a conversation; others (config updates, handoffs)
-# describe the session, not the conversation.
-CONVERSATION_TYPES = ("message", "function_call", "function_call_output")
 TRIMMED_HISTORY_NOTE = (
     "The {count} oldest items of this conversation were trimmed from storage; "
     "what follows is the rest."

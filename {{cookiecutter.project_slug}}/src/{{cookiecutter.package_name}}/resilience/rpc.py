@@ -30,7 +30,7 @@ refused with ``RpcError(4000)`` and a one-line message naming what is wrong.
     single segment too long for a page has its text cut and ``"truncated": true``.
     In a multi-participant room every person in the room (any non-agent participant, whenever
     they joined) reads the room's whole transcript: everyone's lines and the agent's
-    (``RpcRoutes.share_history``, ``meeting.py``). Errors: 4000 bad request, 4003 not your
+    (``RpcRoutes.share_history``, ``MeetingTranscript``). Errors: 4000 bad request, 4003 not your
     conversation (one-to-one) or not a person in the room.
 """
 
@@ -41,7 +41,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from livekit import rtc
 
@@ -77,6 +77,34 @@ class RestartUnavailableError(Exception):
 
 RestartHandler = Callable[[str], Awaitable[int]]
 """Restarts the conversation for the given reason; returns the restarts so far."""
+
+
+class Restartable(Protocol):
+    """What the restart RPC needs of a conversation (a ``SessionSupervisor``)."""
+
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def restarts(self) -> int: ...
+    async def restart(self, reason: str) -> Any: ...
+
+
+def restart_handler(conversation: Restartable) -> RestartHandler:
+    """The restart RPC's handler for ``conversation``: the restarts so far, or
+    RestartUnavailableError when it is closed or its restart budget is spent."""
+
+    async def restart(reason: str) -> int:
+        if conversation.closed:
+            raise RestartUnavailableError("the conversation is closed")
+        try:
+            session = await conversation.restart(reason)
+        except RuntimeError as exc:
+            raise RestartUnavailableError(str(exc)) from None
+        if session is None:
+            raise RestartUnavailableError("the restart budget is spent; the call is ending")
+        return conversation.restarts
+
+    return restart
 
 
 class _Route:

@@ -39,43 +39,35 @@ from livekit.agents.voice.events import (
 )
 
 from ..log import get_logger, identity_ref
-from ..models import ModelStack
+from ..models import ModelSource, as_factory
 from . import _livekit
+from .apology import APOLOGY, GAVE_UP, say_apology
 from .backoff import RestartBudget, RestartPolicy
 from .events import (
     BeforeStart,
+    CarriedContext,
     ClosedEvent,
     RestartedEvent,
     SessionSpec,
     SessionStartedEvent,
     TranscriptSegmentEvent,
-    conversation_items,
 )
 from .room_output import RoomOutput
-from .rpc import RestartUnavailableError, RpcRoutes
+from .rpc import RpcRoutes, restart_handler
 from .transcript import TranscriptLog, TranscriptSegment
 
 logger = get_logger(__name__)
-
-# the ``closed`` reason when the restart budget is spent (the agent apologised)
-GAVE_UP = "restart_budget_exhausted"
 
 EventTypes = Literal[
     "session_started", "conversation_item_added", "transcript_segment", "restarted", "closed"
 ]
 
-APOLOGY = (
-    "I'm sorry, I'm having technical trouble and need to end our call now. "
-    "Please try again in a moment."
-)
 RESTART_NOTE = (
     "The voice connection was restarted just now. Continue the conversation where it was; "
     "do not greet the user again or repeat earlier answers."
 )
 CLOSE_TIMEOUT_S = 10.0
-APOLOGY_TIMEOUT_S = 15.0
 
-ModelSource = ModelStack | Callable[[], ModelStack]
 AgentFactory = Callable[[llm.ChatContext], Agent]
 
 
@@ -124,7 +116,7 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
             raise ValueError("stuck_timeout must be positive seconds, or None")
         self._room = room
         self._identity = participant_identity
-        self._models = _as_factory(models)
+        self._models = as_factory(models)
         self._agent_factory = agent_factory
         self._job_ctx = job_ctx
         self._userdata = userdata
@@ -144,8 +136,7 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
             on_segment=self._on_segment,
             initial_transcript=initial_transcript,
         )
-        self._context: list[llm.ChatItem] = []
-        self._context_ids: set[str] = set()
+        self._carried = CarriedContext()
         self._session: AgentSession | None = None
         self._previous: AgentSession | None = None
         self._running = False
@@ -189,14 +180,8 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
 
     def chat_ctx(self) -> llm.ChatContext:
         """The whole conversation so far, across sessions (a copy)."""
-        items = list(self._context)
-        if self._session is not None:
-            items += [
-                i
-                for i in conversation_items(self._session.history.items)
-                if i.id not in self._context_ids
-            ]
-        return llm.ChatContext(items=items)
+        current = self._session.history.items if self._session is not None else ()
+        return llm.ChatContext(items=self._carried.items(current))
 
     async def start(
         self, *, greeting: str | None = None, chat_ctx: llm.ChatContext | None = None
@@ -209,9 +194,9 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
             raise RuntimeError("SessionSupervisor.start() was already called")
         self._started = True
         if chat_ctx is not None:
-            self._absorb(chat_ctx.items)
+            self._carried.absorb(chat_ctx.items)
         await self._output.start()
-        self._routes.add(self._identity, self._restart_from_rpc, self.transcript)
+        self._routes.add(self._identity, restart_handler(self), self.transcript)
         try:
             async with self._lock:
                 session = await self._open(restart=False, reason="start")
@@ -229,13 +214,11 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         not answer at once). Returns how many items were added to the model's context.
         """
         async with self._lock:
-            earlier = [
-                i for i in conversation_items(chat_ctx.items) if i.id not in self._context_ids
-            ]
-            if not earlier or self._closed:
+            if self._closed:
                 return 0
-            self._context[:0] = earlier
-            self._context_ids.update(i.id for i in earlier)
+            earlier = self._carried.prepend(chat_ctx.items)
+            if not earlier:
+                return 0
             if self._session is not None:
                 agent = self._session.current_agent
                 ctx = agent.chat_ctx.copy()
@@ -254,7 +237,7 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         if not self._started:
             raise RuntimeError("start() the supervisor before restarting it")
         if models is not None:
-            self._models = _as_factory(models)
+            self._models = as_factory(models)
         async with self._lock:
             if self._closed:
                 raise RuntimeError("the conversation is closed")
@@ -295,7 +278,7 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
                 model_stack=models,
             )
             self.emit("restarted", RestartedEvent(reason, self._restarts, blackout, models))
-            if self._context and _is_user_turn(self._context[-1]):
+            if self._carried.ends_with_user_turn():
                 # the turn the old session never answered: answer it, so nobody waits
                 session.generate_reply()
             return session
@@ -314,25 +297,11 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         except Exception:
             logger.exception("automatic restart failed", reason=reason)
 
-    async def _restart_from_rpc(self, reason: str) -> int:
-        if self._closed:
-            raise RestartUnavailableError("the conversation is closed")
-        try:
-            session = await self.restart(reason)
-        except RuntimeError as exc:
-            raise RestartUnavailableError(str(exc)) from None
-        if session is None:
-            raise RestartUnavailableError("the restart budget is spent; the call is ending")
-        return self._restarts
-
     async def _give_up(self, reason: str) -> None:
-        logger.error(
-            "restart budget spent; ending the call",
-            reason=reason,
-            restarts_in_window=self._budget.used,
-            window_s=self._budget.policy.window,
-            participant=identity_ref(self._identity),
-        )
+        budget = self._budget
+        logger.error("restart budget spent; ending the call", reason=reason,
+                     restarts_in_window=budget.used, window_s=budget.policy.window,
+                     participant=identity_ref(self._identity))  # fmt: skip
         session = self._session if self._running else None
         if session is None:
             await self._retire(self._session)
@@ -341,22 +310,8 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
             except Exception as exc:
                 logger.warning("no session to apologise with", error=repr(exc))
         if session is not None:
-            await self._say_apology(session)
+            await say_apology(session, self._apology)
         await self._finish(GAVE_UP)
-
-    async def _say_apology(self, session: AgentSession) -> None:
-        try:
-            await asyncio.wait_for(session.interrupt(force=True), APOLOGY_TIMEOUT_S)
-            if session.tts is not None:
-                handle = session.say(self._apology, allow_interruptions=False)
-            else:  # a realtime model speaks for itself
-                handle = session.generate_reply(
-                    instructions=f"Say exactly this and nothing else: {self._apology}",
-                    allow_interruptions=False,
-                )
-            await asyncio.wait_for(handle.wait_for_playout(), APOLOGY_TIMEOUT_S)
-        except Exception as exc:
-            logger.warning("apology not spoken", error=repr(exc))
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -392,7 +347,7 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         return session
 
     def _seed(self, restart: bool) -> llm.ChatContext:
-        ctx = llm.ChatContext(items=list(self._context))
+        ctx = llm.ChatContext(items=self._carried.items())
         if restart and self._note_restarts:
             ctx.add_message(role="system", content=RESTART_NOTE)
         return ctx
@@ -408,16 +363,10 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
             await asyncio.wait_for(asyncio.shield(session.aclose()), CLOSE_TIMEOUT_S)
         except TimeoutError:
             logger.warning("session did not close in time; replacing it anyway")
-        self._absorb(session.history.items)
+        self._carried.absorb(session.history.items)
         self._unwatch(session)
         await self._output.release(session)
         self._session, self._previous, self._running = None, session, False
-
-    def _absorb(self, items: Iterable[llm.ChatItem]) -> None:
-        for item in conversation_items(items):
-            if item.id not in self._context_ids:
-                self._context_ids.add(item.id)
-                self._context.append(item)
 
     async def _finish(self, reason: str, error: BaseException | None = None) -> None:
         if self._closed:
@@ -499,15 +448,3 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-
-def _as_factory(models: ModelSource) -> Callable[[], ModelStack]:
-    if isinstance(models, ModelStack):
-        return lambda: models
-    if callable(models):
-        return models
-    raise TypeError(f"models must be a ModelStack or a factory returning one, not {models!r}")
-
-
-def _is_user_turn(item: llm.ChatItem) -> bool:
-    return item.type == "message" and item.role == "user"

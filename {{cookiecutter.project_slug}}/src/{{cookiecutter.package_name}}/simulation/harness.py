@@ -174,6 +174,18 @@ async def run_scenario(
                 await sim.conversation.aclose("simulation ended")
             await room.disconnect()
     sim.timings["total_s"] = sim.elapsed()
+    _conclude(observations, room, llm, sim, checks)
+    return observations
+
+
+def _conclude(
+    observations: Observations,
+    room: SimulatedRoom,
+    llm: ScriptedLLM,
+    sim: Simulation,
+    checks: Callable[[Observations, Simulation], list[str]] | None,
+) -> None:
+    """What the run showed, and what it broke: the job's end, then the invariants."""
     if observations.job_ended != sim.expected_job_ends:
         # a worker ends the job on ctx.shutdown: the call would have ended there
         observations.violations.append(
@@ -187,7 +199,6 @@ async def run_scenario(
         )
     else:
         observations.violations.extend(checks(observations, sim))
-    return observations
 
 
 async def scenario_with_job(sim: Simulation, scenario: ScenarioFn, job: asyncio.Task) -> None:

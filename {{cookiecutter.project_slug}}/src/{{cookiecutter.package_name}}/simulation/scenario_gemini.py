@@ -18,13 +18,14 @@ from livekit.agents import llm
 
 from ..assistant import GREETING, WELCOME_BACK
 from ..models import ModelStack
-from ..resilience.gemini.resume import GeminiResume, gemini_realtime_model
+from ..resilience.gemini import gemini_realtime_model
+from ..resilience.gemini.resume import GeminiResume
 from ..resilience.store import GeminiHandle
 from ..settings import Settings
 from ..testing import ScriptedTTS
-from ..testing.gemini_faults import Drop, GoAway, RefuseHandle, SlowSetup
-from ..testing.gemini_protocol import HistoryItem
-from ..testing.gemini_server import LocalGeminiLiveServer
+from ..testing.gemini.faults import Drop, GoAway, RefuseHandle, SlowSetup
+from ..testing.gemini.protocol import HistoryItem
+from ..testing.gemini.server import LocalGeminiLiveServer
 from .harness import Observations, Simulation
 from .invariants import one_agent_audio_track, segments_finalised_once, turns_as_expected
 from .scenarios import USER, scenario

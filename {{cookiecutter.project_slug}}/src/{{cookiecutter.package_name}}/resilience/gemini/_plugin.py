@@ -141,7 +141,7 @@ class ResumableRealtimeModel(google.realtime.RealtimeModel):
         """The handler the next sessions report to."""
         return self._resume
 
-    def bind(self, resume: GeminiResume) -> None:
+    def bind_resume(self, resume: GeminiResume) -> None:
         """Make sessions created from now on use ``resume`` (one per conversation)."""
         self._resume = resume
 

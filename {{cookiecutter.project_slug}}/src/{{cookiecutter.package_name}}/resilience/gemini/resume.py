@@ -46,8 +46,7 @@ from ..backoff import Backoff
 from ..store import GeminiHandle, SessionStore, StoreError
 
 if TYPE_CHECKING:
-    from ..supervisor import SessionSpec
-    from ._plugin import ResumableRealtimeModel
+    from ..events import SessionSpec
 
 __all__ = [
     "ExhaustedEvent",
@@ -56,7 +55,6 @@ __all__ = [
     "HandleRefusedEvent",
     "ReconnectPolicy",
     "ReconnectedEvent",
-    "gemini_realtime_model",
 ]
 
 logger = get_logger(__name__)
@@ -244,11 +242,10 @@ class GeminiResume(utils.EventEmitter[EventTypes]):
     async def before_start(self, spec: SessionSpec) -> None:
         """``SessionSupervisor(before_start=...)``: bind a resumable Gemini model in the
         next session's stack to this conversation (and load the stored handle first)."""
-        from ._plugin import ResumableRealtimeModel
-
         await self.load()
-        if isinstance(spec.models.llm, ResumableRealtimeModel):
-            spec.models.llm.bind(self)
+        bind = getattr(spec.models.llm, "bind_resume", None)  # a ResumableRealtimeModel's
+        if bind is not None:
+            bind(self)
 
     async def aclose(self) -> None:
         """Finish the pending store write and background tasks."""
@@ -337,15 +334,3 @@ class GeminiResume(utils.EventEmitter[EventTypes]):
             except StoreError as exc:
                 # the live session still resumes from memory; only a crash would need it
                 logger.warning("gemini handle not stored", error=repr(exc))
-
-
-def gemini_realtime_model(
-    resume: GeminiResume | None = None, **plugin_kwargs: Any
-) -> ResumableRealtimeModel:
-    """``google.realtime.RealtimeModel`` with this handler's reconnects (same keywords).
-
-    Context-window compression is on unless ``context_window_compression`` is given.
-    """
-    from ._plugin import ResumableRealtimeModel
-
-    return ResumableRealtimeModel(resume=resume, **plugin_kwargs)

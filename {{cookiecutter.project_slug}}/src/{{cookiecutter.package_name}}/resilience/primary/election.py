@@ -168,7 +168,7 @@ class SessionElection(utils.EventEmitter[Literal["primary_changed"]]):
         self._primary: Candidate | None = None
         self._terms: list[PrimaryTerm] = []
         self._carried: dict[str, llm.ChatItem] = {}
-        self._seat: AgentSession | None = None
+        self._placeholder: AgentSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._dirty = False
         self._closed = False
@@ -213,16 +213,16 @@ class SessionElection(utils.EventEmitter[Literal["primary_changed"]]):
                 await self._vacate(candidate, "outranks" if self._primary else "first")
                 _livekit.set_primary(self._job_ctx, None)  # livekit hands it to the next start
             elif _livekit.primary_session(self._job_ctx) is None:
-                _livekit.set_primary(self._job_ctx, self._reserved_seat())
+                _livekit.set_primary(self._job_ctx, self._placeholder_primary())
             try:
                 yield
             except BaseException:
                 self._drop(candidate)
-                self._kick()
+                self._reconcile_soon()
                 raise
             if takes_over and not self._designated(candidate):
                 logger.error("new primary session did not take the designation")
-        self._kick()
+        self._reconcile_soon()
 
     async def settled(self) -> None:
         """Wait until every pending handover is done (tests, shutdown)."""
@@ -248,7 +248,7 @@ class SessionElection(utils.EventEmitter[Literal["primary_changed"]]):
 
         def on_closed(_ev: Any) -> None:
             candidate.closed, candidate.running = True, False
-            self._kick()
+            self._reconcile_soon()
 
         candidate.listeners = {"session_started": on_started, "closed": on_closed}
         for event, callback in candidate.listeners.items():
@@ -260,7 +260,7 @@ class SessionElection(utils.EventEmitter[Literal["primary_changed"]]):
         candidate.listeners = {}
 
     def _on_presence(self, _participant: rtc.RemoteParticipant) -> None:
-        self._kick()
+        self._reconcile_soon()
 
     def _on_session_started(self, candidate: Candidate, session: AgentSession) -> None:
         candidate.last_session = session
@@ -272,7 +272,7 @@ class SessionElection(utils.EventEmitter[Literal["primary_changed"]]):
 
     # -- reconciling -------------------------------------------------------------------------
 
-    def _kick(self) -> None:
+    def _reconcile_soon(self) -> None:
         """Reconcile soon (in order, one at a time) after anything that may move the primary."""
         if self._closed:
             return
@@ -319,7 +319,7 @@ class SessionElection(utils.EventEmitter[Literal["primary_changed"]]):
             new_role=new.role if new else None,
         )
         # nobody's next session is primary until the new primary's is
-        _livekit.set_primary(self._job_ctx, self._reserved_seat() if new else None)
+        _livekit.set_primary(self._job_ctx, self._placeholder_primary() if new else None)
         if old is not None and old is not new and old.running and not old.closed:
             previous = old.member.session
             await self._restart(old, "demoted")
@@ -334,7 +334,7 @@ class SessionElection(utils.EventEmitter[Literal["primary_changed"]]):
         for _ in range(PROMOTE_ATTEMPTS):
             current = candidate.member.session
             # a restart hands the designation from the session it replaces to the new one
-            _livekit.set_primary(self._job_ctx, current or self._reserved_seat())
+            _livekit.set_primary(self._job_ctx, current or self._placeholder_primary())
             await self._restart(candidate, "promoted")
             if candidate.closed or self._designated(candidate):
                 return
@@ -387,12 +387,12 @@ class SessionElection(utils.EventEmitter[Literal["primary_changed"]]):
         if self._terms and self._terms[-1].ended_at is None:
             self._terms[-1].ended_at = now
 
-    def _reserved_seat(self) -> AgentSession:
+    def _placeholder_primary(self) -> AgentSession:
         # a session that never starts: while it is "primary", every session starts without
         # a SessionHost and recording, so none can take them during a handover
-        if self._seat is None:
-            self._seat = AgentSession()
-        return self._seat
+        if self._placeholder is None:
+            self._placeholder = AgentSession()
+        return self._placeholder
 
     def _carry(self, session: AgentSession) -> None:
         for item in session.history.items:

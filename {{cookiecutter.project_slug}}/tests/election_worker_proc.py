@@ -17,15 +17,15 @@ import json
 import time
 
 from {{ cookiecutter.package_name }}.resilience.primary.room_lease import (
-    FencedStore,
     RedisRoomLease,
     RoomPrimacy,
 )
 from {{ cookiecutter.package_name }}.resilience.store import (
+    FencedStore,
     RedisStore,
     StaleLeaseError,
 )
-from {{ cookiecutter.package_name }}.resilience.store.redis_client import connect
+from {{ cookiecutter.package_name }}.resilience.store.redis import connect
 
 PARTICIPANT = "caller"
 

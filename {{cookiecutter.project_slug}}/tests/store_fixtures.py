@@ -1,16 +1,23 @@
 """Fixtures for the session store tests: a real redis-server and stores of every kind
-(memory, redis, sqlite: a file in a temporary directory).
+(memory, redis, sqlite: a file in a temporary directory), a clock the tests move, and the
+operator calls the tests make on any store.
 
 Test modules import the fixtures they use (``from store_fixtures import ...``); conftest.py
 belongs to the whole suite and stays free of store details.
+
+The memory and SQLite stores run on clocks given to them (``ManualClock``): a test moves time
+with ``pause`` instead of sleeping. Redis keeps its own clock (``TIME``), so with Redis
+``pause`` really sleeps.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import sqlite3
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +29,7 @@ from {{ cookiecutter.package_name }}.resilience.store import (
     RedisStore,
     SqliteStore,
 )
-from {{ cookiecutter.package_name }}.resilience.store.redis_client import connect
+from {{ cookiecutter.package_name }}.resilience.store.redis import connect
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
 
 KEY_A = "k1:" + "A" * 43 + "="
@@ -30,6 +37,25 @@ KEY_B = "k2:" + "B" * 43 + "="
 _prefixes = itertools.count()
 
 StoreFactory = Callable[..., Any]
+Pause = Callable[[float], Awaitable[None]]
+
+
+class ManualClock:
+    """A wall clock and a monotonic clock that move only when told (``advance``)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+        self.mono = 1_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.mono += seconds
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +70,19 @@ def new_prefix() -> str:
     return f"t{next(_prefixes)}"
 
 
-def build_store(kind: str, server: RedisServer | None, **options: Any) -> Any:
+def build_store(
+    kind: str, server: RedisServer | None, clock: ManualClock | None = None, **options: Any
+) -> Any:
     """A store of ``kind`` ("memory"/"redis"/"sqlite"); ``encryption_keys`` becomes a key ring.
 
     For "sqlite" the ``prefix`` names the file (in ``directory``, default a new temporary
     one), so two stores given one prefix share a file as two Redis stores share a prefix.
+    ``clock``: the memory and SQLite stores' clocks (Redis has its own).
     """
     keys = options.pop("encryption_keys", None)
     keyring = KeyRing.parse(keys) if keys else None
+    if clock is not None and kind != "redis":
+        options.update(clock=clock.time, monotonic=clock.monotonic)
     if kind == "memory":
         options.pop("prefix", None)
         return MemoryStore(keyring=keyring, **options)
@@ -70,17 +101,20 @@ def build_store(kind: str, server: RedisServer | None, **options: Any) -> Any:
 async def make_store(
     request: pytest.FixtureRequest, redis_server: RedisServer, tmp_path: Path
 ) -> AsyncIterator[StoreFactory]:
-    """Factory for the parametrized store kind; every store made is closed afterwards."""
+    """Factory for the parametrized store kind; every store made is closed afterwards. The
+    stores share one ``ManualClock`` (``factory.clock``; Redis keeps its own)."""
     made: list[Any] = []
+    clock = ManualClock()
 
     def factory(**options: Any) -> Any:
         if request.param == "sqlite":
             options.setdefault("directory", tmp_path)
-        store = build_store(request.param, redis_server, **options)
+        store = build_store(request.param, redis_server, clock, **options)
         made.append(store)
         return store
 
     factory.kind = request.param  # type: ignore[attr-defined]
+    factory.clock = clock  # type: ignore[attr-defined]
     yield factory
     for store in made:
         await store.aclose()
@@ -90,6 +124,35 @@ async def make_store(
 def store(make_store: StoreFactory) -> Any:
     """A store of the parametrized kind with default settings."""
     return make_store()
+
+
+@pytest.fixture
+def pause(make_store: StoreFactory) -> Pause:
+    """Let ``seconds`` pass for the parametrized stores: the clock moves (Redis: a sleep)."""
+
+    async def elapse(seconds: float) -> None:
+        if make_store.kind == "redis":  # type: ignore[attr-defined]
+            await asyncio.sleep(seconds)
+        else:
+            make_store.clock.advance(seconds)  # type: ignore[attr-defined]
+            await asyncio.sleep(0)
+
+    return elapse
+
+
+async def list_records(store: Any, room: str | None = None) -> list[Any]:
+    """Every readable live record (of one room), as an operator lists them."""
+    return (await store.admin.inventory(room)).records
+
+
+async def purge(store: Any, room: str, identity: str | None = None) -> int:
+    """Delete a participant's or a room's records as an operator does; how many were live."""
+    return (await store.admin.purge(room, identity)).sessions
+
+
+async def release_lease(store: Any, room: str, identity: str, owner: str, token: int) -> bool:
+    """Give a participant's lease up (the worker never does: its leases lapse)."""
+    return await store.leases.release(store.leases.participant(room, identity), owner, token)
 
 
 def sqlite_exec(store: SqliteStore, sql: str, *args: Any) -> list[Any]:

@@ -9,13 +9,13 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 from typer.testing import CliRunner
 
-from {{ cookiecutter.package_name }}.checks import check_redis
 from {{ cookiecutter.package_name }}.cli import app
+from {{ cookiecutter.package_name }}.cli._checks import check_redis
 from {{ cookiecutter.package_name }}.resilience.store import (
     InvalidInputError,
     open_store,
 )
-from {{ cookiecutter.package_name }}.resilience.store.redis_client import connect
+from {{ cookiecutter.package_name }}.resilience.store.redis import connect
 from {{ cookiecutter.package_name }}.resilience.store.redis_url import redact_url
 from {{ cookiecutter.package_name }}.settings import SettingsError, load_settings
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer

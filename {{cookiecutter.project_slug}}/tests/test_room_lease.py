@@ -19,21 +19,22 @@ from pathlib import Path
 from queue import Empty, Queue
 
 import pytest
-from store_fixtures import new_prefix, redis_server  # noqa: F401 - fixture
+from store_fixtures import ManualClock, new_prefix, redis_server  # noqa: F401 - fixture
 
 from {{ cookiecutter.package_name }}.resilience.primary.room_lease import (
-    FencedStore,
     LocalRoomLease,
     RedisRoomLease,
     RoomPrimacy,
 )
 from {{ cookiecutter.package_name }}.resilience.store import (
+    FencedStore,
     MemoryStore,
     RedisStore,
     StaleLeaseError,
     StoreUnavailableError,
 )
-from {{ cookiecutter.package_name }}.resilience.store.redis_client import connect
+from {{ cookiecutter.package_name }}.resilience.store.leases import LocalLeaseTable
+from {{ cookiecutter.package_name }}.resilience.store.redis import connect
 from {{ cookiecutter.package_name }}.testing.netfault import FaultyLink
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
 
@@ -70,13 +71,15 @@ async def test_one_holder_at_a_time_and_tokens_only_grow(redis_server: RedisServ
 
 
 async def test_local_lease_behaves_the_same() -> None:
-    a = LocalRoomLease("local-room", "worker-a", ttl=0.2)
-    b = LocalRoomLease("local-room", "worker-b", ttl=0.2)
+    clock = ManualClock()
+    table = LocalLeaseTable(monotonic=clock.monotonic, clock=clock.time)  # the jobs' table
+    a = LocalRoomLease("local-room", "worker-a", ttl=0.2, table=table)
+    b = LocalRoomLease("local-room", "worker-b", ttl=0.2, table=table)
     first = await a.acquire()
     assert first is not None and await b.acquire() is None and await a.renew(first)
-    await asyncio.sleep(0.25)
+    clock.advance(0.25)
     assert await a.renew(first)  # a stalled loop is not a lost lease
-    await asyncio.sleep(0.25)
+    clock.advance(0.25)
     second = await b.acquire()
     assert second is not None and second > first
     assert not await a.renew(first)
@@ -88,10 +91,11 @@ async def test_a_lapsed_holder_loses_nothing_and_overwrites_nothing_after_a_take
     kind: str,
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
-    prefix = new_prefix()
+    prefix, clock = new_prefix(), ManualClock()
     if kind == "memory":
-        store = MemoryStore()
-        leases = [LocalRoomLease(f"{ROOM}-{prefix}", w, ttl=LAPSE_S) for w in ("a", "b")]
+        # the room leases live in the store's own lease table, as with every other store
+        store = MemoryStore(clock=clock.time, monotonic=clock.monotonic)
+        leases = [LocalRoomLease(ROOM, w, ttl=LAPSE_S, table=store.leases) for w in ("a", "b")]
     else:
         store = RedisStore(connect(redis_server.url), prefix=prefix)
         client = connect(redis_server.url)
@@ -105,7 +109,11 @@ async def test_a_lapsed_holder_loses_nothing_and_overwrites_nothing_after_a_take
     with pytest.raises(StaleLeaseError):
         await new_store.set_gemini_handle(ROOM, CALLER, "b-handle", [])  # a standby writes nothing
 
-    await asyncio.sleep(LAPSE_S + 0.1)  # the old holder stalls past its lease (a pause...)
+    # the old holder stalls past its lease (a pause...); Redis runs on its own clock
+    if kind == "memory":
+        clock.advance(LAPSE_S + 0.1)
+    else:
+        await asyncio.sleep(LAPSE_S + 0.1)
     assert old.is_primary  # nothing it can see says otherwise yet
     assert await new.start()
     await new_store.append(ROOM, CALLER, items=[item("b-1")])

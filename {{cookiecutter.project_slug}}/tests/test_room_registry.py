@@ -7,11 +7,12 @@ import asyncio
 import json
 import sqlite3
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from store_fixtures import new_prefix, redis_server  # noqa: F401 - fixture
+from store_fixtures import ManualClock, new_prefix, redis_server  # noqa: F401 - fixture
 
 from {{ cookiecutter.package_name }}.resilience.primary.room_lease import (
     RedisRoomLease,
@@ -23,8 +24,8 @@ from {{ cookiecutter.package_name }}.resilience.primary.room_registry import (
     SqliteRoomRegistry,
 )
 from {{ cookiecutter.package_name }}.resilience.store import StoreUnavailableError
-from {{ cookiecutter.package_name }}.resilience.store.redis_client import connect
-from {{ cookiecutter.package_name }}.resilience.store.sqlite_db import SqliteDatabase
+from {{ cookiecutter.package_name }}.resilience.store.file import SqliteDatabase
+from {{ cookiecutter.package_name }}.resilience.store.redis import connect
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
 
 ROOM = "room-1"
@@ -36,7 +37,9 @@ LAPSE_S = 0.3  # a lease left to lapse
 CLAIMER = """
 import asyncio, json, sys, time
 from pathlib import Path
-from {{ cookiecutter.package_name }}.resilience.primary.room_registry import SqliteRoomRegistry
+from {{ cookiecutter.package_name }}.resilience.primary.room_registry import (
+    SqliteRoomRegistry,
+)
 
 async def main(db, barrier, name, parties):
     registry = SqliteRoomRegistry(db)
@@ -53,12 +56,27 @@ asyncio.run(main(*sys.argv[1:]))
 
 
 class Backend:
-    """Room leases and registries on one store: a Redis prefix, or one SQLite file."""
+    """Room leases and registries on one store: a Redis prefix, or one SQLite file (whose
+    handles share a clock the test moves: ``pause``)."""
 
     def __init__(self, kind: str, server: RedisServer, path: Path) -> None:
         self.kind, self.server, self.path = kind, server, path
         self.prefix = new_prefix()
+        self.clock = ManualClock()
         self._closers: list[Any] = []
+
+    async def pause(self, seconds: float) -> None:
+        """Let ``seconds`` pass: Redis runs on its own clock, the file on ``clock``."""
+        if self.kind == "redis":
+            await asyncio.sleep(seconds)
+        else:
+            self.clock.advance(seconds)
+            await asyncio.sleep(0)
+
+    def _db(self) -> SqliteDatabase:
+        db = SqliteDatabase(self.path, clock=self.clock.time)
+        self._closers.append(db.close)
+        return db
 
     def lease(
         self, owner: str, *, room: str = ROOM, ttl: float = HELD_S, watch_as: str | None = AGENT
@@ -70,16 +88,14 @@ class Backend:
             return RedisRoomLease(
                 client, room, owner, ttl=ttl, prefix=self.prefix, watch_as=watch_as
             )
-        db = SqliteDatabase(self.path)
-        self._closers.append(db.close)
-        return SqliteRoomLease(db, room, owner, ttl=ttl, watch_as=watch_as)
+        return SqliteRoomLease(self._db(), room, owner, ttl=ttl, watch_as=watch_as)
 
     def registry(self) -> Any:
         """A new watcher's registry: a client (or database handle) of its own."""
         if self.kind == "redis":
             made: Any = RedisRoomRegistry(connect(self.server.url), prefix=self.prefix)
         else:
-            made = SqliteRoomRegistry(str(self.path))
+            made = SqliteRoomRegistry(self._db())
         self._closers.append(made.aclose)
         return made
 
@@ -117,14 +133,16 @@ async def backend(request: pytest.FixtureRequest, redis_server: RedisServer, tmp
     await made.aclose()
 
 
-async def lapsed_soon(registry: Any, room: str = ROOM) -> LapsedRoom:
+async def lapsed_soon(
+    registry: Any, room: str = ROOM, pause: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> LapsedRoom:
     """The room's entry once it shows as lapsed (polled, for at most 5 s)."""
     async with asyncio.timeout(5):
         while True:
             found = [entry for entry in await registry.lapsed() if entry.room == room]
             if found:
                 return found[0]
-            await asyncio.sleep(0.02)
+            await pause(0.02)
 
 
 async def lapsed_rooms(registry: Any) -> list[str]:
@@ -141,7 +159,7 @@ async def test_the_holder_records_renews_and_removes_its_room(backend: Backend) 
     first = await backend.entry()
     assert first == (AGENT, await backend.lease_until(lease))  # the lease's own until
     assert await registry.lapsed() == []  # held: not lapsed
-    await asyncio.sleep(0.01)
+    await backend.pause(0.01)
     assert await lease.renew(token)
     renewed = await backend.entry()
     assert renewed == (AGENT, await backend.lease_until(lease)) and renewed[1] > first[1]
@@ -154,14 +172,14 @@ async def test_an_unwatched_lease_records_nothing(backend: Backend) -> None:
     token = await lease.acquire()
     assert token is not None and await lease.renew(token)
     assert await backend.entry() is None
-    await asyncio.sleep(LAPSE_S + 0.1)
+    await backend.pause(LAPSE_S + 0.1)
     assert await backend.registry().lapsed() == []
 
 
 async def test_a_lease_left_to_lapse_is_listed(backend: Backend) -> None:
     lease = backend.lease("worker-a", ttl=LAPSE_S, watch_as="")  # "": automatic dispatch
     assert await lease.acquire() is not None
-    entry = await lapsed_soon(backend.registry())
+    entry = await lapsed_soon(backend.registry(), pause=backend.pause)
     assert entry.room == ROOM and entry.agent_name == "" and entry.lapsed_s > 0
     assert entry.until_ms == await backend.lease_until(lease)
 
@@ -171,7 +189,7 @@ async def test_a_room_name_of_any_characters_round_trips(backend: Backend) -> No
     lease = backend.lease("worker-a", room=room, ttl=LAPSE_S, watch_as='agent "q"\n')
     assert await lease.acquire() is not None
     registry = backend.registry()
-    entry = await lapsed_soon(registry, room)
+    entry = await lapsed_soon(registry, room, backend.pause)
     assert (entry.room, entry.agent_name) == (room, 'agent "q"\n')
     assert await registry.claim(entry) and await backend.entry(room) is None
 
@@ -180,9 +198,9 @@ async def test_lapsed_lists_oldest_first_up_to_the_limit(backend: Backend) -> No
     rooms = ["room-c", "room-a", "room-b"]  # lapsing in this order
     for n, room in enumerate(rooms):
         assert await backend.lease(f"worker-{n}", room=room, ttl=LAPSE_S).acquire() is not None
-        await asyncio.sleep(0.02)
+        await backend.pause(0.02)
     registry = backend.registry()
-    await lapsed_soon(registry, rooms[-1])
+    await lapsed_soon(registry, rooms[-1], backend.pause)
     found = await registry.lapsed()
     assert [entry.room for entry in found] == rooms
     assert found[0].until_ms < found[1].until_ms < found[2].until_ms
@@ -198,7 +216,7 @@ async def test_two_watchers_claim_each_lapse_exactly_once(backend: Backend) -> N
     for room in rooms:
         assert await backend.lease("worker-a", room=room, ttl=LAPSE_S).acquire() is not None
     a, b = backend.registry(), backend.registry()
-    await lapsed_soon(a, rooms[-1])
+    await lapsed_soon(a, rooms[-1], backend.pause)
     seen_a, seen_b = await asyncio.gather(a.lapsed(), b.lapsed())
     assert [e.room for e in seen_a] == [e.room for e in seen_b] == rooms
     for entry_a, entry_b in zip(seen_a, seen_b, strict=True):  # each lapse raced by both
@@ -237,7 +255,7 @@ async def test_two_processes_claim_each_lapse_exactly_once(tmp_path: Path) -> No
 async def test_a_claim_loses_to_the_holder_renewing(backend: Backend) -> None:
     lease, registry = backend.lease("worker-a", ttl=LAPSE_S), backend.registry()
     token = await lease.acquire()
-    entry = await lapsed_soon(registry)
+    entry = await lapsed_soon(registry, pause=backend.pause)
     # a holder that was only cut off reclaims its lease (for longer: nothing lapses meanwhile)
     assert await backend.lease("worker-a").renew(token)
     assert not await registry.claim(entry)  # the entry changed: this lapse is over
@@ -247,7 +265,7 @@ async def test_a_claim_loses_to_the_holder_renewing(backend: Backend) -> None:
 async def test_a_holder_renewing_after_a_claim_records_its_room_again(backend: Backend) -> None:
     lease, registry = backend.lease("worker-a", ttl=LAPSE_S), backend.registry()
     token = await lease.acquire()
-    entry = await lapsed_soon(registry)
+    entry = await lapsed_soon(registry, pause=backend.pause)
     assert await registry.claim(entry) and await backend.entry() is None
     assert await lease.renew(token)
     assert await backend.entry() == (AGENT, await backend.lease_until(lease))
@@ -256,7 +274,7 @@ async def test_a_holder_renewing_after_a_claim_records_its_room_again(backend: B
 async def test_restore_puts_a_claim_back_but_never_over_a_newer_entry(backend: Backend) -> None:
     lease, registry = backend.lease("worker-a", ttl=LAPSE_S), backend.registry()
     token = await lease.acquire()
-    entry = await lapsed_soon(registry)
+    entry = await lapsed_soon(registry, pause=backend.pause)
     assert await registry.claim(entry)
     assert await registry.lapsed() == []
     await registry.restore(entry)  # the dispatch failed: retried later
@@ -273,7 +291,7 @@ async def test_a_new_owner_makes_the_lapsed_entry_live_again(backend: Backend) -
     old = backend.lease("worker-a", ttl=LAPSE_S)
     assert await old.acquire() is not None
     registry = backend.registry()
-    entry = await lapsed_soon(registry)
+    entry = await lapsed_soon(registry, pause=backend.pause)
     new = backend.lease("worker-b", watch_as="agent-b")
     assert await new.acquire() is not None
     assert await registry.lapsed() == [] and not await registry.claim(entry)
@@ -283,7 +301,7 @@ async def test_a_new_owner_makes_the_lapsed_entry_live_again(backend: Backend) -
 async def test_a_release_never_removes_a_successor_s_entry(backend: Backend) -> None:
     old = backend.lease("worker-a", ttl=LAPSE_S)
     token = await old.acquire()
-    await lapsed_soon(backend.registry())
+    await lapsed_soon(backend.registry(), pause=backend.pause)
     new = backend.lease("worker-b", watch_as="agent-b")
     assert await new.acquire() is not None
     assert not await old.release(token)  # taken over: nothing of the old holder's is left

@@ -9,7 +9,7 @@ from {{ cookiecutter.package_name }}.resilience.store import (
     StorageLimits,
     open_store,
 )
-from {{ cookiecutter.package_name }}.resilience.store.records import TRIMMED_MARK
+from {{ cookiecutter.package_name }}.resilience.store.base import TRIMMED_MARK
 from {{ cookiecutter.package_name }}.settings import load_settings
 from {{ cookiecutter.package_name }}.testing import (
     RedisServer,

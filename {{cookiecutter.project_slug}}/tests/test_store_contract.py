@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from typing import Any
 
 import pytest
 import store_fixtures
-from store_fixtures import KEY_A, KEY_B
+from store_fixtures import KEY_A, KEY_B, Pause, list_records, purge, release_lease
 
 from {{ cookiecutter.package_name }}.resilience.store import (
     InvalidInputError,
@@ -19,17 +18,16 @@ from {{ cookiecutter.package_name }}.resilience.store import (
     LeaveInfo,
     MemoryStore,
     StaleLeaseError,
+    StorageLimits,
     identity_hash,
 )
-from {{ cookiecutter.package_name }}.resilience.store.records import (
-    TRIMMED_MARK,
-    StorageLimits,
-)
+from {{ cookiecutter.package_name }}.resilience.store.base import TRIMMED_MARK
 
 # fixtures shared by the store tests (conftest.py is the whole suite's)
 make_store = store_fixtures.make_store
 redis_server = store_fixtures.redis_server
 store = store_fixtures.store
+pause = store_fixtures.pause
 
 ROOM = "room-1"
 
@@ -43,11 +41,14 @@ def segment(n: int) -> dict[str, Any]:
             "track_id": "TR_1"}  # fmt: skip
 
 
-async def wait_until_gone(store: Any, room: str, identity: str, limit: float = 6.0) -> None:
-    deadline = time.monotonic() + limit
+async def wait_until_gone(
+    store: Any, pause: Pause, room: str, identity: str, limit: float = 6.0
+) -> None:
+    waited = 0.0
     while await store.load(room, identity) is not None:
-        assert time.monotonic() < deadline, "record outlived its retention"
-        await asyncio.sleep(0.1)
+        assert waited < limit, "record outlived its retention"
+        await pause(0.1)
+        waited += 0.1
 
 
 async def test_join_new_duplicate_returning_keeps_context(store: Any) -> None:
@@ -126,18 +127,20 @@ async def test_gemini_handle_and_profile(store: Any) -> None:
     assert record.language == "de-DE" and record.metadata == {"plan": "free"}
 
 
-async def test_records_inside_retention_return_and_expire_after(make_store: Any) -> None:
+async def test_records_inside_retention_return_and_expire_after(
+    make_store: Any, pause: Pause
+) -> None:
     store = make_store(retention=1.0)
     await store.join(ROOM, "gus", "s1")
     await store.append(ROOM, "gus", items=[turn(1)])
     await store.leave(ROOM, "gus", "s1")
     assert (await store.load(ROOM, "gus")).item_ids == ["item_1"]
-    await wait_until_gone(store, ROOM, "gus")
+    await wait_until_gone(store, pause, ROOM, "gus")
     fresh = await store.join(ROOM, "gus", "s2")
     assert fresh.kind is JoinKind.NEW and fresh.record.items == ()
 
 
-async def test_retention_policy_keeps_engaged_users_longer(make_store: Any) -> None:
+async def test_retention_policy_keeps_engaged_users_longer(make_store: Any, pause: Pause) -> None:
     seen: list[LeaveInfo] = []
 
     def policy(info: LeaveInfo) -> float:
@@ -149,7 +152,7 @@ async def test_retention_policy_keeps_engaged_users_longer(make_store: Any) -> N
         await store.join(ROOM, who, "s1")
         await store.append(ROOM, who, items=[turn(n) for n in range(turns)])
         await store.leave(ROOM, who, "s1")
-    await wait_until_gone(store, ROOM, "brief")
+    await wait_until_gone(store, pause, ROOM, "brief")
     assert (await store.load(ROOM, "engaged")).left_at is not None
     assert sorted(i.item_count for i in seen) == [1, 3]
 
@@ -158,12 +161,12 @@ async def test_list_and_purge(store: Any) -> None:
     for who in ("a", "b"):
         await store.join("r1", who, "s")
     await store.join("r2", "a", "s")
-    assert sorted(r.identity for r in await store.list_records("r1")) == ["a", "b"]
-    assert len(await store.list_records()) >= 3
-    assert await store.purge("r1", "a") == 1
+    assert sorted(r.identity for r in await list_records(store, "r1")) == ["a", "b"]
+    assert len(await list_records(store)) >= 3
+    assert await purge(store, "r1", "a") == 1
     assert await store.load("r1", "a") is None
-    assert await store.purge("r1") == 1
-    assert await store.list_records("r1") == []
+    assert await purge(store, "r1") == 1
+    assert await list_records(store, "r1") == []
     assert (await store.load("r2", "a")).identity == "a"
 
 
@@ -194,26 +197,26 @@ async def test_lease_fences_out_a_stale_writer_and_merges_its_turns(store: Any) 
     assert record.item_ids == ["item_1", "item_2", "item_3"] and record.active_session == "s1"
     assert record.gemini is None
 
-    assert not await store.release_lease(ROOM, "hal", "worker-a", token)
-    assert await store.release_lease(ROOM, "hal", "worker-b", newer)
+    assert not await release_lease(store, ROOM, "hal", "worker-a", token)
+    assert await release_lease(store, ROOM, "hal", "worker-b", newer)
     await store.set_gemini_handle(ROOM, "hal", "h", [])  # unfenced once nobody holds it
     with pytest.raises(StaleLeaseError):  # a released lease still outranks older tokens
         await store.set_gemini_handle(ROOM, "hal", "h", [], fence=token)
 
 
-async def test_fencing_tokens_keep_increasing_after_expiry(store: Any) -> None:
+async def test_fencing_tokens_keep_increasing_after_expiry(store: Any, pause: Pause) -> None:
     first = await store.acquire_lease(ROOM, "ivy", "w1", ttl=0.2)
-    await asyncio.sleep(0.4)
+    await pause(0.4)
     second = await store.acquire_lease(ROOM, "ivy", "w2", ttl=5)
     assert second > first
     with pytest.raises(StaleLeaseError):
         await store.set_gemini_handle(ROOM, "ivy", "h", [], fence=first)
 
 
-async def test_a_lapsed_lease_nobody_took_stays_its_holders(store: Any) -> None:
+async def test_a_lapsed_lease_nobody_took_stays_its_holders(store: Any, pause: Pause) -> None:
     """An outage or a stalled loop longer than the lease costs the holder nothing."""
     token = await store.acquire_lease(ROOM, "jo", "w1", ttl=0.2)
-    await asyncio.sleep(0.4)
+    await pause(0.4)
     # a write queued during the fault lands after the lease lapsed: still accepted
     await store.join(ROOM, "jo", "s1", fence=token)
     await store.set_gemini_handle(ROOM, "jo", "h", ["a"], fence=token)
@@ -304,7 +307,7 @@ async def test_events_for_operators(store: Any) -> None:
     await store.join(ROOM, "kim", "s1")
     await store.leave(ROOM, "kim", "s1")
     await store.join(ROOM, "kim", "s2")
-    await store.publish_event("custom", ROOM, "kim", note="x")
+    await store.events.publish("custom", ROOM, "kim", note="x")
     for _ in range(50):
         if len(received) >= 3:
             break

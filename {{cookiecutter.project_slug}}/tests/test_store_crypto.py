@@ -16,14 +16,8 @@ from {{ cookiecutter.package_name }}.resilience.store import (
     MissingKeyError,
     open_store,
 )
-from {{ cookiecutter.package_name }}.resilience.store.crypto import (
-    MAGIC,
-    associated_data,
-)
-from {{ cookiecutter.package_name }}.resilience.store.records import (
-    TAG_ITEM,
-    RecordCodec,
-)
+from {{ cookiecutter.package_name }}.resilience.store._codec import TAG_ITEM, RecordCodec
+from {{ cookiecutter.package_name }}.resilience.store._crypto import MAGIC, associated_data
 
 
 def key() -> str:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from {{ cookiecutter.package_name }}.backends import open_session_store
 from {{ cookiecutter.package_name }}.settings import load_settings
 from {{ cookiecutter.package_name }}.simulation import (
     SCENARIOS,
@@ -48,7 +49,6 @@ from {{ cookiecutter.package_name }}.testing.redis_faults import (
     Pause,
     Wipe,
 )
-from {{ cookiecutter.package_name }}.worker import open_session_store
 
 # label -> how to run the call (fresh fault objects: each call owns its servers)
 CASES: dict[str, Callable[[], dict[str, Any]]] = {

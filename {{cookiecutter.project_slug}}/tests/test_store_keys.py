@@ -23,9 +23,7 @@ from {{ cookiecutter.package_name }}.resilience.store import (
     RedisStore,
     open_store,
 )
-from {{ cookiecutter.package_name }}.resilience.store.redis_client import (
-    participant_keys,
-)
+from {{ cookiecutter.package_name }}.resilience.store.redis import participant_keys
 from {{ cookiecutter.package_name }}.settings import load_settings
 from {{ cookiecutter.package_name }}.simulation import SCENARIOS, run_scenario
 from {{ cookiecutter.package_name }}.simulation.scenarios import BASIC_TURNS

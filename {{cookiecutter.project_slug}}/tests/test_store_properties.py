@@ -16,10 +16,8 @@ from {{ cookiecutter.package_name }}.resilience.store import (
     InvalidInputError,
     MissingKeyError,
 )
-from {{ cookiecutter.package_name }}.resilience.store.crypto import MAGIC
-from {{ cookiecutter.package_name }}.resilience.store.redis_client import (
-    participant_keys,
-)
+from {{ cookiecutter.package_name }}.resilience.store._crypto import MAGIC
+from {{ cookiecutter.package_name }}.resilience.store.redis import participant_keys
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
 
 # fixtures shared by the store tests (conftest.py is the whole suite's)

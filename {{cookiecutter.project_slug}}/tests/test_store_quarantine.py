@@ -4,7 +4,6 @@ retention (or SESSION_QUARANTINE_S) and `purge` removes it."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 import store_fixtures
-from store_fixtures import KEY_A, KEY_B, build_store, sqlite_exec
+from store_fixtures import KEY_A, KEY_B, build_store, list_records, purge, sqlite_exec
 
 from {{ cookiecutter.package_name }}.resilience.store import (
     JoinKind,
@@ -21,15 +20,13 @@ from {{ cookiecutter.package_name }}.resilience.store import (
     MissingKeyError,
     SessionRecord,
 )
-from {{ cookiecutter.package_name }}.resilience.store.quarantine import room_hash
-from {{ cookiecutter.package_name }}.resilience.store.records import (
-    RecordCodec,
+from {{ cookiecutter.package_name }}.resilience.store._codec import RecordCodec
+from {{ cookiecutter.package_name }}.resilience.store._keys import (
     identity_hash,
     participant_hash,
+    room_hash,
 )
-from {{ cookiecutter.package_name }}.resilience.store.redis_client import (
-    participant_keys,
-)
+from {{ cookiecutter.package_name }}.resilience.store.redis import participant_keys
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
 
 # fixtures shared by the store tests (conftest.py is the whole suite's)
@@ -70,8 +67,7 @@ SQLITE_CORRUPTIONS: dict[str, tuple[str, tuple[Any, ...]]] = {
 
 async def quarantined(store: Any) -> list[Any]:
     """What a memory or SQLite store holds in quarantine (the SQLite store reads its file)."""
-    found = store.quarantined()
-    return await found if asyncio.iscoroutine(found) else found
+    return await store.admin.quarantined()
 
 
 def break_sqlite(store: Any, room: str, corruption: str) -> None:
@@ -181,8 +177,8 @@ async def test_memory_store_leaves_a_record_under_a_missing_key_alone() -> None:
         await store.load(ROOM, WHO)
     with pytest.raises(MissingKeyError):
         await store.join(ROOM, WHO, "s2")
-    assert store.quarantined() == [] and store.has_record(ROOM, WHO)
-    assert await store.list_records(ROOM) == []  # read-only: skipped, not moved
+    assert await quarantined(store) == [] and store.has_record(ROOM, WHO)
+    assert await list_records(store, ROOM) == []  # read-only: skipped, not moved
     assert store.has_record(ROOM, WHO)
 
 
@@ -211,7 +207,7 @@ async def test_quarantine_lasts_as_configured_and_purge_removes_it(
             moved = admin.keys("{" + store.prefix + ":*}:q*")
             assert len(moved) == 8 and all(0 < admin.pttl(k) <= 5000 for k in moved)
 
-    assert await store.purge(ROOM) == 1
+    assert await purge(store, ROOM) == 1
     if make_store.kind != "redis":
         assert [q.room for q in await quarantined(store)] == ["other-room"]
     else:
@@ -219,7 +215,7 @@ async def test_quarantine_lasts_as_configured_and_purge_removes_it(
             left = admin.keys("{" + store.prefix + ":*}:q*")
             tag = participant_keys(store.prefix, "other-room", WHO).tag
             assert len(left) == 4 and all(k.decode().startswith(tag) for k in left)
-    assert await store.purge("other-room", WHO) == 0  # only its quarantined copy was left
+    assert await purge(store, "other-room", WHO) == 0  # only its quarantined copy was left
     if make_store.kind != "redis":
         assert await quarantined(store) == []
     else:

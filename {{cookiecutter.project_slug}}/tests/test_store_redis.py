@@ -10,12 +10,10 @@ from typing import Any
 import pytest
 import store_fixtures
 from redis.crc import key_slot
-from store_fixtures import KEY_A, build_store, new_prefix
+from store_fixtures import KEY_A, build_store, list_records, new_prefix, purge
 
 from {{ cookiecutter.package_name }}.resilience.store import JoinKind, open_store
-from {{ cookiecutter.package_name }}.resilience.store.redis_client import (
-    participant_keys,
-)
+from {{ cookiecutter.package_name }}.resilience.store.redis import participant_keys
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
 
 # fixtures shared by the store tests (conftest.py is the whole suite's)
@@ -228,6 +226,6 @@ async def test_cluster_url_keeps_every_script_in_one_slot() -> None:
         await store.leave(ROOM, "fi", "s1", fence=token)
         again = await store.join(ROOM, "fi", "s2", fence=token)
         assert again.kind is JoinKind.RETURNING and again.record.item_ids == ["item_1"]
-        assert [r.identity for r in await store.list_records(ROOM)] == ["fi"]
-        assert await store.purge(ROOM) == 1
+        assert [r.identity for r in await list_records(store, ROOM)] == ["fi"]
+        assert await purge(store, ROOM) == 1
         await store.aclose()

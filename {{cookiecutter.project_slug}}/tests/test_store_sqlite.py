@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from store_fixtures import KEY_A, sqlite_exec
+from store_fixtures import KEY_A, ManualClock, sqlite_exec
 from typer.testing import CliRunner
 
-from {{ cookiecutter.package_name }}.checks import check_session_db
+from {{ cookiecutter.package_name }}.backends import open_backends, open_session_store
 from {{ cookiecutter.package_name }}.cli import app
+from {{ cookiecutter.package_name }}.cli._checks import check_session_db
 from {{ cookiecutter.package_name }}.resilience.primary.room_lease import (
     LocalRoomLease,
     SqliteRoomLease,
@@ -38,11 +39,10 @@ from {{ cookiecutter.package_name }}.resilience.store import (
     SqliteStore,
     StoreUnavailableError,
 )
-from {{ cookiecutter.package_name }}.resilience.store.records import participant_hash
+from {{ cookiecutter.package_name }}.resilience.store._keys import participant_hash
 from {{ cookiecutter.package_name }}.settings import load_settings
 from {{ cookiecutter.package_name }}.simulation import SCENARIOS, Simulation, run_scenario
 from {{ cookiecutter.package_name }}.testing import ScriptedLLM
-from {{ cookiecutter.package_name }}.worker import open_room_lease, open_session_store
 
 PROC = Path(__file__).with_name("sqlite_store_proc.py")
 ROOM = "room-1"
@@ -286,7 +286,11 @@ async def test_a_full_disk_never_loses_a_turn(tmp_path: Path) -> None:
 async def test_the_file_is_bounded_and_expired_records_are_swept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = SqliteStore(tmp_path / "sessions.sqlite3", max_records=3, retention=0.3)
+    clock = ManualClock()
+    store = SqliteStore(
+        tmp_path / "sessions.sqlite3", max_records=3, retention=0.3,
+        clock=clock.time, monotonic=clock.monotonic,
+    )  # fmt: skip
     with caplog.at_level(logging.WARNING):
         for n in range(5):
             await store.join(ROOM, f"user{n}", "s1")
@@ -296,8 +300,7 @@ async def test_the_file_is_bounded_and_expired_records_are_swept(
     assert store.evicted == 2 and "user0" not in caplog.text
     for n in range(2, 5):
         await store.leave(ROOM, f"user{n}", "s1")
-    await asyncio.sleep(0.4)
-    store._next_sweep = 0.0  # the next write sweeps (every few seconds otherwise)
+    clock.advance(5.0)  # past the retention, and past when the next write sweeps
     await store.join(ROOM, "later", "s1")
     assert sqlite_exec(store, "SELECT count(*) FROM records") == [(1,)]
     assert sqlite_exec(store, "SELECT count(*) FROM entries") == [(0,)]
@@ -320,15 +323,14 @@ async def test_an_encrypted_file_holds_no_words_and_no_names(tmp_path: Path) -> 
 
 
 async def test_default_settings_choose_the_file_and_its_room_lease() -> None:
-    settings = load_settings()
-    store = open_session_store(settings)
-    assert isinstance(store, SqliteStore)
-    assert store.path == Path.cwd() / ".data" / "sessions.sqlite3"
-    assert isinstance(open_room_lease(settings, ROOM, "job-1"), SqliteRoomLease)
-    await store.aclose()
-    in_process = load_settings(session_db_path=":memory:")
-    assert isinstance(open_session_store(in_process), MemoryStore)
-    assert isinstance(open_room_lease(in_process, ROOM, "job-1"), LocalRoomLease)
+    backends = open_backends(load_settings())
+    assert isinstance(backends.store, SqliteStore)
+    assert backends.store.path == Path.cwd() / ".data" / "sessions.sqlite3"
+    assert isinstance(backends.room_lease(ROOM, "job-1"), SqliteRoomLease)
+    await backends.aclose()
+    in_process = open_backends(load_settings(session_db_path=":memory:"))
+    assert isinstance(in_process.store, MemoryStore)
+    assert isinstance(in_process.room_lease(ROOM, "job-1"), LocalRoomLease)
 
 
 async def test_a_later_job_on_the_default_store_welcomes_the_participant_back() -> None:

@@ -18,8 +18,9 @@ from .resilience.primary.room_lease import (
 )
 from .resilience.primary.room_registry import RedisRoomRegistry, RoomRegistry, SqliteRoomRegistry
 from .resilience.store import MEMORY, SessionStore, StorageLimits, open_store
-from .resilience.store.leases import LeaseTable
-from .resilience.store.redis_client import connect
+from .resilience.store.leases import LocalLeaseTable
+from .resilience.store.memory import MemoryStore
+from .resilience.store.redis import connect
 from .settings import Settings
 
 __all__ = ["Backends", "open_backends", "open_room_registry", "open_session_store"]
@@ -32,8 +33,8 @@ class Backends:
         self.settings = settings
         self.store = store
         self.in_memory = settings.session_db_path == MEMORY and not settings.redis_url
-        # the room leases of an in-memory store: one table per Backends, like its records
-        self._local_leases = LeaseTable()
+        # an in-memory store's room leases sit in its own lease table, by its participant leases
+        self._local_leases = store.leases if isinstance(store, MemoryStore) else LocalLeaseTable()
 
     def room_lease(self, room: str, owner: str) -> RoomLease:
         """The lease that makes one worker primary for ``room``, where the store is."""

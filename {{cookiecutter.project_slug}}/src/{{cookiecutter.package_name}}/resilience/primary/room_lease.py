@@ -6,7 +6,9 @@ stands by (listen-only, or leaves). The holder renews every ``ttl / 3``; if it d
 lapses ``ttl`` later and a standby (polling every ``ttl / 10``, at most 0.5 s) takes it with a
 higher fencing token and continues from the session store.
 
-The lease follows the rules of ``store/leases.py``. What matters for a call:
+The lease is the store's (store/leases.py, which states its rules once): the room lease and
+the participants' leases are one implementation per backend under different keys. What
+matters for a call:
 
 - An unreachable or refusing Redis never ends a call and never demotes the holder: while Redis
   cannot answer, nobody else can take the lease either. Renewals are retried every poll
@@ -22,36 +24,25 @@ A lease made with ``watch_as=AGENT_NAME`` also keeps its room on the watch list 
 - :class:`RedisRoomLease`: one Redis hash per room, shared by every worker.
 - :class:`SqliteRoomLease`: one row in the SQLite session file, shared by every job and worker
   process on a host (the default store's lease).
-- :class:`LocalRoomLease`: the same within one process (the in-memory store: one worker).
-- :class:`RoomPrimacy`: the heartbeat that acquires, renews and reports losing the lease.
-- :class:`FencedStore`: a SessionStore whose writes carry the participant's store lease
-  token, taken by force while this worker holds the room lease; a worker that lost the room
-  writes nothing but conversation entries, which the store merges (see ``SessionStore``).
+- :class:`LocalRoomLease`: a lease table of this process (the in-memory store's).
+- :class:`RoomPrimacy`: the heartbeat that acquires, renews and reports losing the lease; the
+  store's writes are fenced by it through ``store.fenced.FencedStore``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ...log import get_logger
-from ..store import (
-    LeaseHeldError,
-    SessionStore,
-    StaleLeaseError,
-    StoreUnavailableError,
-    redis_scripts,
-    sqlite_ops,
-)
-from ..store.leases import LeaseTable, check_ttl
-from ..store.redis_client import run_script
-from ..store.sqlite_db import SqliteDatabase
-from .room_registry import RedisRoomRegistry
+from ..store import LeaseHeldError, StaleLeaseError, StoreUnavailableError
+from ..store.file import Connection, SqliteDatabase, SqliteLeases
+from ..store.leases import Grant, Leases, LeaseState, LocalLeaseTable, check_ttl
+from ..store.redis import RedisLeases
+from .room_registry import RedisRoomRegistry, unwatch_room, watch_room
 
 logger = get_logger(__name__)
 
@@ -61,15 +52,6 @@ DEFAULT_TTL_S = 3.0
 MAX_POLL_S = 0.5
 # how long a job waits for the lease's first answer before serving its room provisionally
 FIRST_ANSWER_S = 1.0
-
-
-@dataclass(frozen=True)
-class LeaseState:
-    """Who holds a room's lease now (None: nobody)."""
-
-    owner: str | None
-    token: int | None
-    expires_in: float | None
 
 
 class RoomLease(Protocol):
@@ -98,7 +80,44 @@ def _check(room: str, owner: str, ttl: float) -> None:
     check_ttl(ttl)
 
 
-class RedisRoomLease:
+class _StoreRoomLease:
+    """A room's lease in a store's lease table (``Leases``); see the module docstring."""
+
+    def __init__(self, leases: Leases, room: str, owner: str, ttl: float) -> None:
+        _check(room, owner, ttl)
+        self.room, self.owner, self.ttl = room, owner, ttl
+        self._leases = leases
+        # the room name hashed, never stored (but on the watch list while watched)
+        self.key = leases.room(room)
+
+    async def acquire(self) -> int | None:
+        """See :meth:`RoomLease.acquire`; raises StoreUnavailableError without the store."""
+        return await self._take(None)
+
+    async def renew(self, token: int) -> bool:
+        """See :meth:`RoomLease.renew`; raises StoreUnavailableError without the store."""
+        return await self._take(token) == token
+
+    async def release(self, token: int) -> bool:
+        """See :meth:`RoomLease.release`; False when the store cannot answer (it then lapses)."""
+        return await self._leases.release(self.key, self.owner, token)
+
+    async def state(self) -> LeaseState:
+        """Who holds it now (operators, tests)."""
+        return await self._leases.state(self.key)
+
+    async def _take(self, held: int | None) -> int | None:
+        """Take (renewing ``held``); the token, or None while another holds the lease."""
+        try:
+            return (await self._grant(held)).token
+        except LeaseHeldError:
+            return None
+
+    async def _grant(self, held: int | None) -> Grant:
+        return await self._leases.acquire(self.key, self.owner, self.ttl, held=held)
+
+
+class RedisRoomLease(_StoreRoomLease):
     """The room lease in Redis, shared by every worker; see the module docstring.
 
     ``watch_as``: the agent name to dispatch the room again with if this worker dies (None:
@@ -110,62 +129,29 @@ class RedisRoomLease:
         self, client: Any, room: str, owner: str, *, ttl: float = DEFAULT_TTL_S,
         prefix: str = "lkagent", watch_as: str | None = None,
     ) -> None:  # fmt: skip
-        _check(room, owner, ttl)
-        self.room, self.owner, self.ttl, self.watch_as = room, owner, ttl, watch_as
-        # a hash tag of its own: one Cluster slot; the room name is hashed, never stored (but
-        # on the watch list while watched)
-        tag = "{" + prefix + ":room:" + hashlib.sha256(room.encode()).hexdigest()[:32] + "}"
-        self.key = tag + ":lease"
-        self._client = client
-        self._acquire = client.register_script(redis_scripts.ACQUIRE)
-        self._release = client.register_script(redis_scripts.RELEASE)
+        super().__init__(RedisLeases(client, prefix), room, owner, ttl)
+        self.watch_as = watch_as
         self._watch = RedisRoomRegistry(client, prefix=prefix) if watch_as is not None else None
         self._until: int | None = None  # the until of the entry this lease last wrote
 
-    async def acquire(self) -> int | None:
-        """See :meth:`RoomLease.acquire`; raises StoreUnavailableError without Redis."""
-        return await self._take()
-
-    async def renew(self, token: int) -> bool:
-        """See :meth:`RoomLease.renew`; raises StoreUnavailableError without Redis."""
-        return await self._take(token) == token
-
     async def release(self, token: int) -> bool:
         """See :meth:`RoomLease.release`; False when Redis cannot answer (it then lapses)."""
-        try:
-            released = bool(await self._call(self._release, [self.owner, token]))
-        except StoreUnavailableError:
-            return False
+        released = await super().release(token)
         if released and self._watch is not None and self._until is not None:
             # only the entry this lease wrote: never a successor's (unreachable: it lapses)
             with contextlib.suppress(StoreUnavailableError):
                 await self._watch.remove(self.room, self._until)
         return released
 
-    async def _take(self, *held: int) -> int | None:
-        """ACQUIRE (renewing ``held``); the token, or None while another holds the lease."""
-        reply = await self._call(self._acquire, [self.owner, _ms(self.ttl), "0", *held])
-        if reply[0] != b"ok":
-            return None
+    async def _grant(self, held: int | None) -> Grant:
+        grant = await super()._grant(held)
         if self._watch is not None and self.watch_as is not None:
-            self._until = int(reply[2])
-            await self._watch.record(self.room, self.watch_as, self._until)
-        return int(reply[1])
-
-    async def state(self) -> LeaseState:
-        """Who holds it now (operators, tests)."""
-        owner, token, until = await self._client.hmget(self.key, "owner", "token", "until")
-        now_s, now_us = await self._client.time()
-        left = (int(until or 0) - (now_s * 1000 + now_us // 1000)) / 1000
-        if not owner or left <= 0:
-            return LeaseState(None, None, None)
-        return LeaseState(owner.decode(), int(token), left)
-
-    async def _call(self, script: Any, args: list[Any]) -> Any:
-        return await run_script(script, [self.key], args, "the room lease cannot be checked")
+            self._until = grant.until_ms
+            await self._watch.record(self.room, self.watch_as, grant.until_ms)
+        return grant
 
 
-class SqliteRoomLease:
+class SqliteRoomLease(_StoreRoomLease):
     """The room lease in the SQLite session file (SESSION_DB_PATH), seen by every job and
     worker process on the host; the same rules and outage behaviour as ``RedisRoomLease``
     (a locked or failing file raises StoreUnavailableError: the holder keeps its room).
@@ -175,72 +161,44 @@ class SqliteRoomLease:
         self, db: SqliteDatabase | str, room: str, owner: str, *, ttl: float = DEFAULT_TTL_S,
         watch_as: str | None = None,
     ) -> None:  # fmt: skip
-        _check(room, owner, ttl)
-        self.room, self.owner, self.ttl, self.watch_as = room, owner, ttl, watch_as
-        # the room name hashed, never stored (but on the watch list while watched)
-        self.key = sqlite_ops.room_lease(room)
-        self._db = db if isinstance(db, SqliteDatabase) else SqliteDatabase(db)
-        self._watch = (room, watch_as) if watch_as is not None else None
-
-    async def acquire(self) -> int | None:
-        """See :meth:`RoomLease.acquire`; raises StoreUnavailableError without the file."""
-        return await self._take(None)
-
-    async def renew(self, token: int) -> bool:
-        """See :meth:`RoomLease.renew`; raises StoreUnavailableError without the file."""
-        return await self._take(token) == token
+        leases = SqliteLeases(db if isinstance(db, SqliteDatabase) else SqliteDatabase(db))
+        super().__init__(leases, room, owner, ttl)
+        self._sqlite = leases
+        self.watch_as = watch_as
 
     async def release(self, token: int) -> bool:
         """See :meth:`RoomLease.release`; False when the file cannot answer (it then lapses)."""
-        room = self.room if self._watch is not None else None
-        try:
-            return await self._db.write(sqlite_ops.release_room, self.key, self.owner, token, room)
-        except StoreUnavailableError:
-            return False
+        if self.watch_as is None:
+            return await super().release(token)
+        room = self.room
+        return await self._sqlite.release(
+            self.key, self.owner, token, then=lambda conn, _: unwatch_room(conn, room)
+        )
 
-    async def _take(self, held: int | None) -> int | None:
-        try:
-            return await self._db.write(
-                sqlite_ops.acquire_room, self.key, self.owner, _ms(self.ttl), held, self._watch
-            )
-        except LeaseHeldError:
-            return None
+    async def _grant(self, held: int | None) -> Grant:
+        return await self._sqlite.acquire(
+            self.key, self.owner, self.ttl, held=held,
+            then=None if self.watch_as is None else self._watched,
+        )  # fmt: skip
 
-    async def state(self) -> LeaseState:
-        """Who holds it now (operators, tests)."""
-        found = await self._db.read(sqlite_ops.lease_state, self.key)
-        return LeaseState(*found) if found is not None else LeaseState(None, None, None)
+    def _watched(self, conn: Connection, grant: Grant) -> None:
+        """In the lease's transaction: the room's entry gets the lease's until."""
+        watch_room(conn, self.room, self.watch_as or "", grant.until_ms)
 
 
-# the room leases of this process's jobs (LocalRoomLease's default)
-PROCESS_ROOM_LEASES = LeaseTable()
+class LocalRoomLease(_StoreRoomLease):
+    """The room lease in a lease table of this process (the in-memory store: one worker).
 
-
-class LocalRoomLease:
-    """The room lease within one process (the in-memory store: one worker per room)."""
+    ``table``: the leases it contends with; pass the one every job sharing the store uses
+    (``MemoryStore.leases``). By default it has a table of its own and contends with nobody,
+    which is right for one job per process, as LiveKit runs jobs.
+    """
 
     def __init__(
         self, room: str, owner: str, *, ttl: float = DEFAULT_TTL_S,
-        table: LeaseTable = PROCESS_ROOM_LEASES,
+        table: LocalLeaseTable | None = None,
     ) -> None:  # fmt: skip
-        _check(room, owner, ttl)
-        self.room, self.owner, self.ttl = room, owner, ttl
-        self._table = table
-
-    async def acquire(self) -> int | None:
-        """See :meth:`RoomLease.acquire`."""
-        try:
-            return self._table.acquire(self.room, self.owner, self.ttl)
-        except LeaseHeldError:
-            return None
-
-    async def renew(self, token: int) -> bool:
-        """See :meth:`RoomLease.renew`."""
-        return await self.acquire() == token
-
-    async def release(self, token: int) -> bool:
-        """See :meth:`RoomLease.release`."""
-        return self._table.release(self.room, self.owner, token)
+        super().__init__(table if table is not None else LocalLeaseTable(), room, owner, ttl)
 
 
 class RoomPrimacy:
@@ -278,6 +236,16 @@ class RoomPrimacy:
     def token(self) -> int | None:
         """The fencing token while this worker holds the lease, else None."""
         return self._token
+
+    @property
+    def owner(self) -> str:
+        """This worker's name on the lease."""
+        return self.lease.owner
+
+    @property
+    def ttl(self) -> float:
+        """The lease's time to live, seconds."""
+        return self.lease.ttl
 
     @property
     def is_primary(self) -> bool:
@@ -393,91 +361,3 @@ class RoomPrimacy:
         logger.warning("room lease lost", token=token, reason=reason)
         if self._on_lost is not None:
             self._on_lost()
-
-
-class FencedStore:
-    """A SessionStore for the room's primary worker: every write carries a fencing token.
-
-    The first write for a participant under a room-lease token takes the participant's store
-    lease by force (``acquire_lease(force=True)``): from then on the store refuses the
-    writes of any earlier holder by token (their conversation entries are merged, not lost),
-    and this worker's own once a successor does the same. Writes pass the store a fence
-    resolved when they are sent, so a write queued during an outage carries the lease held
-    when it lands. Reads pass through. The primacy's heartbeat renews the participant leases.
-    """
-
-    def __init__(self, store: SessionStore, primacy: RoomPrimacy) -> None:
-        self._store = store
-        self._primacy = primacy
-        primacy.add_heartbeat(self.renew)
-        self._fences: dict[tuple[str, str], tuple[int, int]] = {}  # -> (room token, fence)
-        self._lock = asyncio.Lock()
-
-    async def fence(self, room: str, identity: str) -> int:
-        """This worker's fencing token for the participant; StaleLeaseError unless primary."""
-        room_token = self._primacy.fencing_token()
-        async with self._lock:
-            held = self._fences.get((room, identity))
-            if held is not None and held[0] == room_token:
-                return held[1]
-            fence = await self._store.acquire_lease(
-                room, identity, self._primacy.lease.owner, self._primacy.lease.ttl, force=True
-            )
-            self._fences[(room, identity)] = (room_token, fence)
-            return fence
-
-    async def renew(self) -> None:
-        """Extend (or reclaim) the participant leases taken under the current room token."""
-        room_token = self._primacy.token
-        for key, (token, fence) in list(self._fences.items()):
-            if token != room_token:
-                continue
-            try:
-                renewed = await self._store.acquire_lease(
-                    *key, self._primacy.lease.owner, self._primacy.lease.ttl
-                )
-            except LeaseHeldError:
-                del self._fences[key]  # taken over; the next write takes it back by force
-                continue
-            if renewed != fence:
-                self._fences[key] = (token, renewed)
-
-    def _writer(self, room: str, identity: str) -> Callable[[], Awaitable[int]]:
-        return lambda: self.fence(room, identity)
-
-    async def join(self, room: str, identity: str, session_id: str, **_: Any) -> Any:
-        fence = self._writer(room, identity)
-        return await self._store.join(room, identity, session_id, fence=fence)
-
-    async def append(
-        self,
-        room: str,
-        identity: str,
-        items: Sequence[Mapping[str, Any]] = (),
-        transcript: Sequence[Mapping[str, Any]] = (),
-        **_: Any,
-    ) -> Any:
-        fence = self._writer(room, identity)
-        return await self._store.append(room, identity, items, transcript, fence=fence)
-
-    async def set_gemini_handle(
-        self, room: str, identity: str, handle: str, covered_item_ids: Sequence[str], **_: Any
-    ) -> None:
-        fence = self._writer(room, identity)
-        await self._store.set_gemini_handle(room, identity, handle, covered_item_ids, fence=fence)
-
-    async def update_profile(self, room: str, identity: str, **kwargs: Any) -> None:
-        kwargs["fence"] = self._writer(room, identity)
-        await self._store.update_profile(room, identity, **kwargs)
-
-    async def leave(self, room: str, identity: str, session_id: str, **_: Any) -> None:
-        fence = self._writer(room, identity)
-        await self._store.leave(room, identity, session_id, fence=fence)
-
-    def __getattr__(self, name: str) -> Any:
-        # reads, leases, events and aclose are the store's own
-        return getattr(self._store, name)
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))

@@ -10,19 +10,28 @@ The worker calls ``open_store(...)`` once and talks to the returned ``SessionSto
     await store.aclose()
 
 Welcome a participant back exactly when ``outcome.kind is JoinKind.RETURNING``.
-Operator commands use ``open_admin(...)`` instead (admin.py): straight to Redis, read-only
-unless they delete.
+Operator commands use ``open_admin(...)`` (or a store's ``admin``) instead (admin.py):
+straight to the backend, read-only unless they delete.
+
+The modules: ``base`` (the protocol, its records, results and errors), ``leases`` (the lease
+rules and tables), ``fenced`` (the primary's writer), one per backend (``file``: SQLite,
+``redis``, ``memory``), ``admin`` (operator access), ``redis_url`` (``REDIS_URL``'s forms);
+the ``_``-prefixed ones are their internals.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .admin import Inventory, Purged, RedisAdmin, Unreadable, open_admin
+from ._crypto import KeyRing
+from ._keys import identity_hash
+from ._quarantine import QuarantinedRecord
+from .admin import Inventory, Purged, Unreadable
 from .base import (
     AppendResult,
     CorruptRecordError,
     DecryptionError,
+    GeminiHandle,
     InvalidInputError,
     JoinKind,
     JoinOutcome,
@@ -31,26 +40,26 @@ from .base import (
     LeaveInfo,
     MissingKeyError,
     RetentionPolicy,
+    SessionRecord,
     SessionStore,
     StaleLeaseError,
+    StorageLimits,
     StoreError,
     StoreUnavailableError,
     engaged_retention,
 )
-from .crypto import KeyRing
+from .fenced import FencedStore
+from .file import DatabaseFileError, SqliteAdmin, SqliteStore
 from .memory import MemoryStore
-from .quarantine import QuarantinedRecord
-from .records import GeminiHandle, SessionRecord, StorageLimits, identity_hash
-from .redis_client import connect
-from .redis_store import RedisStore
-from .sqlite import SqliteStore
-from .sqlite_db import DatabaseFileError
+from .redis import RedisAdmin, RedisStore, connect, open_admin
 
 __all__ = [
+    "MEMORY",
     "AppendResult",
     "CorruptRecordError",
     "DatabaseFileError",
     "DecryptionError",
+    "FencedStore",
     "GeminiHandle",
     "InvalidInputError",
     "Inventory",
@@ -60,7 +69,6 @@ __all__ = [
     "KeyRingError",
     "LeaseHeldError",
     "LeaveInfo",
-    "MEMORY",
     "MemoryStore",
     "MissingKeyError",
     "Purged",
@@ -70,10 +78,11 @@ __all__ = [
     "RetentionPolicy",
     "SessionRecord",
     "SessionStore",
+    "SqliteAdmin",
     "SqliteStore",
     "StaleLeaseError",
-    "StoreError",
     "StorageLimits",
+    "StoreError",
     "StoreUnavailableError",
     "Unreadable",
     "engaged_retention",

@@ -10,21 +10,22 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 logger = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    from .records import SessionRecord
-
 __all__ = [
     "EVENTS_CHANNEL_SUFFIX",
+    "SCHEMA_VERSION",
+    "TRIMMED_MARK",
     "AppendResult",
-    "Fence",
     "CorruptRecordError",
     "DecryptionError",
+    "Fence",
+    "GeminiHandle",
     "InvalidInputError",
     "JoinKind",
     "JoinOutcome",
@@ -33,11 +34,15 @@ __all__ = [
     "LeaveInfo",
     "MissingKeyError",
     "RetentionPolicy",
+    "SessionRecord",
     "SessionStore",
     "StaleLeaseError",
+    "StorageLimits",
     "StoreError",
     "StoreUnavailableError",
+    "engaged_retention",
     "resolve_fence",
+    "retention_for",
 ]
 
 # Operators subscribe to f"{prefix}:events" (prefix defaults to "lkagent"); see SessionStore.
@@ -99,6 +104,83 @@ class LeaseHeldError(StoreError):
 
 class StoreUnavailableError(StoreError):
     """The backing service is down and the operation cannot be answered from memory (leases)."""
+
+
+# the stored form's version; a record of a newer one is not read (see _codec.py)
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class GeminiHandle:
+    """A Gemini Live resumption handle, the conversation item ids the server holds, and when."""
+
+    handle: str
+    covered_item_ids: tuple[str, ...]
+    issued_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One participant's session in one room, as the store last saw it.
+
+    Timestamps are epoch seconds from the store's clock. ``active_session`` is the session id
+    of the last join that has not left yet (None after leave).
+    """
+
+    room: str
+    identity: str
+    schema_version: int
+    joined_at: float
+    last_seen: float
+    reconnect_count: int
+    active_session: str | None
+    left_at: float | None = None
+    language: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    items: tuple[dict[str, Any], ...] = ()
+    transcript: tuple[dict[str, Any], ...] = ()
+    gemini: GeminiHandle | None = None
+    items_trimmed: int = 0
+    transcript_trimmed: int = 0
+
+    @classmethod
+    def blank(cls, room: str, identity: str) -> SessionRecord:
+        """A participant's record before anything is known of them."""
+        now = time.time()
+        return cls(room, identity, SCHEMA_VERSION, now, now, 0, None)
+
+    @property
+    def item_ids(self) -> list[str]:
+        """Conversation item ids in order."""
+        return [item["id"] for item in self.items]
+
+
+# what ends a text cut to fit StorageLimits.max_entry_bytes
+TRIMMED_MARK = " [trimmed]"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageLimits:
+    """How much one participant may store, so no participant can fill a shared store.
+
+    - An entry (conversation item or transcript segment) over ``max_entry_bytes`` of JSON keeps
+      the start of its longest texts, each cut one ending in ``TRIMMED_MARK`` and the entry
+      marked ``"trimmed_bytes": n``.
+    - Each list (items, transcript) keeps at most ``max_entries`` entries and
+      ``max_list_bytes`` bytes as stored: beyond that its oldest entries are dropped and
+      counted in the record (``items_trimmed`` / ``transcript_trimmed``); the newest entry is
+      always kept.
+    """
+
+    max_entry_bytes: int = 64 * 1024
+    max_entries: int = 5000
+    max_list_bytes: int = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if min(self.max_entry_bytes, self.max_entries, self.max_list_bytes) < 1:
+            raise InvalidInputError("storage limits must be positive")
+        if self.max_entry_bytes < 1024:
+            raise InvalidInputError("max_entry_bytes must be at least 1024")
 
 
 class JoinKind(enum.StrEnum):
@@ -185,10 +267,23 @@ def engaged_retention(
     return policy
 
 
+def retention_for(policy: RetentionPolicy | None, default: float, info: LeaveInfo) -> float:
+    """Ask the policy (if any) how long to keep a record; a failing policy keeps the default."""
+    if policy is None:
+        return default
+    try:
+        seconds = float(policy(info))
+    except Exception:
+        logger.exception("retention policy failed; using the default retention")
+        return default
+    return seconds if seconds > 0 else default
+
+
 @runtime_checkable
 class SessionStore(Protocol):
-    """Participant session records. ``SqliteStore`` (the default), ``RedisStore`` (many hosts)
-    and ``MemoryStore`` (tests, ``simulate``) implement it.
+    """Participant session records: what the worker calls. ``SqliteStore`` (file.py, the
+    default), ``RedisStore`` (redis.py, many hosts) and ``MemoryStore`` (memory.py: tests,
+    ``simulate``) implement it; ``FencedStore`` (fenced.py) wraps one for the room's primary.
 
     Timestamps are epoch seconds from the store's clock (Redis ``TIME`` for Redis). Writes take
     an optional ``fence``: the token from ``acquire_lease``, or a function returning it when
@@ -199,9 +294,16 @@ class SessionStore(Protocol):
     stale writer's new entries are merged after the newer writer's (``AppendResult.merged``),
     never dropped. Without leases, writes need no token.
 
-    Events (participant returned, session ended, and whatever ``publish_event`` sends) go to the
-    pub/sub channel ``<prefix>:events`` as JSON objects with ``type``, ``room``, ``participant``
-    (a short hash of the identity, never the identity itself) and ``at`` (epoch seconds).
+    Beyond this protocol each store has (not needed by the worker, so not part of it):
+
+    - ``admin``: operator access without cache or queue (``inventory``, ``purge``,
+      ``quarantined``; admin.py), what the `sessions` commands use through ``open_admin``;
+    - ``leases``: the store's lease table (leases.py), where the room lease can live too;
+    - ``events`` / ``subscribe_events()``: the events channel. Events (participant returned,
+      session ended, and whatever ``events.publish`` sends) are JSON objects with ``type``,
+      ``room``, ``participant`` (a short hash of the identity, never the identity) and ``at``
+      (epoch seconds); Redis publishes them on ``<prefix>:events``, the other stores to
+      subscribers in their own process.
     """
 
     async def join(
@@ -260,49 +362,17 @@ class SessionStore(Protocol):
         """
         ...
 
-    async def list_records(self, room: str | None = None) -> list[SessionRecord]:
-        """Every readable live record (of one room); read-only, unreadable ones are skipped.
-
-        An operator tool: it scans the whole store (Redis: straight from Redis, raising
-        StoreUnavailableError when it cannot answer).
-        """
-        ...
-
-    async def purge(self, room: str, identity: str | None = None) -> int:
-        """Delete one participant's record, or a whole room's, with their quarantined copies;
-        returns how many live records were deleted (Redis: StoreUnavailableError when down)."""
-        ...
-
     async def acquire_lease(
         self, room: str, identity: str, owner: str, ttl: float, *, force: bool = False
     ) -> int:
         """Take or renew the participant's lease; returns its fencing token (ever increasing).
 
         Raises LeaseHeldError while another owner holds it, unless ``force`` (take over: the
-        old holder's writes are refused from now on).
+        old holder's writes are refused from now on); StoreUnavailableError while the
+        backend cannot answer (a lease nobody else can see would defeat its purpose).
         """
-        ...
-
-    async def release_lease(self, room: str, identity: str, owner: str, token: int) -> bool:
-        """Give the lease up if ``owner``/``token`` still hold it; True when released."""
-        ...
-
-    async def publish_event(self, event_type: str, room: str, identity: str, **fields: Any) -> None:
-        """Send an event to every subscriber of the events channel (best effort)."""
         ...
 
     async def aclose(self) -> None:
         """Flush what can be flushed and release connections."""
         ...
-
-
-def retention_for(policy: RetentionPolicy | None, default: float, info: LeaveInfo) -> float:
-    """Ask the policy (if any) how long to keep a record; a failing policy keeps the default."""
-    if policy is None:
-        return default
-    try:
-        seconds = float(policy(info))
-    except Exception:
-        logger.exception("retention policy failed; using the default retention")
-        return default
-    return seconds if seconds > 0 else default

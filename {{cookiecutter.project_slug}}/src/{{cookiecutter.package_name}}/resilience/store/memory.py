@@ -1,42 +1,25 @@
-"""In-process session store: the default when no Redis is configured.
+"""In-process session store: records kept by this process only (``SESSION_DB_PATH=:memory:``:
+tests and ``simulate``).
 
-It keeps records in the same stored form as Redis (see records.py) and follows the same rules,
-so a worker behaves the same with either. It is bounded: at most ``max_records`` records, the
-least recently used evicted first (with a warning), and expired records are swept as the store
-is used, so a long-running worker does not grow without limit.
+It keeps records in the same stored form as the other stores (_codec.py) and follows the same
+rules, so a worker behaves the same with any. It is bounded: at most ``max_records`` records,
+the least recently used evicted first (with a warning), and expired records are swept as the
+store is used, so a long-running worker does not grow without limit. Its clocks are arguments
+(``clock``: wall, for the record's times; ``monotonic``: for expiry), so a test can move time.
 
-The Redis store also uses one, with ``as_cache=True``, as its copy of the last known records.
+The Redis and SQLite stores also use one, with ``as_cache=True``, as their copy of the last
+known records.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from .base import (
-    AppendResult,
-    CorruptRecordError,
-    Fence,
-    InvalidInputError,
-    JoinKind,
-    JoinOutcome,
-    LeaseHeldError,
-    LeaveInfo,
-    RetentionPolicy,
-    StaleLeaseError,
-    StoreError,
-    resolve_fence,
-    retention_for,
-)
-from .crypto import KeyRing
-from .leases import LeaseTable, check_ttl
-from .quarantine import QuarantinedRecord, QuarantineNote, QuarantineShelf, room_hash
-from .records import (
+from ._codec import (
     F_ACTIVE,
     F_GEMINI,
     F_GEMINI_AT,
@@ -51,21 +34,41 @@ from .records import (
     F_SEGMENTS_TRIMMED,
     F_VERSION,
     F_WHO,
-    SCHEMA_VERSION,
     TAG_ITEM,
     TAG_SEGMENT,
     RecordCodec,
-    SessionRecord,
-    StorageLimits,
+)
+from ._crypto import KeyRing
+from ._events import LocalEvents
+from ._keys import identity_hash, participant_hash, room_hash
+from ._memory_entry import MemoryEntry
+from ._quarantine import QuarantinedRecord, QuarantineNote, QuarantineShelf
+from ._validate import (
     check_session_id,
     gemini_input,
-    identity_hash,
-    make_event,
-    participant_hash,
     profile_updates,
     validate_entries,
     validate_names,
 )
+from .admin import Inventory, Purged, Unreadable
+from .base import (
+    SCHEMA_VERSION,
+    AppendResult,
+    CorruptRecordError,
+    Fence,
+    InvalidInputError,
+    JoinKind,
+    JoinOutcome,
+    LeaveInfo,
+    RetentionPolicy,
+    SessionRecord,
+    StaleLeaseError,
+    StorageLimits,
+    StoreError,
+    resolve_fence,
+    retention_for,
+)
+from .leases import LocalLeaseTable
 
 __all__ = ["MemoryStore"]
 
@@ -73,26 +76,6 @@ logger = logging.getLogger(__name__)
 
 _SWEEP_INTERVAL = 1.0
 _MAX_QUARANTINED = 1000
-
-
-@dataclass
-class _Entry:
-    fields: dict[str, bytes]
-    items: list[bytes] = field(default_factory=list)
-    transcript: list[bytes] = field(default_factory=list)
-    ids: set[str] = field(default_factory=set)
-    expires_at: float = 0.0
-    # a record kept by put_stored: its ids and plain lists are built on the first append
-    seed: SessionRecord | None = None
-
-    def mutable(self) -> _Entry:
-        """Make items/transcript plain lists and fill ids (deferred by put_stored)."""
-        if self.seed is not None:
-            self.items, self.transcript = list(self.items), list(self.transcript)
-            self.ids = {"item:" + i["id"] for i in self.seed.items}
-            self.ids.update("seg:" + s["id"] for s in self.seed.transcript)
-            self.seed = None
-        return self
 
 
 class MemoryStore:
@@ -109,6 +92,7 @@ class MemoryStore:
         quarantine_ttl: float | None = None,
         as_cache: bool = False,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         limits: StorageLimits | None = None,
     ) -> None:
         if max_records < 1:
@@ -121,16 +105,20 @@ class MemoryStore:
         self.quarantine_ttl = retention if quarantine_ttl is None else quarantine_ttl
         self.limits = limits or StorageLimits()
         self._codec = RecordCodec(keyring)
-        self._cache = as_cache  # a cache for RedisStore: no fences, no events, quiet evictions
+        self._cache = as_cache  # a cache for another store: no fences, no events, quiet evictions
         self._clock = clock
-        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
-        self._leases = LeaseTable()
-        self._quarantine = QuarantineShelf(self.quarantine_ttl, _MAX_QUARANTINED)
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._monotonic = monotonic
+        self._entries: OrderedDict[tuple[str, str], MemoryEntry] = OrderedDict()
+        self.leases = LocalLeaseTable(monotonic=monotonic, clock=clock)
+        self._quarantine = QuarantineShelf(
+            self.quarantine_ttl, _MAX_QUARANTINED, clock=clock, monotonic=monotonic
+        )
+        self.events = LocalEvents(clock)
+        self.admin = MemoryAdmin(self)
         self._last_sweep = 0.0
         self.evicted = 0
 
-    # -- the SessionStore operations -------------------------------------------------------
+    # -- SessionStore ----------------------------------------------------------------------
 
     async def join(
         self, room: str, identity: str, session_id: str, *, fence: Fence = None
@@ -181,34 +169,13 @@ class MemoryStore:
             key, merged = (room, identity), True
         now = self._now_ms()
         entry = (self._live(key) or self._create(key, "", now)).mutable()
-        added = [0, 0]
-        for slot, (entries, tag, target, bytes_field, trimmed_field) in enumerate(
-            (
-                (new_items, TAG_ITEM, entry.items, F_ITEM_BYTES, F_ITEMS_TRIMMED),
-                (new_segments, TAG_SEGMENT, entry.transcript, F_SEGMENT_BYTES, F_SEGMENTS_TRIMMED),
-            )
-        ):
-            size = int(entry.fields.get(bytes_field, b"0"))
-            for entry_id, raw, _ in entries:
-                marker = f"{tag.decode()}:{entry_id}"
-                if marker not in entry.ids:
-                    entry.ids.add(marker)
-                    target.append(self._codec.seal(room, identity, tag, raw))
-                    size += len(target[-1])
-                    added[slot] += 1
-            # the same bounds as the Redis APPEND script: oldest entries go first
-            trimmed = 0
-            limits = self.limits
-            while len(target) - trimmed > 1 and (
-                len(target) - trimmed > limits.max_entries or size > limits.max_list_bytes
-            ):
-                size -= len(target[trimmed])
-                trimmed += 1
-            if trimmed:
-                del target[:trimmed]
-                done = int(entry.fields.get(trimmed_field, b"0"))
-                entry.fields[trimmed_field] = str(done + trimmed).encode()
-            entry.fields[bytes_field] = str(size).encode()
+        sealed, limits = (self._codec, room, identity), self.limits
+        added = (
+            entry.extend(sealed, new_items, TAG_ITEM, entry.items,
+                         (F_ITEM_BYTES, F_ITEMS_TRIMMED), limits),
+            entry.extend(sealed, new_segments, TAG_SEGMENT, entry.transcript,
+                         (F_SEGMENT_BYTES, F_SEGMENTS_TRIMMED), limits),
+        )  # fmt: skip
         self._refresh(entry, now)
         return AppendResult(*added, merged=merged)
 
@@ -286,65 +253,22 @@ class MemoryStore:
             self._quarantine_entry(key, str(exc))
             return None
 
-    async def list_records(self, room: str | None = None) -> list[SessionRecord]:
-        """See ``SessionStore.list_records``; read-only: an unreadable record is skipped."""
-        self._sweep()
-        mono = time.monotonic()
-        records = []
-        for key, entry in list(self._entries.items()):
-            if (room is None or key[0] == room) and entry.expires_at > mono:
-                try:
-                    records.append(self._decode(key, entry))
-                except StoreError:  # corrupt, or under a missing key: reads never move it
-                    continue
-        return records
-
-    async def purge(self, room: str, identity: str | None = None) -> int:
-        """See ``SessionStore.purge``; quarantined copies go too."""
-        keys = [k for k in self._entries if k[0] == room and (identity is None or k[1] == identity)]
-        for key in keys:
-            del self._entries[key]
-            self._leases.forget(key)
-        self._quarantine.purge(room, identity)
-        return len(keys)
-
     async def acquire_lease(
         self, room: str, identity: str, owner: str, ttl: float, *, force: bool = False
     ) -> int:
         """See ``SessionStore.acquire_lease`` (the rules are in leases.py)."""
         validate_names(room, identity)
-        check_ttl(ttl)
-        try:
-            return self._leases.acquire((room, identity), owner, ttl, force=force)
-        except LeaseHeldError as exc:
-            raise LeaseHeldError(
-                "participant lease is held by another owner",
-                owner=exc.owner,
-                expires_in=exc.expires_in,
-            ) from None
-
-    async def release_lease(self, room: str, identity: str, owner: str, token: int) -> bool:
-        """See ``SessionStore.release_lease``."""
-        return self._leases.release((room, identity), owner, token)
-
-    async def publish_event(self, event_type: str, room: str, identity: str, **fields: Any) -> None:
-        """See ``SessionStore.publish_event`` (delivered to ``subscribe_events`` iterators)."""
-        self._emit(event_type, room, identity, **fields)
-
-    async def subscribe_events(self) -> AsyncIterator[dict[str, Any]]:
-        """Yield every event published from now on (in this process)."""
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-        self._subscribers.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._subscribers.discard(queue)
+        key = self.leases.participant(room, identity)
+        return (await self.leases.acquire(key, owner, ttl, force=force)).token
 
     async def aclose(self) -> None:
         """Nothing to release; records stay readable until the object is dropped."""
 
-    # -- used by RedisStore to keep its copy of the last known records ----------------------
+    def subscribe_events(self) -> AsyncIterator[dict[str, Any]]:
+        """Every event of this store from now on (in this process): ``events.subscribe()``."""
+        return self.events.subscribe()
+
+    # -- what a store keeping its copy of the last known records uses ------------------------
 
     def put_stored(
         self,
@@ -358,9 +282,9 @@ class MemoryStore:
         The sequences are kept as given (not copied) until the first append: a restore that is
         never written to costs nothing more.
         """
-        entry = _Entry(dict(fields), items, transcript, seed=record)  # type: ignore[arg-type]
+        entry = MemoryEntry(dict(fields), items, transcript, seed=record)  # type: ignore[arg-type]
         ttl = self.active_ttl if record.active_session else self.retention
-        entry.expires_at = time.monotonic() + ttl
+        entry.expires_at = self._monotonic() + ttl
         self._insert((record.room, record.identity), entry)
 
     def has_record(self, room: str, identity: str) -> bool:
@@ -372,10 +296,6 @@ class MemoryStore:
         for key in [k for k in self._entries if k[0] == room and identity in (None, k[1])]:
             del self._entries[key]
 
-    def quarantined(self, room: str | None = None) -> list[QuarantinedRecord]:
-        """Every record moved aside (of one room) and not expired yet, oldest first."""
-        return self._quarantine.listing(room)
-
     # -- internals ----------------------------------------------------------------------------
 
     def _prepare(self, room: str, identity: str, fence: int | None) -> tuple[str, str]:
@@ -384,23 +304,23 @@ class MemoryStore:
         self._sweep()
         key = (room, identity)
         if not self._cache:
-            self._leases.check_fence(key, fence)
+            self.leases.check_fence(self.leases.participant(room, identity), fence)
         return key
 
-    def _live(self, key: tuple[str, str]) -> _Entry | None:
+    def _live(self, key: tuple[str, str]) -> MemoryEntry | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry.expires_at <= time.monotonic():
+        if entry.expires_at <= self._monotonic():
             del self._entries[key]
             return None
-        if not _version_ok(entry):
+        if not entry.version_ok():
             self._quarantine_entry(key, "unknown schema version")
             return None
         self._entries.move_to_end(key)
         return entry
 
-    def _create(self, key: tuple[str, str], session_id: str, now: int) -> _Entry:
+    def _create(self, key: tuple[str, str], session_id: str, now: int) -> MemoryEntry:
         room, identity = key
         fields = {
             F_VERSION: str(SCHEMA_VERSION).encode(),
@@ -411,11 +331,11 @@ class MemoryStore:
             F_REV: b"0",
             F_WHO: self._codec.seal_who(participant_hash(room, identity), room, identity),
         }
-        entry = _Entry(fields)
+        entry = MemoryEntry(fields)
         self._insert(key, entry)
         return entry
 
-    def _insert(self, key: tuple[str, str], entry: _Entry) -> None:
+    def _insert(self, key: tuple[str, str], entry: MemoryEntry) -> None:
         self._entries[key] = entry
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_records:
@@ -432,21 +352,21 @@ class MemoryStore:
                 },
             )
 
-    def _touch(self, entry: _Entry, now: int, ttl: float) -> None:
+    def _touch(self, entry: MemoryEntry, now: int, ttl: float) -> None:
         entry.fields[F_SEEN] = str(now).encode()
         entry.fields[F_REV] = str(int(entry.fields.get(F_REV, b"0")) + 1).encode()
-        entry.expires_at = time.monotonic() + ttl
+        entry.expires_at = self._monotonic() + ttl
 
-    def _refresh(self, entry: _Entry, now: int) -> None:
+    def _refresh(self, entry: MemoryEntry, now: int) -> None:
         # an active record lives active_ttl past its last write; a left one keeps at least
         # its retention (late transcript segments may arrive after the leave)
         if entry.fields.get(F_ACTIVE):
             self._touch(entry, now, self.active_ttl)
         else:
-            remaining = entry.expires_at - time.monotonic()
+            remaining = entry.expires_at - self._monotonic()
             self._touch(entry, now, max(remaining, self.retention))
 
-    def _decode(self, key: tuple[str, str], entry: _Entry) -> SessionRecord:
+    def _decode(self, key: tuple[str, str], entry: MemoryEntry) -> SessionRecord:
         return self._codec.decode(key[0], key[1], entry.fields, entry.items, entry.transcript)
 
     def _quarantine_entry(self, key: tuple[str, str], reason: str) -> None:
@@ -463,26 +383,52 @@ class MemoryStore:
         )  # fmt: skip
 
     def _sweep(self) -> None:
-        mono = time.monotonic()
+        mono = self._monotonic()
         if mono - self._last_sweep < _SWEEP_INTERVAL:
             return
         self._last_sweep = mono
         for key in [k for k, e in self._entries.items() if e.expires_at <= mono]:
             del self._entries[key]
-        self._leases.sweep()
+        self.leases.sweep()
         self._quarantine.sweep()
 
     def _emit(self, event_type: str, room: str, identity: str, **fields: Any) -> None:
-        if self._cache:
-            return
-        event = make_event(event_type, room, identity, self._clock(), **fields)
-        for queue in list(self._subscribers):
-            if not queue.full():
-                queue.put_nowait(event)
+        if not self._cache:
+            self.events.emit(event_type, room, identity, **fields)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
 
-def _version_ok(entry: _Entry) -> bool:
-    return entry.fields.get(F_VERSION, b"") == str(SCHEMA_VERSION).encode()
+class MemoryAdmin:
+    """Operator access to a memory store, as ``RedisAdmin`` / ``SqliteAdmin`` give it to theirs:
+    reads never move or change a record."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    async def inventory(self, room: str | None = None) -> Inventory:
+        """Every live record (of one room): the readable and the unreadable ones."""
+        store, found = self._store, Inventory()
+        store._sweep()
+        mono = store._monotonic()
+        for key, entry in list(store._entries.items()):
+            if (room is None or key[0] == room) and entry.expires_at > mono:
+                try:
+                    found.records.append(store._decode(key, entry))
+                except StoreError as exc:  # corrupt, or under a missing key: left as it is
+                    found.unreadable.append(Unreadable.of(participant_hash(*key), key[0], exc))
+        return found
+
+    async def purge(self, room: str, identity: str | None = None) -> Purged:
+        """Delete one participant's record, or a whole room's, with their quarantined copies."""
+        store = self._store
+        keys = [k for k in store._entries if k[0] == room and identity in (None, k[1])]
+        for key in keys:
+            del store._entries[key]
+            store.leases.forget(store.leases.participant(*key))
+        return Purged(len(keys), store._quarantine.purge(room, identity))
+
+    async def quarantined(self, room: str | None = None) -> list[QuarantinedRecord]:
+        """Every record moved aside (of one room) and not expired yet, oldest first."""
+        return self._store._quarantine.listing(room)

@@ -13,20 +13,21 @@ import os
 import re
 from pathlib import Path
 
-from . import sqlite_ops as ops
+from . import _sqlite_ops as ops
+from ._codec import F_WHO, RecordCodec, ms
+from ._crypto import KeyRing
+from ._keys import participant_hash, room_hash
+from ._quarantine import QuarantinedRecord, QuarantineNote
+from ._sqlite_db import SqliteDatabase
+from ._validate import validate_names
 from .admin import Inventory, Purged, Unreadable
-from .base import CorruptRecordError, InvalidInputError, MissingKeyError, StoreError
-from .crypto import KeyRing
-from .quarantine import QuarantinedRecord, QuarantineNote, room_hash
-from .records import (
-    F_WHO,
-    RecordCodec,
+from .base import (
+    CorruptRecordError,
+    InvalidInputError,
+    MissingKeyError,
     SessionRecord,
-    ms,
-    participant_hash,
-    validate_names,
+    StoreError,
 )
-from .sqlite_db import SqliteDatabase
 
 __all__ = ["SqliteAdmin"]
 

@@ -6,29 +6,30 @@ the host shares and which outlives a worker restart: a participant who returns a
 closed, or after the worker was restarted, is welcomed back with the whole conversation.
 Many hosts need Redis.
 
-It keeps the guarantees of the Redis store, with the same stored form (records.py: the same
+It keeps the guarantees of the Redis store, with the same stored form (_codec.py: the same
 sealed blobs) and the same rules: joins are atomic and keyed by session id, appends are
 deduplicated by id and kept in order, retention runs on the host's wall clock (expired records
-are swept as the store is used), leases and fencing follow leases.py (the transactions are in
-sqlite_ops.py), each participant's storage is bounded (StorageLimits), the file holds at most
-``max_records`` records (the least recently written go first, with a warning), and a record
-proven corrupt is quarantined (kept aside, listed by ``quarantined``) while the participant
-starts fresh.
+are swept as the store is used), leases and fencing follow leases.py (_sqlite_leases.py; the
+record transactions are in _sqlite_ops.py, the file in _sqlite_db.py), each participant's
+storage is bounded (StorageLimits), the file holds at most ``max_records`` records (the least
+recently written go first, with a warning), and a record proven corrupt is quarantined (kept
+aside, listed by ``admin.quarantined``) while the participant starts fresh. The clocks are
+arguments (``clock``: wall, the store's time; ``monotonic``: when to sweep), so a test can
+move time.
 
 When the file cannot answer (locked by another process beyond the busy timeout, disk full, an
 I/O error) nothing fails: as in the Redis store, reads come from the last known records (a
-MemoryStore used as a cache), writes are applied there and queued in order (write_queue.py)
+MemoryStore used as a cache), writes are applied there and queued in order (_write_queue.py)
 until the file answers, and a join is answered from memory with ``JoinOutcome.settled``
 resolving to the file's answer later. Leases refuse to work without the file.
 
-Events (``publish_event`` / ``subscribe_events``) reach subscribers in this process only: a
+Events (``events.publish`` / ``subscribe_events``) reach subscribers in this process only: a
 job's process is where its conversation runs. Operators who need a feed across processes use
 Redis, whose events go through pub/sub.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -36,7 +37,24 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from . import sqlite_ops as ops
+from . import _sqlite_ops as ops
+from ._buffered import BufferedWrites
+from ._codec import F_GEMINI, F_REV, TAG_ITEM, TAG_SEGMENT, RecordCodec, WhoCache, ms
+from ._crypto import KeyRing
+from ._events import LocalEvents
+from ._keys import identity_hash, participant_hash, room_hash
+from ._quarantine import QuarantineNote
+from ._sqlite_admin import SqliteAdmin
+from ._sqlite_db import Connection, DatabaseFileError, SqliteDatabase
+from ._sqlite_leases import SqliteLeases
+from ._validate import (
+    check_session_id,
+    gemini_input,
+    profile_updates,
+    validate_entries,
+    validate_names,
+)
+from ._write_queue import WriteQueue
 from .base import (
     AppendResult,
     CorruptRecordError,
@@ -44,47 +62,29 @@ from .base import (
     InvalidInputError,
     JoinKind,
     JoinOutcome,
-    LeaseHeldError,
     LeaveInfo,
     RetentionPolicy,
+    SessionRecord,
+    StorageLimits,
     StoreUnavailableError,
     resolve_fence,
     retention_for,
 )
-from .buffered import BufferedWrites
-from .crypto import KeyRing
-from .leases import check_ttl
 from .memory import MemoryStore
-from .quarantine import QuarantinedRecord, QuarantineNote, room_hash
-from .records import (
-    F_GEMINI,
-    F_REV,
-    TAG_ITEM,
-    TAG_SEGMENT,
-    RecordCodec,
-    SessionRecord,
-    StorageLimits,
-    check_session_id,
-    gemini_input,
-    identity_hash,
-    make_event,
-    ms,
-    participant_hash,
-    profile_updates,
-    validate_entries,
-    validate_names,
-)
-from .sqlite_admin import SqliteAdmin
-from .sqlite_db import SqliteDatabase
-from .write_queue import WriteQueue
 
-__all__ = ["SqliteStore"]
+__all__ = [
+    "Connection",
+    "DatabaseFileError",
+    "SqliteAdmin",
+    "SqliteDatabase",
+    "SqliteLeases",
+    "SqliteStore",
+]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _SWEEP_EVERY_S = 5.0
-_WHO_CACHE = 4096
 
 
 class _Unreadable(CorruptRecordError):
@@ -112,6 +112,8 @@ class SqliteStore(BufferedWrites):
         busy_timeout: float = 2.0,
         max_queued_writes: int = 10_000,
         cache_records: int = 1000,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_records < 1:
             raise InvalidInputError("max_records must be at least 1")
@@ -122,12 +124,15 @@ class SqliteStore(BufferedWrites):
         # unreadable records are kept aside this long (default: as long as a record)
         self.quarantine_ttl = retention if quarantine_ttl is None else quarantine_ttl
         self.limits = limits or StorageLimits()
-        self._db = SqliteDatabase(path, busy_timeout=busy_timeout)  # DatabaseFileError
+        self._db = SqliteDatabase(path, busy_timeout=busy_timeout, clock=clock)  # DatabaseFileError
         self.path = self._db.path
+        self._clock, self._monotonic = clock, monotonic
         self._codec = RecordCodec(keyring)
         # operator reads and deletes: straight to the file, never through the cache or queue
-        self._admin = SqliteAdmin(self._db, keyring=keyring, retention=retention)
-        self._who_cache: dict[tuple[str, str], bytes] = {}
+        self.admin = SqliteAdmin(self._db, keyring=keyring, retention=retention)
+        self.leases = SqliteLeases(self._db)
+        self.events = LocalEvents(clock)
+        self._who = WhoCache(self._codec)
         self._cache = MemoryStore(
             retention=retention,
             active_ttl=active_ttl,
@@ -135,6 +140,8 @@ class SqliteStore(BufferedWrites):
             keyring=keyring,  # holds the file's stored form as is, so nothing is re-encoded
             as_cache=True,
             limits=self.limits,
+            clock=clock,
+            monotonic=monotonic,
         )
         self._queue = WriteQueue(
             probe=self._db.probe,
@@ -143,7 +150,6 @@ class SqliteStore(BufferedWrites):
             backend="sqlite",
         )
         self._unavailable = (StoreUnavailableError,)
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._next_sweep = 0.0
         self.evicted = 0
 
@@ -282,72 +288,24 @@ class SqliteStore(BufferedWrites):
         self._cache.put_stored(*found)
         return found[0]
 
-    async def list_records(self, room: str | None = None) -> list[SessionRecord]:
-        """See ``SessionStore.list_records``: straight from the file (StoreUnavailableError
-        when it cannot answer); unreadable records are skipped and left as they are."""
-        inventory = await self._admin.inventory(room)
-        if inventory.unreadable:
-            logger.warning(
-                "session records unreadable; left as they are",
-                extra={"count": len(inventory.unreadable),
-                       "reasons": sorted({u.summary for u in inventory.unreadable})},
-            )  # fmt: skip
-        return inventory.records
-
-    async def purge(self, room: str, identity: str | None = None) -> int:
-        """See ``SessionStore.purge``: straight to the file, quarantined copies too."""
-        purged = await self._admin.purge(room, identity)
-        self._cache.forget(room, identity)
-        return purged.sessions
-
     async def acquire_lease(
         self, room: str, identity: str, owner: str, ttl: float, *, force: bool = False
     ) -> int:
         """See ``SessionStore.acquire_lease``; StoreUnavailableError while the file cannot
         answer (a lease nobody else can see would defeat its purpose)."""
         validate_names(room, identity)
-        check_ttl(ttl)
-        key = ops.participant_lease(participant_hash(room, identity))
-        try:
-            return await self._db.write(ops.acquire, key, owner, ms(ttl), force)
-        except LeaseHeldError as exc:
-            raise LeaseHeldError(
-                "participant lease is held by another owner",
-                owner=exc.owner,
-                expires_in=exc.expires_in,
-            ) from None
-
-    async def release_lease(self, room: str, identity: str, owner: str, token: int) -> bool:
-        """See ``SessionStore.release_lease``; False if the file cannot answer (it lapses)."""
-        key = ops.participant_lease(participant_hash(room, identity))
-        try:
-            return await self._db.write(ops.release, key, owner, token)
-        except StoreUnavailableError:
-            logger.warning("lease not released: session database unavailable; it will lapse")
-            return False
-
-    async def publish_event(self, event_type: str, room: str, identity: str, **fields: Any) -> None:
-        """See ``SessionStore.publish_event`` (to this process's ``subscribe_events``)."""
-        self._emit(event_type, room, identity, **fields)
-
-    async def subscribe_events(self) -> AsyncIterator[dict[str, Any]]:
-        """Yield every event this process publishes from now on (see the module docstring)."""
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-        self._subscribers.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._subscribers.discard(queue)
+        key = self.leases.participant(room, identity)
+        return (await self.leases.acquire(key, owner, ttl, force=force)).token
 
     async def aclose(self) -> None:
         """Give queued writes a few seconds to land, then close the file."""
         await self._queue.aclose()
         self._db.close()
 
-    async def quarantined(self, room: str | None = None) -> list[QuarantinedRecord]:
-        """Every quarantined record (of one room) not expired yet, oldest first."""
-        return await self._admin.quarantined(room)
+    def subscribe_events(self) -> AsyncIterator[dict[str, Any]]:
+        """Every event this process publishes from now on (see the module docstring):
+        ``events.subscribe()``."""
+        return self.events.subscribe()
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -400,8 +358,8 @@ class SqliteStore(BufferedWrites):
                     after: Callable[[T], Any] | None = None) -> Any:  # fmt: skip
         """A participant write: ``op(conn, pkey, room_hash, who, *args)``, a corrupt record
         quarantined and the write tried once more; expired records swept now and then."""
-        if time.monotonic() >= self._next_sweep:
-            self._next_sweep = time.monotonic() + _SWEEP_EVERY_S
+        if self._monotonic() >= self._next_sweep:
+            self._next_sweep = self._monotonic() + _SWEEP_EVERY_S
             await self._db.write(ops.sweep)
         head = (participant_hash(room, identity), room_hash(room), self._who(room, identity))
         try:
@@ -435,7 +393,7 @@ class SqliteStore(BufferedWrites):
     async def _quarantine(self, room: str, identity: str, rev: bytes, reason: str) -> None:
         pkey = participant_hash(room, identity)
         qkey = f"{pkey}:q{uuid.uuid4().hex[:12]}"
-        note = QuarantineNote(reason, identity_hash(identity), room_hash(room), time.time())
+        note = QuarantineNote(reason, identity_hash(identity), room_hash(room), self._clock())
         moved = await self._db.write(
             ops.quarantine, pkey, qkey, rev, note.to_json(), ms(self.quarantine_ttl)
         )
@@ -445,18 +403,6 @@ class SqliteStore(BufferedWrites):
             extra={"room": room, "participant": note.participant, "reason": reason,
                    "quarantine_key": qkey, "moved": moved},
         )  # fmt: skip
-
-    def _who(self, room: str, identity: str) -> bytes:
-        # sealed once per participant: a record holding exactly these bytes is known to be
-        # theirs without opening it
-        key = (room, identity)
-        who = self._who_cache.get(key)
-        if who is None:
-            if len(self._who_cache) >= _WHO_CACHE:
-                self._who_cache.clear()
-            who = self._codec.seal_who(participant_hash(room, identity), room, identity)
-            self._who_cache[key] = who
-        return who
 
     def _ttls(self) -> tuple[int, int]:
         return ms(self.active_ttl), ms(self.retention)
@@ -471,7 +417,4 @@ class SqliteStore(BufferedWrites):
             )  # fmt: skip
 
     def _emit(self, event_type: str, room: str, identity: str, **fields: Any) -> None:
-        event = make_event(event_type, room, identity, time.time(), **fields)
-        for queue in list(self._subscribers):
-            if not queue.full():
-                queue.put_nowait(event)
+        self.events.emit(event_type, room, identity, **fields)

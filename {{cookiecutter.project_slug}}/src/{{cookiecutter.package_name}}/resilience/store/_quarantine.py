@@ -13,25 +13,17 @@ In Redis it lives under ``{prefix:<participant hash>}:q<stamp>:rec|items|seg|ids
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .records import participant_hash
+from ._keys import participant_hash
 
-__all__ = ["QuarantineNote", "QuarantineShelf", "QuarantinedRecord", "room_hash"]
-
-
-def room_hash(room: str) -> str:
-    """128-bit hash of a room name, noted with quarantined records so ``purge --room`` finds
-    them without reading them. Unkeyed, like ``records.participant_hash``: it addresses stored
-    data, which must stay reachable when a deployment's secrets change."""
-    raw = room.encode("utf-8", "surrogatepass")
-    return hashlib.sha256(b"lk-room" + len(raw).to_bytes(8, "big") + raw).hexdigest()[:32]
+__all__ = ["QuarantineNote", "QuarantineShelf", "QuarantinedRecord"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,21 +77,33 @@ class _Shelved:
     identity: str
     note: QuarantineNote
     data: Any
-    expires_at: float  # time.monotonic()
+    expires_at: float  # on the shelf's monotonic clock
 
 
 class QuarantineShelf:
-    """The memory store's quarantine: bounded (oldest dropped first) and expiring."""
+    """The memory store's quarantine: bounded (oldest dropped first) and expiring.
 
-    def __init__(self, ttl: float, max_records: int = 1000) -> None:
+    ``clock`` / ``monotonic``: the store's wall and monotonic clocks (listing times are wall
+    clock, expiry is monotonic)."""
+
+    def __init__(
+        self,
+        ttl: float,
+        max_records: int = 1000,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ttl = ttl
         self.max_records = max_records
+        self._clock = clock
+        self._monotonic = monotonic
         self._shelf: OrderedDict[str, _Shelved] = OrderedDict()
 
     def put(self, room: str, identity: str, note: QuarantineNote, data: Any) -> str:
         """Keep ``data`` aside; returns its quarantine key."""
         key = f"{participant_hash(room, identity)}:q{uuid.uuid4().hex[:12]}"
-        self._shelf[key] = _Shelved(room, identity, note, data, time.monotonic() + self.ttl)
+        self._shelf[key] = _Shelved(room, identity, note, data, self._monotonic() + self.ttl)
         while len(self._shelf) > self.max_records:
             self._shelf.popitem(last=False)
         return key
@@ -107,7 +111,7 @@ class QuarantineShelf:
     def listing(self, room: str | None = None) -> list[QuarantinedRecord]:
         """Every quarantined record (of one room), oldest first."""
         self.sweep()
-        now, mono = time.time(), time.monotonic()
+        now, mono = self._clock(), self._monotonic()
         return [
             QuarantinedRecord(
                 key,
@@ -134,6 +138,6 @@ class QuarantineShelf:
 
     def sweep(self) -> None:
         """Forget what has expired."""
-        mono = time.monotonic()
+        mono = self._monotonic()
         for key in [k for k, kept in self._shelf.items() if kept.expires_at <= mono]:
             del self._shelf[key]

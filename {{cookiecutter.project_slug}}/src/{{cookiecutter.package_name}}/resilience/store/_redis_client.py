@@ -1,4 +1,4 @@
-"""One pooled redis-py asyncio client from a URL, and the key layout of a participant.
+"""One pooled redis-py asyncio client from a URL, and what counts as Redis not answering.
 
 The URL forms (``REDIS_URL``: one server, Cluster, Sentinel) are in redis_url.py.
 
@@ -8,8 +8,6 @@ a server restart) and then reported, so the store can switch to memory instead o
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions as rex
@@ -19,10 +17,9 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from .base import InvalidInputError, StoreUnavailableError
-from .records import participant_hash
 from .redis_url import check_redis_url, parse_sentinel, plain_url, redact_url
 
-__all__ = ["UNAVAILABLE", "ParticipantKeys", "RedisRefusedError", "connect", "participant_keys"]
+__all__ = ["UNAVAILABLE", "RedisRefusedError", "connect", "run_script"]
 
 
 class RedisRefusedError(rex.RedisError):
@@ -56,9 +53,6 @@ async def run_script(script: Any, keys: list[str], args: list[Any], what: str) -
         raise StoreUnavailableError(
             f"redis cannot answer ({type(exc).__name__}: {str(exc)[:120]}); {what}"
         ) from None
-
-
-_TAG = re.compile(r"\{[A-Za-z0-9_.-]{1,64}:[0-9a-f]{32}\}")
 
 
 def connect(
@@ -107,42 +101,3 @@ def _sentinel(tls: bool, rest: str, options: dict[str, Any]) -> Redis:
         node["db"] = parsed.db
     manager = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs, **node)
     return manager.master_for(parsed.service)
-
-
-@dataclass(frozen=True, slots=True)
-class ParticipantKeys:
-    """The Redis keys of one participant; all share one hash tag, hence one Cluster slot."""
-
-    tag: str
-    record: str
-    items: str
-    transcript: str
-    ids: str
-    lease: str
-
-    @property
-    def data(self) -> list[str]:
-        """The keys participant scripts take, in the order the scripts expect."""
-        return [self.record, self.items, self.transcript, self.ids, self.lease]
-
-    def quarantine(self, stamp: str) -> list[str]:
-        """Names the record's keys move to when it is quarantined, plus a reason key."""
-        base = self.tag + ":q" + stamp
-        return [base + ":rec", base + ":items", base + ":seg", base + ":ids", base + ":why"]
-
-
-def participant_keys(prefix: str, room: str, identity: str) -> ParticipantKeys:
-    """Keys for (room, identity): a hash of both inside ``{...}``, so no name can collide."""
-    tag = "{" + prefix + ":" + participant_hash(room, identity) + "}"
-    return _keys(tag)
-
-
-def keys_for_tag(tag: str) -> ParticipantKeys | None:
-    """Keys for a hash tag found by SCAN; None unless it is exactly ``{prefix:<32 hex>}``."""
-    if not _TAG.fullmatch(tag):
-        return None
-    return _keys(tag)
-
-
-def _keys(tag: str) -> ParticipantKeys:
-    return ParticipantKeys(tag, tag + ":r", tag + ":i", tag + ":t", tag + ":d", tag + ":l")

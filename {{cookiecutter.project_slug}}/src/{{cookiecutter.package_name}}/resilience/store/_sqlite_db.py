@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,7 @@ from typing import Any, TypeVar
 
 from .base import StoreError, StoreUnavailableError
 
-__all__ = ["DatabaseFileError", "SqliteDatabase", "SqliteUnavailableError"]
+__all__ = ["Connection", "DatabaseFileError", "SqliteDatabase", "SqliteUnavailableError"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +48,13 @@ FILE_VERSION = 1
 _TABLES = {"records", "entries", "leases", "rooms"}
 
 # Columns without a type keep what is stored as it is (bytes stay bytes, ints stay ints): the
-# stored form of records.py, one column per field. Quarantined copies are rows whose ``note``
+# stored form of _codec.py, one column per field. Quarantined copies are rows whose ``note``
 # is set, under the key ``<participant hash>:q<stamp>``. No ";" in the comments below: the
 # statements are split on it.
 SCHEMA = """
 CREATE TABLE records (
-    pkey TEXT PRIMARY KEY,          -- records.participant_hash(room, identity)
-    room_hash TEXT NOT NULL,        -- quarantine.room_hash(room): purge a room without keys
+    pkey TEXT PRIMARY KEY,          -- _keys.participant_hash(room, identity)
+    room_hash TEXT NOT NULL,        -- _keys.room_hash(room): purge a room without keys
     expires_at INTEGER NOT NULL,    -- ms of the host's wall clock
     note TEXT,                      -- quarantine note (JSON), NULL for a live record
     n_items INTEGER NOT NULL DEFAULT 0,
@@ -80,8 +81,8 @@ CREATE TABLE leases (
 """
 
 # The watch list of held rooms (primary/room_registry.py), added after file version 1 was
-# released: a
-# file written before lacks it and gets it when it is next opened (older workers ignore it).
+# released: a file written before lacks it and gets it when it is next opened (older workers
+# ignore it).
 ROOMS_TABLE = """
 CREATE TABLE IF NOT EXISTS rooms (
     room TEXT PRIMARY KEY,          -- the LiveKit room name, in plain text while watched
@@ -112,17 +113,35 @@ class SqliteUnavailableError(StoreUnavailableError):
     """The session database cannot answer now (locked, disk full, I/O error)."""
 
 
+class Connection(sqlite3.Connection):
+    """A connection that knows the store's clock: transactions read the time from it."""
+
+    clock: Callable[[], float] = time.time
+
+    def now_ms(self) -> int:
+        """Now, in integer milliseconds of the store's wall clock."""
+        return int(self.clock() * 1000)
+
+
 class SqliteDatabase:
     """The SQLite file at ``path``, opened now (``DatabaseFileError`` if it cannot be used).
 
     ``write(fn, *args)`` runs ``fn(connection, *args)`` inside ``BEGIN IMMEDIATE`` / ``COMMIT``
     in this database's thread; ``read`` the same in a read transaction (one snapshot).
     ``after`` runs on the result in the thread too, after the commit (decoding, decryption).
+    ``clock``: the wall clock the transactions read (``Connection.now_ms``); a test moves it.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = Path(path).expanduser().absolute()
         self.busy_timeout = busy_timeout
+        self.clock = clock
         _prepare_directory(self.path)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="session-db")
         self._state = _Connection()
@@ -183,13 +202,15 @@ class SqliteDatabase:
             raise self._fault(exc) from None
         return after(result) if after is not None else result
 
-    def _connect(self, at_start: bool) -> sqlite3.Connection:
+    def _connect(self, at_start: bool) -> Connection:
         """Open, switch to WAL and create the schema if needed (in the database's thread)."""
-        conn: sqlite3.Connection | None = None
+        conn: Connection | None = None
         try:
             conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-            )
+                self.path, timeout=self.busy_timeout, isolation_level=None,
+                check_same_thread=False, factory=Connection,
+            )  # fmt: skip
+            conn.clock = self.clock
             conn.row_factory = sqlite3.Row
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
@@ -211,7 +232,7 @@ class SqliteDatabase:
         self._state.conn = conn
         return conn
 
-    def _check_schema(self, conn: sqlite3.Connection) -> None:
+    def _check_schema(self, conn: Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == FILE_VERSION:
             if not conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'rooms'").fetchone():
@@ -267,7 +288,7 @@ class _Connection:
     """The thread's connection, held apart so the finalizer needs no reference to the db."""
 
     def __init__(self) -> None:
-        self.conn: sqlite3.Connection | None = None
+        self.conn: Connection | None = None
 
 
 def _close(state: _Connection) -> None:

@@ -1,20 +1,20 @@
 """Lua scripts behind the Redis store: each operation is one atomic round trip.
 
-Every participant script gets the same KEYS, all under one hash tag (one Cluster slot):
-1 record hash, 2 items list, 3 transcript list, 4 seen-ids set, 5 lease hash.
+Every participant script gets the same KEYS, all under one hash tag (one Cluster slot, see
+_keys.py): 1 record hash, 2 items list, 3 transcript list, 4 seen-ids set, 5 lease hash. The
+lease is among them so that a write and its fencing check are one script (fenced.py).
 Times come from Redis ``TIME`` so retention and tokens run on the store's clock, never a
 worker's. Errors are ``error_reply`` strings whose first word the client maps to an exception:
 STALELEASE (fencing refused), CORRUPT (record unusable: quarantine it) and LOST (a
 live participant's record is gone: Redis lost its data; give the record back).
-The watch list of held rooms (primary/room_registry.py) has scripts of its own, on its own slot.
+``ACQUIRE`` / ``RELEASE`` are the Redis implementation of leases.py, for every lease: a
+participant's (KEYS[5] above) and a room's (primary/room_lease.py).
+The watch list of held rooms has scripts of its own (primary/room_registry.py).
 """
 
 from __future__ import annotations
 
-__all__ = [
-    "ACQUIRE", "APPEND", "EXTEND", "JOIN", "LAPSED", "LEAVE", "LOAD", "QUARANTINE", "RELEASE",
-    "SET", "UNWATCH", "WATCH",
-]  # fmt: skip
+__all__ = ["ACQUIRE", "APPEND", "EXTEND", "JOIN", "LEAVE", "LOAD", "QUARANTINE", "RELEASE", "SET"]
 
 _PRELUDE = """
 redis.replicate_commands()
@@ -237,7 +237,7 @@ redis.call('SET', KEYS[9], ARGV[3], 'PX', ARGV[2])
 return 1
 """
 
-# The lease rules of leases.py, for a participant's lease and a room's.
+# The lease rules of leases.py, for every lease (_redis_leases.py calls it).
 # KEYS: lease hash (owner, token, until: Redis ms). ARGV: owner, ttl_ms, force (0/1), and
 # optionally the token the caller holds: if Redis lost the lease entirely (restarted without
 # its data, failed over to a replica that never had it) the holder gets it back with that token.
@@ -279,43 +279,4 @@ if redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
   return 1
 end
 return 0
-"""
-
-# The watch list of held rooms (primary/room_registry.py). KEYS: 1 sorted set (room name ->
-# its lease's
-# until, Redis ms), 2 hash (room name -> agent name); one hash tag, one Cluster slot.
-
-# Set a room's entry unless one as new or newer is there: a late write never undoes a newer
-# one. ARGV: room, until_ms, agent name. 1 when set.
-WATCH = """
-local found = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if found and tonumber(found) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-return 1
-"""
-
-# Remove a room's entry if its until is still until_ms. ARGV: room, until_ms. 1 when removed.
-UNWATCH = """
-local found = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not found or tonumber(found) ~= tonumber(ARGV[2]) then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-return 1
-"""
-
-# The entries whose until passed, oldest first. ARGV: limit.
-# Reply: now_ms, then room, until_ms, agent name for each.
-LAPSED = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local found = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now),
-                         'WITHSCORES', 'LIMIT', 0, ARGV[1])
-local reply = {now}
-for i = 1, #found, 2 do
-  reply[#reply + 1] = found[i]
-  reply[#reply + 1] = found[i + 1]
-  reply[#reply + 1] = redis.call('HGET', KEYS[2], found[i]) or ''
-end
-return reply
 """

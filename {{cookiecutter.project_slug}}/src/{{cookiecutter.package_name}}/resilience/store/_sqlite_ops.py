@@ -1,25 +1,21 @@
-"""The SQLite store's transactions: what redis_scripts.py is to the Redis store.
+"""The SQLite store's record transactions: what _scripts.py is to the Redis store.
 
 Each function runs inside one transaction that ``SqliteDatabase`` opened (``BEGIN IMMEDIATE``
 for writes), so each is atomic across every process sharing the file; a StoreError it raises
-rolls the whole transaction back. The tables are in sqlite_db.SCHEMA: a record is one
-``records`` row holding the stored fields of records.py, its items and segments are
-``entries`` rows in insertion order; ``rooms`` is the watch list of held rooms
-(resilience/primary/room_registry.py). Times are the host's wall clock in integer milliseconds
-(the store's clock, as Redis ``TIME`` is the Redis store's). The lease rules are leases.py's.
+rolls the whole transaction back. The tables are in _sqlite_db.SCHEMA: a record is one
+``records`` row holding the stored fields of _codec.py, its items and segments are
+``entries`` rows in insertion order. Times are the host's wall clock in integer milliseconds
+(``Connection.now_ms``: the store's clock, as Redis ``TIME`` is the Redis store's). Writes are
+fenced by the participant's lease in the same transaction (_sqlite_leases.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .base import CorruptRecordError, LeaseHeldError, LeaveInfo, StaleLeaseError
-from .leases import LEASE_MEMORY_S
-from .records import (
+from ._codec import (
     F_ACTIVE,
     F_GEMINI,
     F_GEMINI_AT,
@@ -36,9 +32,13 @@ from .records import (
     F_SEGMENTS_TRIMMED,
     F_VERSION,
     F_WHO,
-    SCHEMA_VERSION,
     Framed,
 )
+from ._keys import sqlite_participant_lease as participant_lease
+from ._sqlite_db import Connection
+from ._sqlite_leases import check_fence
+from .base import SCHEMA_VERSION, CorruptRecordError, LeaveInfo, StaleLeaseError
+from .leases import LEASE_MEMORY_S
 
 Stored = tuple[dict[str, bytes], Framed, Framed]
 Entries = Sequence[tuple[str, bytes]]  # (id, sealed blob)
@@ -55,154 +55,18 @@ _LISTS = ((ITEMS, F_ITEM_BYTES, "n_items", F_ITEMS_TRIMMED),
 _LEASE_MEMORY_MS = int(LEASE_MEMORY_S * 1000)
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def participant_lease(pkey: str) -> str:
-    return "p:" + pkey
-
-
-def room_lease(room: str) -> str:
-    """A room's lease key: the room name hashed, never stored."""
-    return "r:" + hashlib.sha256(room.encode()).hexdigest()[:32]
-
-
-# -- leases and fences (leases.py) ------------------------------------------------------------
-
-
-def check_fence(conn: sqlite3.Connection, key: str, fence: int | None, now: int) -> None:
-    """StaleLeaseError unless a write carrying ``fence`` may go ahead."""
-    row = conn.execute("SELECT token, until FROM leases WHERE key = ?", (key,)).fetchone()
-    if row is None:
-        return
-    live = row["until"] > now
-    if fence is None:
-        if live:
-            raise StaleLeaseError("this participant's lease is held; pass its fencing token")
-    elif fence < row["token"] or (live and fence != row["token"]):
-        raise StaleLeaseError(
-            f"fencing token {fence} is older than the lease's ({row['token']}): "
-            "another worker took over"
-        )
-
-
-def acquire(
-    conn: sqlite3.Connection, key: str, owner: str, ttl_ms: int, force: bool,
-    held: int | None = None,
-) -> int:  # fmt: skip
-    """Take, renew or reclaim the lease; its token. LeaseHeldError while another holds it.
-
-    ``held``: the token the caller holds; if the file lost the lease row (deleted, restored
-    from an older copy) the holder gets it back with that token, as the Redis script does.
-    """
-    now = now_ms()
-    row = conn.execute("SELECT owner, token, until FROM leases WHERE key = ?", (key,)).fetchone()
-    if row is None and held is not None and not force:
-        conn.execute("INSERT INTO leases VALUES (?, ?, ?, ?)", (key, owner, held, now + ttl_ms))
-        return held
-    if row is not None and row["owner"] == owner and not force:
-        # the holder renews; a holder whose lease lapsed untaken reclaims it, same token
-        conn.execute("UPDATE leases SET until = ? WHERE key = ?", (now + ttl_ms, key))
-        return int(row["token"])
-    if row is not None and row["until"] > now and not force:
-        raise LeaseHeldError(
-            "the lease is held by another owner",
-            owner=row["owner"],
-            expires_in=(row["until"] - now) / 1000,
-        )
-    # microseconds of the wall clock at least: tokens grow even if the row was forgotten
-    token = max((row["token"] if row is not None else 0) + 1, time.time_ns() // 1000)
-    conn.execute(
-        "INSERT INTO leases VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
-        "owner = excluded.owner, token = excluded.token, until = excluded.until",
-        (key, owner, token, now + ttl_ms),
-    )
-    return token
-
-
-def release(conn: sqlite3.Connection, key: str, owner: str, token: int) -> bool:
-    """Give the lease up if ``owner``/``token`` hold it (its token stays remembered)."""
-    cursor = conn.execute(
-        "UPDATE leases SET owner = '', until = 0 WHERE key = ? AND owner = ? AND token = ?",
-        (key, owner, token),
-    )
-    return cursor.rowcount == 1
-
-
-def lease_state(conn: sqlite3.Connection, key: str) -> tuple[str, int, float] | None:
-    """(owner, token, seconds left) of the live lease, or None."""
-    row = conn.execute("SELECT owner, token, until FROM leases WHERE key = ?", (key,)).fetchone()
-    left = (row["until"] - now_ms()) / 1000 if row is not None else 0
-    if row is None or not row["owner"] or left <= 0:
-        return None
-    return row["owner"], int(row["token"]), left
-
-
-# -- the watch list of held rooms (primary/room_registry.py) ------------------------------
-
-
-def acquire_room(
-    conn: sqlite3.Connection, key: str, owner: str, ttl_ms: int, held: int | None,
-    watch: tuple[str, str] | None,
-) -> int:  # fmt: skip
-    """``acquire`` for a room lease; with ``watch`` (room, agent name) the room's entry gets
-    the lease's until in the same transaction."""
-    token = acquire(conn, key, owner, ttl_ms, False, held)
-    if watch is not None:
-        until = conn.execute("SELECT until FROM leases WHERE key = ?", (key,)).fetchone()[0]
-        watch_room(conn, *watch, until)
-    return token
-
-
-def release_room(
-    conn: sqlite3.Connection, key: str, owner: str, token: int, room: str | None
-) -> bool:
-    """``release`` for a room lease; a released lease's room (if given) leaves the watch list."""
-    released = release(conn, key, owner, token)
-    if released and room is not None:
-        conn.execute("DELETE FROM rooms WHERE room = ?", (room,))
-    return released
-
-
-def watch_room(conn: sqlite3.Connection, room: str, agent: str, until: int) -> bool:
-    """Set the room's entry unless one as new or newer is there; True when set."""
-    cursor = conn.execute(
-        "INSERT INTO rooms VALUES (?, ?, ?) ON CONFLICT (room) DO UPDATE SET "
-        "agent = excluded.agent, until = excluded.until WHERE excluded.until > rooms.until",
-        (room, agent, until),
-    )
-    return cursor.rowcount == 1
-
-
-def unwatch_room(conn: sqlite3.Connection, room: str, until: int) -> bool:
-    """Remove the room's entry if its until is still ``until``; True when removed."""
-    cursor = conn.execute("DELETE FROM rooms WHERE room = ? AND until = ?", (room, until))
-    return cursor.rowcount == 1
-
-
-def lapsed_rooms(conn: sqlite3.Connection, limit: int) -> tuple[int, list[sqlite3.Row]]:
-    """(now, the entries whose until passed: room, agent, until, oldest first)."""
-    now = now_ms()
-    rows = conn.execute(
-        "SELECT room, agent, until FROM rooms WHERE until < ? ORDER BY until, room LIMIT ?",
-        (now, limit),
-    ).fetchall()
-    return now, rows
-
-
 # -- records ----------------------------------------------------------------------------------
 
 
 def join(
-    conn: sqlite3.Connection, pkey: str, room_hash: str, who: bytes, session_id: str,
+    conn: Connection, pkey: str, room_hash: str, who: bytes, session_id: str,
     fence: int | None, active_ttl_ms: int, max_records: int,
 ) -> tuple[str, Stored, int]:  # fmt: skip
     """Create, resume or recognise; (kind, the stored record, records evicted to make room).
 
     CorruptRecordError (nothing changed) when the record is of another schema or malformed.
     """
-    now = now_ms()
+    now = conn.now_ms()
     check_fence(conn, participant_lease(pkey), fence, now)
     row = _live(conn, pkey, now, drop_expired=True)
     evicted = 0
@@ -227,22 +91,22 @@ def join(
     return kind, _stored(conn, pkey), evicted
 
 
-def load(conn: sqlite3.Connection, pkey: str) -> Stored | None:
+def load(conn: Connection, pkey: str) -> Stored | None:
     """The stored record, or None (absent or expired)."""
-    if _live(conn, pkey, now_ms(), drop_expired=False) is None:
+    if _live(conn, pkey, conn.now_ms(), drop_expired=False) is None:
         return None
     return _stored(conn, pkey)
 
 
 def append(
-    conn: sqlite3.Connection, pkey: str, room_hash: str, who: bytes, fence: int | None,
+    conn: Connection, pkey: str, room_hash: str, who: bytes, fence: int | None,
     lists: tuple[Entries, Entries], bounds: tuple[int, int], ttls: tuple[int, int],
     max_records: int,
 ) -> tuple[int, int, bool, int]:  # fmt: skip
     """Add the entries not seen before (by id), trim each list to ``bounds`` (entries, bytes)
     oldest first, as memory.py and the APPEND script do; (items added, segments added,
     merged, evicted). A stale fence merges instead of refusing: entries are facts."""
-    now = now_ms()
+    now = conn.now_ms()
     try:
         check_fence(conn, participant_lease(pkey), fence, now)
         merged = False
@@ -292,11 +156,11 @@ def append(
 
 
 def set_fields(
-    conn: sqlite3.Connection, pkey: str, room_hash: str, who: bytes, fence: int | None,
+    conn: Connection, pkey: str, room_hash: str, who: bytes, fence: int | None,
     updates: dict[str, bytes], stamp_gemini: bool, ttls: tuple[int, int], max_records: int,
 ) -> int:  # fmt: skip
     """Replace sealed fields (language, metadata, Gemini handle); records evicted."""
-    now = now_ms()
+    now = conn.now_ms()
     check_fence(conn, participant_lease(pkey), fence, now)
     evicted = _ensure(conn, pkey, room_hash, who, now, ttls[0], max_records)
     for name, value in updates.items():
@@ -310,7 +174,7 @@ def set_fields(
 
 
 def leave(
-    conn: sqlite3.Connection, pkey: str, names: tuple[str, str], fence: int | None,
+    conn: Connection, pkey: str, names: tuple[str, str], fence: int | None,
     session_id: str, retention_ms: Callable[[LeaveInfo], int],
 ) -> LeaveInfo | None:  # fmt: skip
     """End ``session_id`` (a repeated or superseded leave changes nothing: None).
@@ -318,7 +182,7 @@ def leave(
     The record is kept ``retention_ms(info)`` from now: the store's retention policy, called
     here so the leave and its retention are one transaction.
     """
-    now = now_ms()
+    now = conn.now_ms()
     check_fence(conn, participant_lease(pkey), fence, now)
     row = _live(conn, pkey, now, drop_expired=True)
     if row is None or _text(row["active"]) != session_id:
@@ -336,16 +200,16 @@ def leave(
     return info
 
 
-def live_records(conn: sqlite3.Connection, room_hash: str | None) -> list[tuple[str, Stored]]:
+def live_records(conn: Connection, room_hash: str | None) -> list[tuple[str, Stored]]:
     """Every live record (of one room hash) in its stored form, for operator listings."""
     query = "SELECT pkey FROM records WHERE note IS NULL AND expires_at > ?"
-    args: tuple[Any, ...] = (now_ms(),)
+    args: tuple[Any, ...] = (conn.now_ms(),)
     if room_hash is not None:
         query, args = query + " AND room_hash = ?", (*args, room_hash)
     return [(pkey, _stored(conn, pkey)) for (pkey,) in conn.execute(query, args).fetchall()]
 
 
-def purge(conn: sqlite3.Connection, pkey: str | None, room_hash: str) -> tuple[int, int]:
+def purge(conn: Connection, pkey: str | None, room_hash: str) -> tuple[int, int]:
     """Delete one participant's record (``pkey``), or a whole room's, with their quarantined
     copies and participant leases; (live records, quarantined copies) deleted."""
     if pkey is not None:  # participant hashes are hex: no LIKE wildcard in them
@@ -354,7 +218,7 @@ def purge(conn: sqlite3.Connection, pkey: str | None, room_hash: str) -> tuple[i
         where, args = "room_hash = ?", (room_hash,)
     query = f"SELECT pkey, note, expires_at FROM records WHERE {where}"
     rows = conn.execute(query, args).fetchall()
-    now, live = now_ms(), 0
+    now, live = conn.now_ms(), 0
     for row in rows:
         _delete(conn, row["pkey"])
         if row["note"] is None:
@@ -368,9 +232,7 @@ def purge(conn: sqlite3.Connection, pkey: str | None, room_hash: str) -> tuple[i
 # -- quarantine -------------------------------------------------------------------------------
 
 
-def quarantine(
-    conn: sqlite3.Connection, pkey: str, qkey: str, rev: bytes, note: str, ttl_ms: int
-) -> bool:
+def quarantine(conn: Connection, pkey: str, qkey: str, rev: bytes, note: str, ttl_ms: int) -> bool:
     """Move a live record aside under ``qkey`` unless it changed since it was read (``rev``;
     b"" = whatever it is now); True when moved."""
     row = conn.execute("SELECT rev FROM records WHERE pkey = ?", (pkey,)).fetchone()
@@ -378,42 +240,42 @@ def quarantine(
         return False
     conn.execute(
         "UPDATE records SET pkey = ?, note = ?, expires_at = ? WHERE pkey = ?",
-        (qkey, note, now_ms() + ttl_ms, pkey),
+        (qkey, note, conn.now_ms() + ttl_ms, pkey),
     )
     conn.execute("UPDATE entries SET pkey = ? WHERE pkey = ?", (qkey, pkey))
     return True
 
 
-def quarantined(conn: sqlite3.Connection, room_hash: str | None) -> list[sqlite3.Row]:
+def quarantined(conn: Connection, room_hash: str | None) -> list[sqlite3.Row]:
     """Quarantined copies (of one room hash): key, note, who and expiry, oldest first."""
     query = "SELECT pkey, note, who, expires_at FROM records WHERE note IS NOT NULL"
     query += " AND expires_at > ?" + (" AND room_hash = ?" if room_hash is not None else "")
-    args = (now_ms(), room_hash) if room_hash is not None else (now_ms(),)
+    args = (conn.now_ms(), room_hash) if room_hash is not None else (conn.now_ms(),)
     return conn.execute(query + " ORDER BY expires_at", args).fetchall()
 
 
-def restore(conn: sqlite3.Connection, qkey: str, ttl_ms: int) -> str:
+def restore(conn: Connection, qkey: str, ttl_ms: int) -> str:
     """Move a quarantined copy back: 'restored', 'missing' or 'live' (a record is there)."""
     pkey = qkey.partition(":q")[0]
     found = conn.execute(
         "SELECT 1 FROM records WHERE pkey = ? AND note IS NOT NULL AND expires_at > ?",
-        (qkey, now_ms()),
+        (qkey, conn.now_ms()),
     ).fetchone()
     if found is None:
         return "missing"
-    if _live(conn, pkey, now_ms(), drop_expired=True) is not None:
+    if _live(conn, pkey, conn.now_ms(), drop_expired=True) is not None:
         return "live"
     conn.execute(
         "UPDATE records SET pkey = ?, note = NULL, expires_at = ? WHERE pkey = ?",
-        (pkey, now_ms() + ttl_ms, qkey),
+        (pkey, conn.now_ms() + ttl_ms, qkey),
     )
     conn.execute("UPDATE entries SET pkey = ? WHERE pkey = ?", (pkey, qkey))
     return "restored"
 
 
-def sweep(conn: sqlite3.Connection) -> None:
+def sweep(conn: Connection) -> None:
     """Delete expired records and quarantined copies, and leases lapsed over a day ago."""
-    now = now_ms()
+    now = conn.now_ms()
     conn.execute(
         "DELETE FROM entries WHERE pkey IN (SELECT pkey FROM records WHERE expires_at <= ?)",
         (now,),
@@ -425,7 +287,7 @@ def sweep(conn: sqlite3.Connection) -> None:
 # -- internals --------------------------------------------------------------------------------
 
 
-def _live(conn: sqlite3.Connection, pkey: str, now: int, *, drop_expired: bool) -> Any:
+def _live(conn: Connection, pkey: str, now: int, *, drop_expired: bool) -> Any:
     row = conn.execute("SELECT * FROM records WHERE pkey = ?", (pkey,)).fetchone()
     if row is None or row["expires_at"] > now:
         return row
@@ -435,7 +297,7 @@ def _live(conn: sqlite3.Connection, pkey: str, now: int, *, drop_expired: bool) 
 
 
 def _create(
-    conn: sqlite3.Connection, pkey: str, room_hash: str, session_id: str, who: bytes, now: int,
+    conn: Connection, pkey: str, room_hash: str, session_id: str, who: bytes, now: int,
     ttl_ms: int, max_records: int,
 ) -> int:  # fmt: skip
     conn.execute(
@@ -447,7 +309,7 @@ def _create(
 
 
 def _ensure(
-    conn: sqlite3.Connection, pkey: str, room_hash: str, who: bytes, now: int, ttl_ms: int,
+    conn: Connection, pkey: str, room_hash: str, who: bytes, now: int, ttl_ms: int,
     max_records: int,
 ) -> int:  # fmt: skip
     """Create an empty record when there is none; CorruptRecordError when it is unusable."""
@@ -466,7 +328,7 @@ def _usable(row: sqlite3.Row) -> bool:
     )
 
 
-def _evict(conn: sqlite3.Connection, keep: str, max_records: int) -> int:
+def _evict(conn: Connection, keep: str, max_records: int) -> int:
     """Delete the least recently written records beyond ``max_records``; how many."""
     if conn.execute("SELECT count(*) FROM records").fetchone()[0] <= max_records:
         return 0
@@ -481,9 +343,7 @@ def _evict(conn: sqlite3.Connection, keep: str, max_records: int) -> int:
     return len(victims)
 
 
-def _refresh(
-    conn: sqlite3.Connection, pkey: str, now: int, active_ttl: int, retention: int
-) -> None:
+def _refresh(conn: Connection, pkey: str, now: int, active_ttl: int, retention: int) -> None:
     # an active record lives active_ttl past its last write; a left one keeps at least its
     # retention (late transcript segments may arrive after the leave)
     conn.execute(
@@ -493,12 +353,12 @@ def _refresh(
     )
 
 
-def _delete(conn: sqlite3.Connection, pkey: str) -> None:
+def _delete(conn: Connection, pkey: str) -> None:
     conn.execute("DELETE FROM entries WHERE pkey = ?", (pkey,))
     conn.execute("DELETE FROM records WHERE pkey = ?", (pkey,))
 
 
-def _stored(conn: sqlite3.Connection, pkey: str) -> Stored:
+def _stored(conn: Connection, pkey: str) -> Stored:
     """The record's stored form: fields as records.py names them, items and transcript."""
     row = conn.execute("SELECT * FROM records WHERE pkey = ?", (pkey,)).fetchone()
     fields = {}
@@ -509,7 +369,7 @@ def _stored(conn: sqlite3.Connection, pkey: str) -> Stored:
     return fields, _framed(conn, pkey, ITEMS), _framed(conn, pkey, SEGMENTS)
 
 
-def _framed(conn: sqlite3.Connection, pkey: str, slot: int) -> Framed:
+def _framed(conn: Connection, pkey: str, slot: int) -> Framed:
     cursor = conn.cursor()
     cursor.row_factory = None  # plain tuples: a third of the cost of a restore otherwise
     cursor.execute(

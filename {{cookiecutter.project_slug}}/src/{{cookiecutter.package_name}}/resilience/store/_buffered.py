@@ -1,7 +1,7 @@
 """What a store whose backend can fail (Redis, a SQLite file) does while it cannot answer.
 
 Writes are sent at once; when the backend cannot answer they are applied to an in-process copy
-of the last known records (``_cache``, a MemoryStore) and queued (``_queue``, write_queue.py)
+of the last known records (``_cache``, a MemoryStore) and queued (``_queue``, _write_queue.py)
 until it can. A join so answered comes back with ``JoinOutcome.settled``, which resolves to the
 backend's own answer once the queued join lands. A write the backend took is mirrored into the
 copy, but only for a record held in full: a partial copy would later be served as the whole
@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ... import metrics
+from ._keys import identity_hash
+from ._write_queue import PendingWrite, WriteQueue
 from .base import JoinOutcome
 from .memory import MemoryStore
-from .records import identity_hash
-from .write_queue import PendingWrite, WriteQueue
 
 __all__ = ["BufferedWrites"]
 

@@ -1,94 +1,79 @@
-"""Redis session store: records shared by every worker, on Redis's clock.
+"""Redis session store: records shared by every worker on every host, on Redis's clock.
 
-Each operation is one Lua script call (one round trip, atomic); see redis_scripts.py for the
-key layout. When Redis cannot answer (down, failing over, out of memory, refusing), operations
-do not fail: reads come from the last known records (an in-process MemoryStore used as a
-cache), writes are applied there and queued (write_queue.py) until Redis answers, and a join
-is answered from memory with ``JoinOutcome.settled`` resolving to Redis's answer later. When
-Redis answers again, the conversations of participants still here are given to it again from
-the cache first (a Redis that came back without its data gets them back), then the queued
-writes replay in order. Only leases refuse to work without Redis, because a lease nobody else
-can see would defeat its purpose, and so do the operator calls ``list_records`` and ``purge``
-(admin.py), whose answers must be Redis's own.
+``REDIS_URL`` (its forms: redis_url.py) chooses it; ``connect`` makes the client, ``RedisAdmin``
+and ``open_admin`` give operators access, ``RedisLeases`` holds the room and participant
+leases, all from here.
+
+Each operation is one Lua script call (one round trip, atomic; _scripts.py, called through
+_redis_calls.py; key layout in _keys.py). When Redis cannot answer (down, failing over, out of
+memory, refusing), operations do not fail: reads come from the last known records (an
+in-process MemoryStore used as a cache), writes are applied there and queued (_write_queue.py)
+until Redis answers, and a join is answered from memory with ``JoinOutcome.settled`` resolving
+to Redis's answer later (_buffered.py). When Redis answers again, the conversations of
+participants still here are given to it again from the cache first (a Redis that came back
+without its data gets them back), then the queued writes replay in order. Only leases refuse
+to work without Redis, because a lease nobody else can see would defeat its purpose, and so
+do the operator calls of ``admin``, whose answers must be Redis's own.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import re
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
-import redis.exceptions as rex
-
-from . import redis_scripts
-from .admin import RedisAdmin
+from ._buffered import BufferedWrites
+from ._codec import F_GEMINI, F_REV, TAG_ITEM, TAG_SEGMENT, RecordCodec, WhoCache, ms
+from ._codec import unframe as _unframe
+from ._crypto import KeyRing
+from ._events import RedisEvents, event_head
+from ._keys import ParticipantKeys, identity_hash, participant_keys
+from ._redis_admin import RedisAdmin, open_admin
+from ._redis_calls import RecordLostError, RedisCalls, fence_arg
+from ._redis_client import UNAVAILABLE, connect, run_script
+from ._redis_leases import RedisLeases
+from ._validate import (
+    Entry,
+    check_session_id,
+    gemini_input,
+    profile_updates,
+    validate_entries,
+    validate_names,
+)
+from ._write_queue import WriteQueue
 from .base import (
     EVENTS_CHANNEL_SUFFIX,
+    SCHEMA_VERSION,
     AppendResult,
     CorruptRecordError,
     Fence,
     InvalidInputError,
     JoinKind,
     JoinOutcome,
-    LeaseHeldError,
     LeaveInfo,
     RetentionPolicy,
+    SessionRecord,
     StaleLeaseError,
-    StoreUnavailableError,
-    resolve_fence,
+    StorageLimits,
     retention_for,
 )
-from .buffered import BufferedWrites
-from .crypto import KeyRing
 from .memory import MemoryStore
-from .quarantine import QuarantineNote, room_hash
-from .records import (
-    F_GEMINI,
-    F_REV,
-    SCHEMA_VERSION,
-    TAG_ITEM,
-    TAG_SEGMENT,
-    Framed,
-    RecordCodec,
-    SessionRecord,
-    StorageLimits,
-    check_session_id,
-    gemini_input,
-    identity_hash,
-    make_event,
-    ms,
-    participant_hash,
-    profile_updates,
-    validate_entries,
-    validate_names,
-)
-from .records import unframe as _unframe
-from .redis_client import (
-    UNAVAILABLE,
-    ParticipantKeys,
-    RedisRefusedError,
-    participant_keys,
-)
-from .write_queue import WriteQueue
 
-__all__ = ["RedisStore"]
+__all__ = [
+    "RedisAdmin",
+    "RedisLeases",
+    "RedisStore",
+    "connect",
+    "open_admin",
+    "participant_keys",
+    "run_script",
+]
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_WHO_CACHE = 4096
-_SCRIPTS = ("JOIN", "APPEND", "SET", "LEAVE", "EXTEND", "LOAD", "QUARANTINE", "ACQUIRE", "RELEASE")
 _LIVE_ARG = 5  # where _write_args puts the live flag
-
-
-class _RecordLostError(Exception):
-    """A write found no record for a participant this worker serves: Redis lost its data."""
 
 
 class RedisStore(BufferedWrites):
@@ -120,15 +105,17 @@ class RedisStore(BufferedWrites):
         self.limits = limits or StorageLimits()
         self._client = client
         # operator reads and deletes: straight to Redis, never through the cache or queue
-        self._admin = RedisAdmin(
+        self.admin = RedisAdmin(
             client, prefix=prefix, keyring=keyring, retention=retention, owns_client=False
         )
+        self.leases = RedisLeases(client, prefix)
+        self.events = RedisEvents(client, self.channel, UNAVAILABLE)
         # participants whose join reached Redis and who have not left: rewritten from the
         # cache after an outage, in case Redis came back without their data
         self._live: dict[tuple[str, str], tuple[str, Fence]] = {}
         self.records_given_back = 0  # live conversations given to Redis again from memory
         self._codec = RecordCodec(keyring)
-        self._who_cache: dict[tuple[str, str], bytes] = {}
+        self._who = WhoCache(self._codec)
         self._cache = MemoryStore(
             retention=retention,
             active_ttl=active_ttl,
@@ -144,7 +131,9 @@ class RedisStore(BufferedWrites):
             max_writes=max_queued_writes,
             before_replay=self._rewrite_live,
         )
-        self._scripts = {n: client.register_script(getattr(redis_scripts, n)) for n in _SCRIPTS}
+        self._calls = RedisCalls(
+            client, self._codec, quarantine_ttl=self.quarantine_ttl, forget=self._cache.forget
+        )
 
     # -- SessionStore ------------------------------------------------------------------------
 
@@ -163,20 +152,20 @@ class RedisStore(BufferedWrites):
             ms(self.active_ttl),
             who,
             self.channel,
-            _event_head("participant_returned", room, identity),
+            event_head("participant_returned", room, identity),
         ]
 
         async def send() -> JoinOutcome:
-            args[0] = _fence(await resolve_fence(fence))
+            args[0] = await fence_arg(fence)
             for _ in range(2):
                 rev = ""
                 try:
-                    reply = await self._eval("JOIN", keys, args)
+                    reply = await self._calls.eval("JOIN", keys, args)
                     fields, items, segments = _unframe(reply)
                     rev = fields.get(F_REV, b"").decode()
                     record = self._codec.decode(room, identity, fields, items, segments, who)
                 except CorruptRecordError as exc:
-                    await self._quarantine(keys, room, identity, rev, str(exc))
+                    await self._calls.quarantine(keys, room, identity, rev, str(exc))
                     continue
                 self._cache.put_stored(record, fields, items, segments)
                 self._live[(room, identity)] = (session_id, fence)
@@ -269,8 +258,8 @@ class RedisStore(BufferedWrites):
         ]
 
         async def send() -> None:
-            args[0] = _fence(await resolve_fence(fence))
-            result = await self._eval("LEAVE", keys, args)
+            args[0] = await fence_arg(fence)
+            result = await self._calls.eval("LEAVE", keys, args)
             if result[0] != b"left" or self.retention_policy is None:
                 return
             _, items, segments, reconnects, joined, left, rev = result
@@ -280,7 +269,7 @@ class RedisStore(BufferedWrites):
             )  # fmt: skip
             seconds = retention_for(self.retention_policy, self.retention, info)
             if seconds != self.retention:
-                await self._scripts["EXTEND"](keys=keys.data[:4], args=[rev, ms(seconds)])
+                await self._calls.extend(keys, rev, seconds)
 
         async def send_and_mirror() -> None:
             await send()
@@ -301,7 +290,7 @@ class RedisStore(BufferedWrites):
             return await self._cache.load(room, identity)
         keys = participant_keys(self.prefix, room, identity)
         try:
-            found = await self._load_keys(keys, room, identity)
+            found = await self._calls.load(keys, room, identity)
         except self._unavailable as exc:
             self._queue.mark_unavailable(exc)
             return await self._cache.load(room, identity)
@@ -311,74 +300,17 @@ class RedisStore(BufferedWrites):
         self._cache.put_stored(*found)
         return found[0]
 
-    async def list_records(self, room: str | None = None) -> list[SessionRecord]:
-        """See ``SessionStore.list_records``: straight from Redis (SCAN over every node)."""
-        inventory = await self._admin.inventory(room)
-        if inventory.unreadable:
-            logger.warning(
-                "session records unreadable; left as they are",
-                extra={"count": len(inventory.unreadable),
-                       "reasons": sorted({u.summary for u in inventory.unreadable})},
-            )  # fmt: skip
-        return inventory.records
-
-    async def purge(self, room: str, identity: str | None = None) -> int:
-        """See ``SessionStore.purge``: straight to Redis, quarantined copies too."""
-        purged = await self._admin.purge(room, identity)
-        self._cache.forget(room, identity)
-        return purged.sessions
-
     async def acquire_lease(
         self, room: str, identity: str, owner: str, ttl: float, *, force: bool = False
     ) -> int:
         """See ``SessionStore.acquire_lease``; raises StoreUnavailableError without Redis."""
         validate_names(room, identity)
-        if ttl <= 0:
-            raise InvalidInputError("lease ttl must be positive")
-        keys = participant_keys(self.prefix, room, identity)
-        try:
-            result = await self._scripts["ACQUIRE"](
-                keys=[keys.lease], args=[owner, ms(ttl), "1" if force else "0"]
-            )
-        except (*self._unavailable, rex.ResponseError) as exc:  # refusals count as outages
-            raise StoreUnavailableError(
-                f"redis cannot answer ({type(exc).__name__}); no lease can be granted"
-            ) from None
-        if result[0] == b"held":
-            raise LeaseHeldError(
-                "participant lease is held by another owner",
-                owner=result[1].decode(),
-                expires_in=int(result[2]) / 1000,
-            )
-        return int(result[1])
+        key = self.leases.participant(room, identity)
+        return (await self.leases.acquire(key, owner, ttl, force=force)).token
 
-    async def release_lease(self, room: str, identity: str, owner: str, token: int) -> bool:
-        """See ``SessionStore.release_lease``; False if unreachable (the lease then expires)."""
-        keys = participant_keys(self.prefix, room, identity)
-        try:
-            return bool(await self._scripts["RELEASE"](keys=[keys.lease], args=[owner, token]))
-        except self._unavailable:
-            logger.warning("lease not released: redis unavailable; it will expire")
-            return False
-
-    async def publish_event(self, event_type: str, room: str, identity: str, **fields: Any) -> None:
-        """See ``SessionStore.publish_event``; an unreachable Redis loses the event (logged)."""
-        event = make_event(event_type, room, identity, time.time(), **fields)
-        try:
-            await self._client.publish(self.channel, json.dumps(event))
-        except self._unavailable as exc:
-            logger.warning("event not published", extra={"type": event_type, "error": repr(exc)})
-
-    async def subscribe_events(self) -> AsyncIterator[dict[str, Any]]:
-        """Yield events from ``<prefix>:events`` (standalone/Sentinel clients)."""
-        pubsub = self._client.pubsub()
-        await pubsub.subscribe(self.channel)
-        try:
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    yield json.loads(message["data"])
-        finally:
-            await pubsub.aclose()
+    def subscribe_events(self) -> AsyncIterator[dict[str, Any]]:
+        """Events from ``<prefix>:events`` (standalone/Sentinel clients): ``events.subscribe()``."""
+        return self.events.subscribe()
 
     async def aclose(self) -> None:
         """Give queued writes a few seconds to land, then close the connection pool."""
@@ -399,7 +331,7 @@ class RedisStore(BufferedWrites):
         keys = participant_keys(self.prefix, room, identity)
 
         async def send() -> None:
-            args[0] = _fence(await resolve_fence(fence))
+            args[0] = await fence_arg(fence)
             await self._eval_write("SET", keys, args, room, identity)
             await self._mirror(room, identity, local)
 
@@ -416,44 +348,12 @@ class RedisStore(BufferedWrites):
             "1" if live and (room, identity) in self._live else "0",  # _LIVE_ARG
         ]
 
-    def _who(self, room: str, identity: str) -> bytes:
-        # sealed once per participant: every write carries it, and a record whose who field
-        # holds exactly these bytes needs no decryption to prove whose it is
-        key = (room, identity)
-        who = self._who_cache.get(key)
-        if who is None:
-            if len(self._who_cache) >= _WHO_CACHE:
-                self._who_cache.clear()
-            who = self._codec.seal_who(participant_hash(room, identity), room, identity)
-            self._who_cache[key] = who
-        return who
-
-    async def _eval(self, name: str, keys: ParticipantKeys, args: list[Any]) -> Any:
-        try:
-            return await self._scripts[name](keys=keys.data, args=args)
-        except self._unavailable:
-            raise
-        except rex.ResponseError as exc:
-            message = str(exc)
-            if message.startswith("STALELEASE"):
-                raise StaleLeaseError(message.removeprefix("STALELEASE ")) from None
-            if message.startswith("LOST"):
-                raise _RecordLostError(message) from None
-            if (
-                message.startswith("CORRUPT")
-                or "WRONGTYPE" in message
-                or "not an integer" in message
-            ):
-                raise CorruptRecordError(message) from None
-            # out of memory, a busy script, no replicas...: retried like an outage
-            raise RedisRefusedError(message) from None
-
     def _append_sender(
         self,
         room: str,
         identity: str,
-        items: list[tuple[str, bytes, dict[str, Any]]],
-        segments: list[tuple[str, bytes, dict[str, Any]]],
+        items: list[Entry],
+        segments: list[Entry],
         fence: Fence,
         *,
         live: bool = True,
@@ -468,7 +368,7 @@ class RedisStore(BufferedWrites):
                 args += [entry_id, self._codec.seal(room, identity, tag, raw)]
 
         async def send() -> AppendResult:
-            args[0] = _fence(await resolve_fence(fence, stale_ok=True))
+            args[0] = await fence_arg(fence, stale_ok=True)
             added = await self._eval_write("APPEND", keys, args, room, identity)
             result = AppendResult(int(added[0]), int(added[1]), merged=added[2] == 1)
             if result.merged:
@@ -506,9 +406,9 @@ class RedisStore(BufferedWrites):
         session_id, fence = live
         keys = participant_keys(self.prefix, room, identity)
         args = [SCHEMA_VERSION, session_id, ms(self.active_ttl), self._who(room, identity)]
-        args += [self.channel, _event_head("participant_returned", room, identity)]
+        args += [self.channel, event_head("participant_returned", room, identity)]
         try:
-            await self._eval("JOIN", keys, [_fence(await resolve_fence(fence)), *args])
+            await self._calls.eval("JOIN", keys, [await fence_arg(fence), *args])
         except StaleLeaseError:
             self._live.pop((room, identity), None)  # another worker has it now: its writes win
             return
@@ -530,65 +430,12 @@ class RedisStore(BufferedWrites):
     ) -> Any:
         """APPEND or SET: a corrupt record is quarantined, a lost one given back, then again."""
         try:
-            return await self._eval(name, keys, args)
+            return await self._calls.eval(name, keys, args)
         except CorruptRecordError as exc:
-            await self._quarantine(keys, room, identity, "", str(exc))
-        except _RecordLostError:
+            await self._calls.quarantine(keys, room, identity, "", str(exc))
+        except RecordLostError:
             # Redis lost its data between two writes without this client seeing an outage
             # (restarted without persistence within a reconnect): what came before goes first
             await self._give_back(room, identity)
         args[_LIVE_ARG] = "0"
-        return await self._eval(name, keys, args)
-
-    async def _load_keys(
-        self, keys: ParticipantKeys, room: str, identity: str
-    ) -> tuple[SessionRecord, dict[str, bytes], Framed, Framed] | None:
-        """The record and its stored form, or None (absent, or quarantined just now)."""
-        rev = ""
-        try:
-            found = await self._eval("LOAD", keys, [])
-            if not found:
-                return None
-            fields, items, segments = _unframe(found)
-            rev = fields.get(F_REV, b"").decode()
-            record = self._codec.decode(room, identity, fields, items, segments)
-            return record, fields, items, segments
-        except CorruptRecordError as exc:
-            await self._quarantine(keys, room, identity, rev, str(exc))
-            return None
-
-    async def _quarantine(
-        self, keys: ParticipantKeys, room: str, identity: str, rev: str, reason: str
-    ) -> None:
-        stamp = uuid.uuid4().hex[:12]
-        note = QuarantineNote(reason, identity_hash(identity), room_hash(room), time.time())
-        moved = await self._scripts["QUARANTINE"](
-            keys=keys.data[:4] + keys.quarantine(stamp),
-            args=[rev, ms(self.quarantine_ttl), note.to_json()],
-        )
-        self._cache.forget(room, identity)
-        logger.error(
-            "unreadable session record moved to quarantine; the participant starts fresh",
-            extra={
-                "room": room,
-                "participant": identity_hash(identity),
-                "reason": reason,
-                "quarantine_key": keys.tag + ":q" + stamp,
-                "moved": bool(moved),
-            },
-        )
-
-
-def _fence(fence: int | None) -> str:
-    if fence is None:
-        return ""
-    if not isinstance(fence, int) or isinstance(fence, bool):
-        raise InvalidInputError("fence must be the int token acquire_lease returned")
-    return str(fence)
-
-
-@functools.lru_cache(maxsize=4096)
-def _event_head(event_type: str, room: str, identity: str) -> str:
-    """An event's JSON without its closing brace, for a script to add its own fields."""
-    head = {"type": event_type, "room": room, "participant": identity_hash(identity)}
-    return json.dumps(head)[:-1]
+        return await self._calls.eval(name, keys, args)

@@ -1,0 +1,133 @@
+"""The Redis store's script calls: the scripts of _scripts.py registered once, their error
+replies turned into the store's exceptions, and the reads and quarantine of one participant.
+
+What the store does around them (the cache, the write queue, giving a lost record back) is
+in redis.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis.exceptions as rex
+
+from . import _scripts
+from ._codec import F_REV, Framed, RecordCodec, ms, unframe
+from ._keys import ParticipantKeys, identity_hash, room_hash
+from ._quarantine import QuarantineNote
+from ._redis_client import UNAVAILABLE, RedisRefusedError
+from .base import (
+    CorruptRecordError,
+    Fence,
+    InvalidInputError,
+    SessionRecord,
+    StaleLeaseError,
+    resolve_fence,
+)
+
+__all__ = ["RecordLostError", "RedisCalls", "fence_arg"]
+
+logger = logging.getLogger(__name__)
+
+_SCRIPTS = ("JOIN", "APPEND", "SET", "LEAVE", "EXTEND", "LOAD", "QUARANTINE")
+
+Stored = tuple[SessionRecord, dict[str, bytes], Framed, Framed]
+
+
+class RecordLostError(Exception):
+    """A write found no record for a participant this worker serves: Redis lost its data."""
+
+
+async def fence_arg(fence: Fence, *, stale_ok: bool = False) -> str:
+    """A fence as the scripts take it, resolved now ("" for an unfenced write)."""
+    token = await resolve_fence(fence, stale_ok=stale_ok)
+    if token is None:
+        return ""
+    if not isinstance(token, int) or isinstance(token, bool):
+        raise InvalidInputError("fence must be the int token acquire_lease returned")
+    return str(token)
+
+
+class RedisCalls:
+    """The participant scripts on ``client``. ``forget(room, identity)`` is called when a
+    record is quarantined (the store drops its cached copy)."""
+
+    def __init__(
+        self,
+        client: Any,
+        codec: RecordCodec,
+        *,
+        quarantine_ttl: float,
+        forget: Callable[[str, str], None],
+    ) -> None:
+        self._codec = codec
+        self._quarantine_ttl = quarantine_ttl
+        self._forget = forget
+        self._scripts = {n: client.register_script(getattr(_scripts, n)) for n in _SCRIPTS}
+
+    async def eval(self, name: str, keys: ParticipantKeys, args: list[Any]) -> Any:
+        """Run script ``name`` on the participant's keys; its refusals as exceptions."""
+        try:
+            return await self._scripts[name](keys=keys.data, args=args)
+        except UNAVAILABLE:
+            raise
+        except rex.ResponseError as exc:
+            message = str(exc)
+            if message.startswith("STALELEASE"):
+                raise StaleLeaseError(message.removeprefix("STALELEASE ")) from None
+            if message.startswith("LOST"):
+                raise RecordLostError(message) from None
+            if (
+                message.startswith("CORRUPT")
+                or "WRONGTYPE" in message
+                or "not an integer" in message
+            ):
+                raise CorruptRecordError(message) from None
+            # out of memory, a busy script, no replicas...: retried like an outage
+            raise RedisRefusedError(message) from None
+
+    async def extend(self, keys: ParticipantKeys, rev: bytes, seconds: float) -> None:
+        """Give a left record another retention, unless it changed since revision ``rev``."""
+        await self._scripts["EXTEND"](keys=keys.data[:4], args=[rev, ms(seconds)])
+
+    async def load(self, keys: ParticipantKeys, room: str, identity: str) -> Stored | None:
+        """The record and its stored form, or None (absent, or quarantined just now)."""
+        rev = ""
+        try:
+            found = await self.eval("LOAD", keys, [])
+            if not found:
+                return None
+            fields, items, segments = unframe(found)
+            rev = fields.get(F_REV, b"").decode()
+            record = self._codec.decode(room, identity, fields, items, segments)
+            return record, fields, items, segments
+        except CorruptRecordError as exc:
+            await self.quarantine(keys, room, identity, rev, str(exc))
+            return None
+
+    async def quarantine(
+        self, keys: ParticipantKeys, room: str, identity: str, rev: str, reason: str
+    ) -> None:
+        """Move the record aside (unless it changed since revision ``rev``; "": whatever it
+        is now) with a note saying why; the participant starts fresh."""
+        stamp = uuid.uuid4().hex[:12]
+        note = QuarantineNote(reason, identity_hash(identity), room_hash(room), time.time())
+        moved = await self._scripts["QUARANTINE"](
+            keys=keys.data[:4] + keys.quarantine(stamp),
+            args=[rev, ms(self._quarantine_ttl), note.to_json()],
+        )
+        self._forget(room, identity)
+        logger.error(
+            "unreadable session record moved to quarantine; the participant starts fresh",
+            extra={
+                "room": room,
+                "participant": identity_hash(identity),
+                "reason": reason,
+                "quarantine_key": keys.tag + ":q" + stamp,
+                "moved": bool(moved),
+            },
+        )

@@ -1,8 +1,8 @@
 """Entry point: `python agent.py COMMAND`; run `python agent.py --help` for the commands.
 
 `python -m livekit.agents start agent.py` also works: it finds `server` here. `server` is
-loaded on first use (module `__getattr__`), so `--help` and the commands that do not run
-the worker never import livekit-agents and its plugins.
+loaded on first use (module `__getattr__`), after the settings are validated: `--help` never
+imports livekit-agents, and only the commands that run the worker import `worker.py`.
 """
 
 from typing import TYPE_CHECKING, Any

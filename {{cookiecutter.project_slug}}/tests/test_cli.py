@@ -18,8 +18,10 @@ import pytest
 from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
+from {{ cookiecutter.package_name }}.settings import Settings
 
 AGENT_PY = Path(__file__).resolve().parents[1] / "agent.py"
+WORKER = "{{ cookiecutter.package_name }}.worker"
 runner = CliRunner()
 
 
@@ -203,6 +205,108 @@ def test_an_invalid_setting_is_one_line_in_any_command(monkeypatch: pytest.Monke
         assert result.exit_code == 2, args
         assert "error: ROOM_LEASE_S is invalid" in result.stderr, args
         assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+# every command, with arguments that get it as far as reading the settings
+COMMANDS = {
+    "dev": ["dev"],
+    "start": ["start"],
+    "console": ["console", "--connect-addr", "127.0.0.1:9"],
+    "download-files": ["download-files"],
+    "token": ["token", "--identity", "ada", "--room", "r"],
+    "simulate": ["simulate"],
+    "sessions-list": ["sessions", "list"],
+    "sessions-show": ["sessions", "show", "ada", "--room", "r"],
+    "sessions-purge": ["sessions", "purge", "--room", "r", "--yes"],
+    "sessions-quarantine": ["sessions", "quarantine"],
+    "sessions-restore": ["sessions", "restore", "a-key"],
+    "transcript": ["transcript", "ada", "--room", "r"],
+}
+# a value outside a choice; a LiveKit URL with no scheme
+BAD_SETTINGS = {"ROOM_STANDBY": "bogus", "LIVEKIT_URL": "localhost:7880"}
+LIVEKIT_COMMANDS = ("dev", "start", "console", "token")
+
+
+def only(**settings: str) -> dict[str, str]:
+    """This environment with ``settings`` as the only ones set."""
+    ours = {name.upper() for name in Settings.model_fields}
+    return {k: v for k, v in os.environ.items() if k.upper() not in ours} | settings
+
+
+def run_agent(args: list[str], cwd: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    """`python agent.py ARGS` in ``cwd`` (no .env.local) with only ``settings`` set."""
+    return subprocess.run(
+        [sys.executable, str(AGENT_PY), *args],
+        capture_output=True,
+        text=True,
+        env=only(**settings),
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "variable"),
+    [(command, "ROOM_STANDBY") for command in COMMANDS]
+    + [(command, "LIVEKIT_URL") for command in LIVEKIT_COMMANDS],
+)
+def test_a_bad_setting_is_one_line_in_every_command(
+    tmp_path: Path, command: str, variable: str
+) -> None:
+    """A real process, as a user runs it: one line naming the setting, exit 2."""
+    proc = run_agent(COMMANDS[command], tmp_path, **{variable: BAD_SETTINGS[variable]})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {variable} is invalid: "), proc.stderr
+
+
+def test_help_and_doctor_with_bad_settings(tmp_path: Path) -> None:
+    """`--help` needs no setting; `doctor` names each bad one and still checks the rest."""
+    helped = run_agent(["--help"], tmp_path, **BAD_SETTINGS)
+    assert helped.returncode == 0, helped.stderr
+    assert all(command in helped.stdout for command in ("dev", "doctor", "sessions"))
+    checked = run_agent(["doctor"], tmp_path, **BAD_SETTINGS)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    rows = checked.stdout.splitlines()
+    for variable in BAD_SETTINGS:
+        named = [row for row in rows if row.startswith(f"FAIL  settings: {variable} is invalid")]
+        assert len(named) == 1, checked.stdout
+    assert any(row.startswith("OK    model plugins installed") for row in rows)
+    assert "Traceback" not in checked.stdout + checked.stderr
+
+
+def test_only_the_commands_that_run_the_worker_import_it(tmp_path: Path) -> None:
+    """`doctor`, `token` and `sessions` never import worker.py (nor livekit.agents, but for
+    doctor's plugin check): only the commands that run the worker do."""
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['agent.py', *sys.argv[1:]]\n"
+        "try:\n"
+        f"    runpy.run_path({str(AGENT_PY)!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print('loaded:', [m for m in {[WORKER, 'livekit.agents']!r} if m in sys.modules])\n"
+    )
+    livekit = {
+        "LIVEKIT_URL": "ws://127.0.0.1:9",
+        "LIVEKIT_API_KEY": "devkey",
+        "LIVEKIT_API_SECRET": "a-secret-long-enough-for-hs256-signing!!",
+    }
+    for args, expect in (
+        (["token", "--identity", "ada", "--room", "r"], "loaded: []"),
+        (["sessions", "list"], "loaded: []"),
+        (["doctor"], "loaded: ['livekit.agents']"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-c", probe, *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=only(**livekit),
+            timeout=120,
+        )
+        assert expect in proc.stdout, (args, proc.stdout, proc.stderr)
 
 
 def test_help_imports_no_livekit_and_livekit_still_finds_the_server() -> None:

@@ -18,11 +18,13 @@ from google.genai import errors, types
 from livekit.protocol import models as models_pb
 from typer.testing import CliRunner
 
-from {{ cookiecutter.package_name }}.checks import check_rooms_outlive_retention
 from {{ cookiecutter.package_name }}.cli import app
+from {{ cookiecutter.package_name }}.cli._checks import check_rooms_outlive_retention
 from {{ cookiecutter.package_name }}.settings import load_settings
-from {{ cookiecutter.package_name }}.testing.gemini_server import LocalGeminiLiveServer
-from {{ cookiecutter.package_name }}.testing.livekit_server import LocalLiveKitServer
+from {{ cookiecutter.package_name }}.testing.gemini.server import LocalGeminiLiveServer
+from {{ cookiecutter.package_name }}.testing.livekit_server.server import (
+    LocalLiveKitServer,
+)
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
 
 runner = CliRunner()

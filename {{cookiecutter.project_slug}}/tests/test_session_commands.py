@@ -13,9 +13,7 @@ from typer.testing import CliRunner
 from {{ cookiecutter.package_name }}.backends import open_backends
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.resilience.store import open_store
-from {{ cookiecutter.package_name }}.resilience.store.redis_client import (
-    participant_keys,
-)
+from {{ cookiecutter.package_name }}.resilience.store.redis import participant_keys
 from {{ cookiecutter.package_name }}.settings import load_settings
 from {{ cookiecutter.package_name }}.simulation import SCENARIOS, run_scenario
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer, free_port

@@ -73,7 +73,7 @@ def test_credentials_never_appear_in_errors(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_quarantine_lasts_as_long_as_retention_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    from {{ cookiecutter.package_name }}.worker import open_session_store
+    from {{ cookiecutter.package_name }}.backends import open_session_store
 
     monkeypatch.setenv("SESSION_RETENTION_S", "120")
     assert open_session_store(load_settings()).quarantine_ttl == 120

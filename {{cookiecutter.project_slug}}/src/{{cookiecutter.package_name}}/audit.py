@@ -3,7 +3,7 @@ read, exported, listed, restored or purged, on a logger of its own.
 
 Every such path calls :func:`audit` once per request, whatever its outcome: the RPC
 ``transcript.history`` (``resilience/rpc.py``) and the `sessions` / `transcript` operator
-commands (``session_commands.py``). An event says who (``actor``: a participant's
+commands (``cli/sessions.py``). An event says who (``actor``: a participant's
 ``identity_ref``, or ``operator:<OS user>@<host>`` for a command), what (``action``,
 ``outcome`` and counts), which conversation (``participant`` and ``room_ref``, keyed hashes
 under the identity-hash key: never a raw identity, room name or any transcript text) and when

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ModelStack = Literal["gemini-live", "openai-realtime", "openai-pipeline"]
+StackName = Literal["gemini-live", "openai-realtime", "openai-pipeline"]
 RoomMode = Literal["one-to-one", "multi-participant"]
 
 ENV_FILE = ".env.local"
@@ -48,9 +48,9 @@ class Settings(BaseSettings):
     )
 
     # Models.
-    model_stack: ModelStack = "{{ cookiecutter.model_stack }}"
+    model_stack: StackName = "{{ cookiecutter.model_stack }}"
     # Where a conversation moves when its model stays unreachable (unset: restart on it).
-    fallback_model_stack: ModelStack | None = None
+    fallback_model_stack: StackName | None = None
     google_api_key: SecretStr | None = None
     openai_api_key: SecretStr | None = None
     gemini_model: str = "gemini-2.5-flash-native-audio-preview-12-2025"
@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     def _check_encryption_keys(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
-        from .resilience.store.crypto import KeyRing
+        from .resilience.store import KeyRing
 
         KeyRing.parse(value.get_secret_value())  # raises KeyRingError (a ValueError) saying why
         return value

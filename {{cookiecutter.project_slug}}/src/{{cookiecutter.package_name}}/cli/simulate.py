@@ -1,5 +1,7 @@
-"""The work of `simulate`: its flags checked before anything runs, its logs kept apart from
-the conversation, the scenario run on the store it asked for, and the report.
+"""`simulate`: the real job offline, a scripted user in a simulated room with scripted models.
+
+Its flags are checked before anything runs, its logs kept apart from the conversation, the
+scenario run on the store it asked for (``simulation/``), and the report printed.
 
 The conversation goes to stdout; logs (and Python warnings) go to ``--log-file`` (default
 ``.data/simulate.log``, JSON lines) or stderr, and one line on stderr says where they went.
@@ -19,13 +21,74 @@ import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
 
-from .cli import DEFAULT_SIMULATE_LOG, SCENARIO_NAMES, fail, log_level_problem
-from .settings import Settings
+from ._common import LogLevel, fail, fail_all, log_level_problem, settings_or_exit
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+# the scenario names, without importing livekit before a command needs it
+SCENARIO_NAMES = (
+    "basic", "refresh", "restart", "multi", "gemini-faults", "redis-outage", "crash",
+)  # fmt: skip
+DEFAULT_SIMULATE_LOG = Path(".data") / "simulate.log"
+
+Scenario = Annotated[
+    str, typer.Option(help="What the scripted user does: " + ", ".join(SCENARIO_NAMES))
+]
+JsonPath = Annotated[
+    Path | None, typer.Option("--json", help="Write the raw observations to this file.")
+]
+Store = Annotated[
+    str | None,
+    typer.Option(
+        help="memory or redis (REDIS_URL, else a local redis-server). "
+        "Default: redis when REDIS_URL is set."
+    ),
+]
+AllowRemoteRedis = Annotated[
+    bool,
+    typer.Option(
+        help="Let simulate write its test conversations to a REDIS_URL on another host "
+        "(under a key prefix of its own)."
+    ),
+]
+GeminiUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--gemini-url",
+        help="Live-protocol endpoint for Gemini scenarios (gemini-faults); "
+        "default: a local Gemini Live server started for the run.",
+    ),
+]
+LogFile = Annotated[
+    str,
+    typer.Option(help="Where the logs go (JSON lines, overwritten each run); - for stderr."),
+]
+
+
+def simulate(
+    scenario: Scenario = "basic",
+    json_path: JsonPath = None,
+    store: Store = None,
+    allow_remote_redis: AllowRemoteRedis = False,
+    gemini_url: GeminiUrl = None,
+    log_level: LogLevel = "WARNING",
+    log_file: LogFile = str(DEFAULT_SIMULATE_LOG),
+) -> None:
+    """Run the real job offline: a scripted user in a simulated room, scripted models.
+
+    Prints the conversation as a frontend shows it on stdout (logs go to --log-file);
+    exits 1 when an invariant breaks.
+    """
+    fail_all(flag_problems(scenario, json_path, store, gemini_url, log_level, log_file))
+    settings = settings_or_exit()
+    with simulate_logs(log_file, log_level.upper()):
+        run_simulation(settings, scenario, json_path, store, allow_remote_redis, gemini_url)
 
 
 def flag_problems(
@@ -81,7 +144,7 @@ class _LogTally(logging.Handler):
 def simulate_logs(log_file: str, level: str) -> Iterator[None]:
     """Logs (and Python warnings) to ``log_file``, away from the conversation on stdout; at
     the end, one line on stderr saying where they went and how many warnings they hold."""
-    from .log import configure_logging
+    from ..log import configure_logging
 
     stream: IO[str] = sys.stderr
     if log_file != "-":
@@ -139,7 +202,7 @@ def _simulate_in_process(
     allow_remote_redis: bool,
     gemini_url: str | None,
 ) -> None:
-    from .simulation import SCENARIOS, Observations, run_scenario
+    from ..simulation import SCENARIOS, Observations, run_scenario
 
     chosen = SCENARIOS[scenario]
     typer.echo(f"simulate {chosen.name}: {chosen.summary}")
@@ -167,7 +230,7 @@ def _simulate_crash(
     settings: Settings, json_path: Path | None, store: str | None, allow_remote_redis: bool
 ) -> None:
     """`simulate --scenario crash`: real worker processes; see simulation/scenario_crash.py."""
-    from .simulation.scenario_crash import SUMMARY, run_crash
+    from ..simulation.scenario_crash import SUMMARY, run_crash
 
     typer.echo(f"simulate crash: {SUMMARY}")
     # the workers share a SQLite file made for the run, or the run's own Redis namespace
@@ -204,7 +267,7 @@ def simulation_store(
         # in this process only: never the host's SQLite file of real conversations
         yield settings.model_copy(update={"redis_url": None, "session_db_path": ":memory:"})
     elif store == "redis" and not settings.redis_url:
-        from .testing.redis_server import RedisServer
+        from ..testing.redis_server import RedisServer
 
         try:
             server = RedisServer().start()

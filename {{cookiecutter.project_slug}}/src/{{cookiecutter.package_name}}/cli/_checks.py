@@ -1,4 +1,4 @@
-"""Checks of the settings and the services they point at, for `doctor` and before a worker starts.
+"""Checks of the services the settings point at, for `doctor` and before a worker starts.
 
 Each check returns a `CheckResult`: what was checked, OK / WARN / FAIL / SKIP, and how to fix
 it. WARN passed with a caveat the user should know (a key that could only be checked for
@@ -8,24 +8,20 @@ check raises: a service that is down, or answers like something else, is a resul
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import math
 import os
 import secrets
 import socket
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import aiohttp
-
-from .settings import Settings, SettingsError, load_settings
-
 if TYPE_CHECKING:
     from livekit.protocol.models import Room
+
+    from ..settings import Settings
 
 TIMEOUT_S = 5.0
 
@@ -67,7 +63,8 @@ class CheckResult:
         return "WARN" if self.warning else "OK"
 
 
-def _skip(name: str, why: str) -> CheckResult:
+def skip(name: str, why: str) -> CheckResult:
+    """A check that could not run because ``why`` (another check failed)."""
     return CheckResult(name, False, f"skipped: {why}", skipped=True)
 
 
@@ -76,43 +73,6 @@ def livekit_http_url(ws_url: str) -> str:
     parsed = urlparse(ws_url)
     scheme = {"ws": "http", "wss": "https"}.get(parsed.scheme, parsed.scheme)
     return parsed._replace(scheme=scheme).geturl()
-
-
-# -- settings ----------------------------------------------------------------------------
-
-
-def load_settings_for_doctor() -> tuple[Settings | None, list[CheckResult], set[str]]:
-    """The settings, with every invalid variable reported and set back to its default so the
-    other checks still run; also the invalid variables (checks that need one are skipped)."""
-    results: list[CheckResult] = []
-    invalid: set[str] = set()
-    for _ in range(len(Settings.model_fields)):
-        defaults = {name: Settings.model_fields[name].default for name in invalid}
-        try:
-            settings = load_settings(**defaults)
-        except SettingsError as exc:
-            found = {_variable(problem).lower() for problem in exc.problems} - invalid
-            results += [_setting_failure(problem) for problem in exc.problems]
-            if not found <= set(Settings.model_fields):
-                return None, results, invalid  # a problem that names no single field
-            invalid |= found
-            continue
-        problems = settings.livekit_problems()
-        return settings, results + [_setting_failure(p) for p in problems], invalid
-    return None, results, invalid
-
-
-def _variable(problem: str) -> str:
-    return problem.split(" ", 1)[0]
-
-
-def _setting_failure(problem: str) -> CheckResult:
-    what, missing, fix = problem.partition(" is not set: ")
-    if missing:
-        return CheckResult("settings", False, f"{what} is not set", fix)
-    return CheckResult(
-        "settings", False, problem, "correct it in .env.local or the environment (.env.example)"
-    )
 
 
 # -- LiveKit -------------------------------------------------------------------------------
@@ -139,12 +99,12 @@ async def probe_livekit(settings: Settings) -> LiveKitProbe:
     A LiveKit server answers 200 with protobuf (or 401 for keys of another project); any
     other HTTP server answers something else (404, an HTML page), so it is not taken for one.
     """
+    import aiohttp
     from livekit import api
-    from livekit.protocol import room as room_pb
 
     if not settings.livekit_url:
         why = "LIVEKIT_URL is not set"
-        return LiveKitProbe(_skip(LIVEKIT_SERVER, why), _skip(LIVEKIT_KEYS, why))
+        return LiveKitProbe(skip(LIVEKIT_SERVER, why), skip(LIVEKIT_KEYS, why))
     url = livekit_http_url(settings.livekit_url)
     secret = settings.livekit_api_secret
     has_keys = bool(settings.livekit_api_key and secret)
@@ -155,15 +115,7 @@ async def probe_livekit(settings: Settings) -> LiveKitProbe:
     )
     jwt = token.with_grants(api.VideoGrants(room_list=True)).to_jwt()
     try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http,
-            http.post(
-                url.rstrip("/") + LIST_ROOMS_PATH,
-                data=room_pb.ListRoomsRequest().SerializeToString(),
-                headers={"Authorization": f"Bearer {jwt}", "Content-Type": "application/protobuf"},
-            ) as response,
-        ):
-            status, kind, body = response.status, response.content_type, await response.read()
+        status, kind, body = await _list_rooms(url, jwt)
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         server = CheckResult(
             LIVEKIT_SERVER,
@@ -171,49 +123,76 @@ async def probe_livekit(settings: Settings) -> LiveKitProbe:
             f"cannot reach {url}: {reason(exc)}",
             "check LIVEKIT_URL and your network; for a local server run `livekit-server --dev`",
         )
-        return LiveKitProbe(server, _skip(LIVEKIT_KEYS, "the server cannot be reached"))
+        return LiveKitProbe(server, skip(LIVEKIT_KEYS, "the server cannot be reached"))
+    answered = CheckResult(LIVEKIT_SERVER, True, f"{url}: its RoomService answered")
     if status == 200 and kind == "application/protobuf":
-        try:
-            rooms = list(room_pb.ListRoomsResponse.FromString(body).rooms)
-        except Exception:  # protobuf's DecodeError; anything unparsable is not LiveKit
-            rooms = None
+        rooms = _rooms(body)
         if rooms is not None:
-            server = CheckResult(LIVEKIT_SERVER, True, f"{url}: its RoomService answered")
-            return LiveKitProbe(server, _accepted_keys(settings), rooms)
+            return LiveKitProbe(answered, _accepted_keys(settings), rooms)
     if status in (401, 403):
-        server = CheckResult(LIVEKIT_SERVER, True, f"{url}: its RoomService answered")
         if not has_keys:
-            return LiveKitProbe(server, _skip(LIVEKIT_KEYS, "LIVEKIT_API_KEY or _SECRET not set"))
+            why = "LIVEKIT_API_KEY or _SECRET not set"
+            return LiveKitProbe(answered, skip(LIVEKIT_KEYS, why))
         keys = CheckResult(
             LIVEKIT_KEYS,
             False,
             f"the server refused them (HTTP {status}: {_error_message(body)})",
             "check LIVEKIT_API_KEY and LIVEKIT_API_SECRET belong to the project of LIVEKIT_URL",
         )
-        return LiveKitProbe(server, keys)
+        return LiveKitProbe(answered, keys)
+    server = _not_livekit(url, status, kind, body)
+    return LiveKitProbe(server, skip(LIVEKIT_KEYS, "no LiveKit server at LIVEKIT_URL"))
+
+
+async def _list_rooms(url: str, jwt: str) -> tuple[int, str, bytes]:
+    """POST RoomService.ListRooms: the status, content type and body of the answer."""
+    import aiohttp
+    from livekit.protocol import room as room_pb
+
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http,
+        http.post(
+            url.rstrip("/") + LIST_ROOMS_PATH,
+            data=room_pb.ListRoomsRequest().SerializeToString(),
+            headers={"Authorization": f"Bearer {jwt}", "Content-Type": "application/protobuf"},
+        ) as response,
+    ):
+        return response.status, response.content_type, await response.read()
+
+
+def _rooms(body: bytes) -> list[Room] | None:
+    """The rooms of a ListRoomsResponse; None when the body is not one."""
+    from livekit.protocol import room as room_pb
+
+    try:
+        return list(room_pb.ListRoomsResponse.FromString(body).rooms)
+    except Exception:  # protobuf's DecodeError; anything unparsable is not LiveKit
+        return None
+
+
+def _not_livekit(url: str, status: int, kind: str, body: bytes) -> CheckResult:
+    """What an answer that is neither rooms nor a refusal says about LIVEKIT_URL."""
     answered = f"HTTP {status} ({kind or 'no content type'})"
     if status >= 500 and _twirp_error(body):
-        server = CheckResult(
+        return CheckResult(
             LIVEKIT_SERVER,
             False,
             f"{url}: the LiveKit server failed (HTTP {status}: {_error_message(body)})",
             "check the server's health",
         )
-    elif status in (502, 503, 504):
-        server = CheckResult(
+    if status in (502, 503, 504):
+        return CheckResult(
             LIVEKIT_SERVER,
             False,
             f"{url} answered {answered}: a proxy whose LiveKit server is down, or not LiveKit",
             f"check the server behind the proxy; or {LIVEKIT_URL_FIX}",
         )
-    else:
-        server = CheckResult(
-            LIVEKIT_SERVER,
-            False,
-            f"{url} is not a LiveKit server: its RoomService API answered {answered}",
-            LIVEKIT_URL_FIX,
-        )
-    return LiveKitProbe(server, _skip(LIVEKIT_KEYS, "no LiveKit server at LIVEKIT_URL"))
+    return CheckResult(
+        LIVEKIT_SERVER,
+        False,
+        f"{url} is not a LiveKit server: its RoomService API answered {answered}",
+        LIVEKIT_URL_FIX,
+    )
 
 
 def _accepted_keys(settings: Settings) -> CheckResult:
@@ -291,8 +270,8 @@ async def check_redis(settings: Settings) -> CheckResult:
         return CheckResult(REDIS, True, "REDIS_URL not set: sessions stay on this host (SQLite)")
     import redis.exceptions
 
-    from .resilience.store.redis_client import connect
-    from .resilience.store.redis_url import scrub
+    from ..resilience.store.redis import connect
+    from ..resilience.store.redis_url import scrub
 
     # the client the worker uses: one server, Sentinel or Cluster, as the URL says
     client = connect(
@@ -323,7 +302,7 @@ def check_session_db(settings: Settings) -> CheckResult:
         return CheckResult(name, True, "REDIS_URL is set: sessions are kept in Redis")
     if settings.session_db_path == ":memory:":
         return CheckResult(name, True, "SESSION_DB_PATH=:memory: (each process its own)")
-    from .resilience.store.sqlite_db import DatabaseFileError, SqliteDatabase
+    from ..resilience.store.file import DatabaseFileError, SqliteDatabase
 
     try:
         database = SqliteDatabase(settings.session_db_path)
@@ -363,75 +342,6 @@ def check_worker_port(settings: Settings, *, dev: bool) -> CheckResult:
     return CheckResult(name, True, f"{host}:{port}{chosen}")
 
 
-# -- together --------------------------------------------------------------------------------
-
-# a check that reads a variable is skipped while it is invalid (doctor reports it once)
-NEEDS = {
-    LIVEKIT_SERVER: ("livekit_url", "livekit_api_key", "livekit_api_secret"),
-    REDIS: ("redis_url", "redis_cluster"),
-}
-
-
-async def run_doctor(settings: Settings, invalid: Iterable[str] = ()) -> list[CheckResult]:
-    """Every check, in the order a user would fix them; ``invalid``: the variables that
-    failed validation (``settings`` holds their defaults)."""
-    from .model_keys import check_model_keys
-
-    def invalid_one(check: str) -> str | None:
-        return next((v.upper() for v in NEEDS[check] if v in set(invalid)), None)
-
-    async def livekit() -> LiveKitProbe:
-        if bad := invalid_one(LIVEKIT_SERVER):
-            why = f"{bad} is invalid"
-            return LiveKitProbe(_skip(LIVEKIT_SERVER, why), _skip(LIVEKIT_KEYS, why))
-        return await probe_livekit(settings)
-
-    async def redis() -> CheckResult:
-        if bad := invalid_one(REDIS):
-            return _skip(REDIS, f"{bad} is invalid")
-        return await check_redis(settings)
-
-    probe, keys, redis_result = await asyncio.gather(livekit(), check_model_keys(settings), redis())
-    if probe.keys.ok or not settings.livekit_url:
-        rooms = check_rooms_outlive_retention(settings, probe.rooms)
-    else:
-        rooms = _skip(ROOMS, "the LiveKit server's rooms cannot be listed")
-    port = check_worker_port(settings, dev=False)
-    if not port.ok and settings.worker_port is None:
-        # only `start` needs port 8081; `dev` takes any free port
-        port = CheckResult(
-            port.name, True, f"`start` would fail: {port.detail}", port.fix, warning=True
-        )
-    return [
-        probe.server,
-        probe.keys,
-        rooms,
-        *keys,
-        check_plugins(settings),
-        redis_result,
-        check_session_db(settings),
-        port,
-    ]
-
-
-async def preflight(settings: Settings, *, dev: bool = False) -> list[CheckResult]:
-    """The checks a worker must pass before it registers: the failed ones, and the warnings."""
-    from .model_keys import check_model_keys
-
-    probe, keys, redis = await asyncio.gather(
-        probe_livekit(settings), check_model_keys(settings), check_redis(settings)
-    )
-    results = [
-        check_worker_port(settings, dev=dev),
-        check_session_db(settings),
-        redis,
-        probe.server,
-        probe.keys,
-        *keys,
-    ]
-    return [r for r in results if not r.ok or r.warning]
-
-
 def _twirp_error(body: bytes) -> bool:
     """The body is a Twirp error: JSON with a code and a message."""
     try:
@@ -454,6 +364,8 @@ def _error_message(body: bytes) -> str:
 def reason(exc: BaseException) -> str:
     """An exception in a few words: its type and message (a connection error: the address
     and what the OS said, without aiohttp's SSL context repr)."""
+    import aiohttp
+
     if isinstance(exc, aiohttp.ClientConnectorError):
         error = exc.os_error
         if error.errno and error.errno > 0 and not isinstance(error, socket.gaierror):

@@ -12,28 +12,38 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
-import aiohttp
+from ._checks import CheckResult, reason
 
-from .checks import CheckResult, reason
-from .settings import Settings
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 TIMEOUT_S = 5.0
 GEMINI_API = "https://generativelanguage.googleapis.com"
 GEMINI_API_VERSION = "v1beta"
 OPENAI_API = "https://api.openai.com/v1"
+# a missing key the settings do not name: they name one per model stack, so with
+# ROOM_MODE=multi-participant and MODEL_STACK=gemini-live only GOOGLE_API_KEY
+MISSING = {
+    "GOOGLE_API_KEY": "GOOGLE_API_KEY is not set: get a Gemini API key at "
+    "https://aistudio.google.com/apikey",
+    "OPENAI_API_KEY": "OPENAI_API_KEY is not set: ROOM_MODE=multi-participant transcribes each "
+    "participant with OpenAI speech-to-text (https://platform.openai.com/api-keys)",
+}
 
 
 async def check_model_keys(settings: Settings) -> list[CheckResult]:
     """One result per key the model stacks (and the transcribers) need, checked at once."""
     problems = settings.model_problems()
     checks = {"GOOGLE_API_KEY": check_gemini_key, "OPENAI_API_KEY": check_openai_key}
+    keys = {"GOOGLE_API_KEY": settings.google_api_key, "OPENAI_API_KEY": settings.openai_api_key}
 
     async def check(variable: str) -> CheckResult:
-        missing = [p for p in problems if p.startswith(f"{variable} is not set")]
-        if missing:
-            what, _, fix = missing[0].partition(": ")
+        if keys[variable] is None:
+            said = [p for p in problems if p.startswith(f"{variable} is not set")]
+            what, _, fix = (said or [MISSING[variable]])[0].partition(": ")
             return CheckResult(variable, False, what, fix)
         return await checks[variable](settings)
 
@@ -135,6 +145,8 @@ def _presence_only(name: str, why: str) -> CheckResult:
 
 async def _get(url: str, headers: dict[str, str]) -> tuple[int, object] | str:
     """(status, JSON body or None), or why the endpoint could not be reached."""
+    import aiohttp
+
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http,

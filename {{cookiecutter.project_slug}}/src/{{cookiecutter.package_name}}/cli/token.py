@@ -1,16 +1,42 @@
-"""Join tokens minted server-side: the participant identity is whatever we sign here."""
+"""`token`: a join token minted server-side, so the participant identity is whatever we sign."""
 
 from __future__ import annotations
 
 import datetime
 import math
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlencode
 
-from livekit import api
+import typer
 
-from .settings import Settings
+from ._checks import SHORT_SECRET_NOTE, short_secret
+from ._common import fail, settings_or_exit
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 MAX_IDENTITY_LENGTH = 256
+
+
+def token(
+    identity: Annotated[str, typer.Option(help="The participant identity the token grants.")],
+    room: Annotated[str, typer.Option(help="The room to join.")],
+    name: Annotated[str, typer.Option(help="Display name.")] = "",
+    ttl_minutes: Annotated[int, typer.Option(min=1, max=24 * 60, help="Validity.")] = 60,
+) -> None:
+    """Mint a join token (identity set server-side) and print a link to try the agent."""
+    settings = settings_or_exit(livekit=True)
+    try:
+        jwt = mint_join_token(
+            settings, identity=identity, room=room, name=name, ttl_minutes=ttl_minutes
+        )
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    typer.echo(jwt)
+    for label, link in try_links(settings, jwt):
+        typer.echo(f"{label}: {link}", err=True)
+    if short_secret(settings):
+        typer.secho(f"note: {SHORT_SECRET_NOTE}", fg="yellow", err=True)
 
 
 def mint_join_token(
@@ -22,6 +48,8 @@ def mint_join_token(
     (``departure_timeout``; LiveKit's default is 20 s), so a participant who drops off comes
     back to the same job and agent. The configuration applies when this join creates the room.
     """
+    from livekit import api
+
     if not identity.strip() or len(identity) > MAX_IDENTITY_LENGTH:
         raise ValueError(f"--identity must be 1 to {MAX_IDENTITY_LENGTH} characters, not blank")
     if not room.strip():

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from . import audit
-from .settings import Settings
+from .. import audit
+from ._common import fail, settings_or_exit
 
 if TYPE_CHECKING:
-    from .resilience.store import RedisAdmin, Unreadable
-    from .resilience.store.sqlite_admin import SqliteAdmin
+    from ..resilience.store import RedisAdmin, SqliteAdmin, Unreadable
+    from ..settings import Settings
 
 sessions_app = typer.Typer(help="Inspect, purge and restore stored participant sessions.")
 
@@ -43,11 +43,6 @@ MEMORY_NOTE = (
 )
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(1)
-
-
 def _with_admin(
     settings: Settings,
     action: Callable[[RedisAdmin | SqliteAdmin], Awaitable[Any]],
@@ -55,8 +50,7 @@ def _with_admin(
 ) -> Any:
     """Run ``action`` on the store; a store error is one line and exit 1 (and noted in the
     audit ``event``)."""
-    from .resilience.store import InvalidInputError, KeyRing, StoreError, open_admin
-    from .resilience.store.sqlite_admin import SqliteAdmin
+    from ..resilience.store import InvalidInputError, KeyRing, SqliteAdmin, StoreError, open_admin
 
     async def run() -> Any:
         keys = settings.session_encryption_keys
@@ -84,7 +78,7 @@ def _with_admin(
         # refused: a name or key the store does not accept; else it could not do it
         refused = isinstance(exc, InvalidInputError)
         event.update(outcome=audit.REFUSED if refused else audit.ERROR, error=type(exc).__name__)
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -113,13 +107,11 @@ def _audited(
 def _settings(*, needs_redis: bool) -> Settings | None:
     """The settings; None (after the note) when there is no Redis to look at and the command
     can say so by listing nothing. Commands that must act exit 1 instead."""
-    from .cli import settings_or_exit
-
     settings = settings_or_exit()
     if settings.redis_url or settings.session_db_path != ":memory:":
         return settings
     if needs_redis:
-        raise _fail(MEMORY_NOTE)
+        raise fail(MEMORY_NOTE)
     typer.echo(f"note: {MEMORY_NOTE}", err=True)
     return None
 
@@ -175,23 +167,23 @@ def list_sessions(room: Room = None) -> None:
             ],
         )  # fmt: skip
         if inventory.unreadable:
-            raise _fail(describe_unreadable(inventory.unreadable))
+            raise fail(describe_unreadable(inventory.unreadable))
 
 
 def _read_one(settings: Settings, identity: str, room: str, event: dict[str, Any]) -> Any:
-    from .resilience.store import CorruptRecordError, MissingKeyError
+    from ..resilience.store import CorruptRecordError, MissingKeyError
 
     async def read(admin: RedisAdmin) -> Any:
         try:
             return await admin.read(room, identity)
         except (MissingKeyError, CorruptRecordError) as exc:
             event.update(outcome=audit.ERROR, error=type(exc).__name__, unreadable=1)
-            raise _fail(f"stored session unreadable, left as it is: {exc}") from None
+            raise fail(f"stored session unreadable, left as it is: {exc}") from None
 
     record = _with_admin(settings, read, event)
     if record is None:
         event["outcome"] = audit.NOT_FOUND
-        raise _fail("no stored session for that participant in that room")
+        raise fail("no stored session for that participant in that room")
     return record
 
 
@@ -232,7 +224,7 @@ def purge_sessions(
             f"deleted {purged.sessions} session(s) and {purged.quarantined} quarantined record(s)"
         )
         if purged.unreadable:
-            raise _fail(f"not checked for room {room!r}: " + describe_unreadable(purged.unreadable))
+            raise fail(f"not checked for room {room!r}: " + describe_unreadable(purged.unreadable))
 
 
 @sessions_app.command("quarantine")
@@ -261,7 +253,7 @@ def restore_session(
     key: Annotated[str, typer.Argument(help="A key `sessions quarantine` lists.")],
 ) -> None:
     """Move a quarantined record back; refused while the participant has a live record."""
-    from .resilience.store import SessionRecord
+    from ..resilience.store import SessionRecord
 
     settings = _settings(needs_redis=True)
     assert settings is not None

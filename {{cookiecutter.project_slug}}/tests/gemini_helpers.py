@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from livekit.agents import AgentSession
 
-from {{ cookiecutter.package_name }}.testing.gemini_server import LocalGeminiLiveServer
+from {{ cookiecutter.package_name }}.testing.gemini.server import LocalGeminiLiveServer
 
 
 async def ask(session: AgentSession, text: str) -> str:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from {{ cookiecutter.package_name }}.testing.kit_worker import GREETING_REPLY
-from {{ cookiecutter.package_name }}.testing.livekit_server import (
-    KitRoom,
-    LocalLiveKitServer,
+from {{ cookiecutter.package_name }}.testing import LocalLiveKitServer
+from {{ cookiecutter.package_name }}.testing.livekit_server.kit_models import (
+    GREETING_REPLY,
 )
+from {{ cookiecutter.package_name }}.testing.livekit_server.rooms import KitRoom
 
 __all__ = ["GREETING_REPLY", "agent_texts", "kit_server"]
 

@@ -20,8 +20,8 @@ from livekit.agents import Agent, AgentSession, APIConnectOptions, llm
 from livekit.agents.voice.events import CloseEvent
 from livekit.plugins import google
 
-from {{ cookiecutter.package_name }}.testing.gemini_audio import tone
-from {{ cookiecutter.package_name }}.testing.gemini_faults import (
+from {{ cookiecutter.package_name }}.testing.gemini.audio import tone
+from {{ cookiecutter.package_name }}.testing.gemini.faults import (
     Drop,
     GoAway,
     NoSetupComplete,
@@ -29,12 +29,12 @@ from {{ cookiecutter.package_name }}.testing.gemini_faults import (
     ResumableFalse,
     SlowSetup,
 )
-from {{ cookiecutter.package_name }}.testing.gemini_protocol import (
+from {{ cookiecutter.package_name }}.testing.gemini.protocol import (
     FunctionCall,
     HistoryItem,
     Reply,
 )
-from {{ cookiecutter.package_name }}.testing.gemini_server import (
+from {{ cookiecutter.package_name }}.testing.gemini.server import (
     LocalGeminiLiveServer,
 )
 

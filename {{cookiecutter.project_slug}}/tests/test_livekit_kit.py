@@ -14,7 +14,10 @@ from pathlib import Path
 from kit_helpers import GREETING_REPLY, agent_texts, kit_server
 from livekit import api
 
-from {{ cookiecutter.package_name }}.testing.worker_process import holder_of, start_workers
+from {{ cookiecutter.package_name }}.testing.livekit_server.worker_process import (
+    holder_of,
+    start_workers,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
 MEMORY_ENV = {"SESSION_DB_PATH": ":memory:", "GOOGLE_API_KEY": "unused"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .gemini_protocol import Setup
+from .protocol import Setup
 
 __all__ = [
     "ConnectionRecord",

@@ -3,9 +3,10 @@
 Real worker processes (livekit's own ``AgentServer``, its job process pool and IPC) register
 with it over the worker protocol (``/agent``: protobuf over a WebSocket), exactly as with
 livekit-server; ``livekit.api.LiveKitAPI`` talks to its Twirp API (``RoomService`` and
-``AgentDispatchService``). No media flows: a job's room is a :class:`~.bridged_room.BridgedRoom`
-that joins through ``/kit/rtc`` with the job's token, and the participants are scripted by the
-test (:meth:`LocalLiveKitServer.join` returns a :class:`KitParticipant` that types and leaves).
+``AgentDispatchService``; see :mod:`.twirp`). No media flows: a job's room is a
+``testing.room.bridged.BridgedRoom`` that joins through ``/kit/rtc`` with the job's token, and
+the participants are scripted by the test (:meth:`LocalLiveKitServer.join` returns a
+:class:`KitParticipant` that types and leaves).
 
 It reproduces what was measured on livekit-server 1.9.9 (DESIGN.md, "Facts about the real
 LiveKit server"); the timings are arguments so tests can shorten them:
@@ -31,17 +32,17 @@ import itertools
 import json
 import logging
 import time
+from functools import partial
 from typing import Any
 
 from aiohttp import WSMsgType, web
 from livekit import api, rtc
 from livekit.protocol import agent as agent_pb
-from livekit.protocol import agent_dispatch as dispatch_pb
 from livekit.protocol import models as models_pb
-from livekit.protocol import room as room_pb
 
-from .livekit_rooms import AGENT, STANDARD, AgentLine, KitJob, KitRoom
-from .protos import new_sid
+from ..room.sfu import new_sid
+from .rooms import AGENT, STANDARD, AgentLine, KitJob, KitRoom
+from .twirp import handle_twirp
 
 __all__ = ["AgentLine", "KitJob", "KitParticipant", "KitRoom", "LocalLiveKitServer"]
 
@@ -64,7 +65,7 @@ class KitParticipant:
     async def rpc(self, method: str, payload: str = "", within: float = 15.0) -> str:
         """Call an RPC method on the room's latest agent; its response, or ``rtc.RpcError``
         with the code and message the agent answered."""
-        agents = [who for who in self.room.agents() if who in self.room._bridges]
+        agents = [who for who in self.room.agents() if who in self.room.bridges]
         if not agents:
             raise RuntimeError(f"no agent is connected in room {self.room.name!r}")
         call_id = str(next(self.server._turn))
@@ -72,7 +73,7 @@ class KitParticipant:
         self.server._rpc_answers[call_id] = answer
         message = {"t": "rpc", "id": call_id, "from": self.identity, "method": method,
                    "payload": payload}  # fmt: skip
-        await _send(self.room._bridges[agents[-1]], message)
+        await _send(self.room.bridges[agents[-1]], message)
         try:
             result = await asyncio.wait_for(answer, within)
         finally:
@@ -123,12 +124,11 @@ class LocalLiveKitServer:
         app = web.Application()
         app.router.add_get("/agent", self._agent_ws)
         app.router.add_get("/kit/rtc", self._rtc_ws)
-        app.router.add_post("/twirp/livekit.{service}/{method}", self._twirp)
+        app.router.add_post("/twirp/livekit.{service}/{method}", partial(handle_twirp, self))
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = self._runner.addresses[0][1]
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -195,9 +195,9 @@ class LocalLiveKitServer:
 
     async def _add_participant(self, room: KitRoom, identity: str, kind: str) -> None:
         room.participants[identity] = kind
-        if kind != AGENT and room._close_timer is not None:
-            room._close_timer.cancel()
-            room._close_timer = None
+        if kind != AGENT and room.close_timer is not None:
+            room.close_timer.cancel()
+            room.close_timer = None
         await self._broadcast(
             room, {"t": "participant_connected", "identity": identity, "kind": kind}, identity
         )
@@ -206,11 +206,11 @@ class LocalLiveKitServer:
     async def _remove_participant(self, room: KitRoom, identity: str) -> None:
         if room.participants.pop(identity, None) is None:
             return
-        room._bridges.pop(identity, None)
+        room.bridges.pop(identity, None)
         await self._broadcast(room, {"t": "participant_disconnected", "identity": identity})
-        if not room.people() and not room.closed and room._close_timer is None:
+        if not room.people() and not room.closed and room.close_timer is None:
             loop = asyncio.get_running_loop()
-            room._close_timer = loop.call_later(
+            room.close_timer = loop.call_later(
                 room.departure_timeout, lambda: self._spawn(self._close_room(room))
             )
         await self._notify()
@@ -221,12 +221,12 @@ class LocalLiveKitServer:
         room.closed = True
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
-        for ws in list(room._bridges.values()):
+        for ws in list(room.bridges.values()):
             await _send(ws, {"t": "room_closed"})
         await self._notify()
 
     async def _broadcast(self, room: KitRoom, message: dict[str, Any], skip: str = "") -> None:
-        for identity, ws in list(room._bridges.items()):
+        for identity, ws in list(room.bridges.items()):
             if identity != skip:
                 await _send(ws, message)
 
@@ -308,7 +308,7 @@ class LocalLiveKitServer:
     # -- the worker protocol -------------------------------------------------------------
 
     async def _agent_ws(self, request: web.Request) -> web.WebSocketResponse:
-        self._verify(request.headers.get("Authorization", "").removeprefix("Bearer "))
+        self.verify(request.headers.get("Authorization", "").removeprefix("Bearer "))
         ws = web.WebSocketResponse(heartbeat=10)
         await ws.prepare(request)
         worker_id: str | None = None
@@ -352,7 +352,7 @@ class LocalLiveKitServer:
     # -- the rooms' side: bridged rooms in job processes ---------------------------------
 
     async def _rtc_ws(self, request: web.Request) -> web.WebSocketResponse:
-        claims = self._verify(request.query.get("access_token", ""))
+        claims = self.verify(request.query.get("access_token", ""))
         room = self.rooms.get(claims.video.room if claims.video else "")
         if room is None:
             raise web.HTTPNotFound(text="requested room does not exist")
@@ -362,7 +362,7 @@ class LocalLiveKitServer:
         others = [{"identity": who, "kind": kind} for who, kind in room.participants.items()]
         info = {"sid": room.sid, "name": room.name, "departure_timeout": room.departure_timeout}
         await _send(ws, {"t": "joined", "room": info, "participants": others})
-        room._bridges[identity] = ws
+        room.bridges[identity] = ws
         room.agent_pids[identity] = int(request.query.get("pid", "0"))
         await self._add_participant(room, identity, AGENT)
         left = False
@@ -388,54 +388,15 @@ class LocalLiveKitServer:
             if left or room.closed:
                 await self._remove_participant(room, identity)
             else:  # the connection dropped: the server keeps it listed until it times out
-                room._bridges.pop(identity, None)
+                room.bridges.pop(identity, None)
                 await asyncio.sleep(self.dead_agent_linger_s)
                 await self._remove_participant(room, identity)
         return ws
 
-    # -- the Twirp API -------------------------------------------------------------------
+    # -- tokens --------------------------------------------------------------------------
 
-    async def _twirp(self, request: web.Request) -> web.Response:
-        try:
-            self._verify(request.headers.get("Authorization", "").removeprefix("Bearer "))
-        except web.HTTPUnauthorized:
-            return _twirp_error(401, "unauthenticated", "invalid token")
-        service, method = request.match_info["service"], request.match_info["method"]
-        body = await request.read()
-        if (service, method) == ("RoomService", "ListParticipants"):
-            room = self.rooms.get(room_pb.ListParticipantsRequest.FromString(body).room)
-            if room is None:
-                return _twirp_error(404, "not_found", "requested room does not exist")
-            kinds = {AGENT: models_pb.ParticipantInfo.AGENT}
-            reply: Any = room_pb.ListParticipantsResponse(
-                participants=[
-                    models_pb.ParticipantInfo(
-                        identity=who, kind=kinds.get(kind, models_pb.ParticipantInfo.STANDARD)
-                    )
-                    for who, kind in room.participants.items()
-                ]
-            )
-        elif (service, method) == ("RoomService", "ListRooms"):
-            reply = room_pb.ListRoomsResponse(
-                rooms=[
-                    models_pb.Room(sid=r.sid, name=r.name, num_participants=len(r.participants))
-                    for r in self.rooms.values()
-                ]
-            )
-        elif (service, method) == ("AgentDispatchService", "CreateDispatch"):
-            req = dispatch_pb.CreateAgentDispatchRequest.FromString(body)
-            job = await self.dispatch(req.room, req.agent_name, req.metadata)
-            reply = dispatch_pb.AgentDispatch(
-                id=job.id.replace("AJ_", "AD_"),
-                agent_name=req.agent_name,
-                room=req.room,
-                metadata=req.metadata,
-            )
-        else:
-            return _twirp_error(404, "bad_route", f"no handler for {service}/{method}")
-        return web.Response(body=reply.SerializeToString(), content_type="application/protobuf")
-
-    def _verify(self, token: str) -> api.access_token.Claims:
+    def verify(self, token: str) -> api.access_token.Claims:
+        """The claims of ``token`` if this server's key signed it; HTTP 401 otherwise."""
         try:
             return api.TokenVerifier(self.api_key, self.api_secret).verify(token)
         except Exception:
@@ -446,7 +407,3 @@ async def _send(ws: web.WebSocketResponse, message: dict[str, Any]) -> None:
     if not ws.closed:
         with contextlib.suppress(ConnectionError):
             await ws.send_str(json.dumps(message))
-
-
-def _twirp_error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"code": code, "msg": message}, status=status)

@@ -50,8 +50,10 @@ class KitRoom:
     agent_tracks: list[str] = field(default_factory=list)
     agent_pids: dict[str, int] = field(default_factory=dict)  # its job process, per agent
     closed: bool = False
-    _bridges: dict[str, web.WebSocketResponse] = field(default_factory=dict)
-    _close_timer: asyncio.TimerHandle | None = None
+    # the server's own bookkeeping: its connection to each agent's bridged room, and the timer
+    # that closes the room once nobody but agents is left
+    bridges: dict[str, web.WebSocketResponse] = field(default_factory=dict, repr=False)
+    close_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     def agents(self) -> list[str]:
         return [who for who, kind in self.participants.items() if kind == AGENT]

@@ -1,17 +1,16 @@
-"""A worker process for the offline kit: ``python -m <package>.testing.kit_worker``.
+"""A kit worker process: ``python -m <package>.testing.livekit_server.kit_worker``.
 
 It is the production worker, started the way ``agent.py start`` starts it (livekit's own
 entry point, ``AgentServer`` from ``worker.build_server``, one process per job from livekit's
 pool, the crash watcher in the main process) and configured by the same settings, with two
 stand-ins:
 
-- each job's room is a :class:`~.bridged_room.BridgedRoom` joined through
-  :class:`~.livekit_server.LocalLiveKitServer` (``LIVEKIT_URL`` points there);
-- the model stack is scripted and answers from the conversation it is given
-  (:func:`kit_reply`), so a test reads from the room's transcript what the model knew; with
-  ``KIT_MODELS=gemini-text`` it is the real Gemini Live plugin with the resume handler
-  (text out, a scripted voice) against ``GEMINI_BASE_URL`` (a ``LocalGeminiLiveServer``;
-  TLS trust through ``SSL_CERT_FILE``).
+- each job's room is a ``testing.room.bridged.BridgedRoom`` joined through
+  :class:`~.server.LocalLiveKitServer` (``LIVEKIT_URL`` points there);
+- the model stack is scripted (:mod:`.kit_models`), so a test reads from the room's transcript
+  what the model knew; with ``KIT_MODELS=gemini-text`` it is the real Gemini Live plugin with
+  the resume handler (text out, a scripted voice) against ``GEMINI_BASE_URL`` (a
+  ``LocalGeminiLiveServer``; TLS trust through ``SSL_CERT_FILE``).
 
 ``run_job`` is called exactly as ``worker.entrypoint`` calls it.
 """
@@ -23,44 +22,21 @@ import sys
 
 from livekit.agents import JobContext
 
-from ..assistant import WELCOME_BACK
-from ..models import ModelStack
-from ..settings import Settings, load_settings
-from ..worker import build_server, run_job
-from . import bridged_room
-from .models import LLMRequest, ScriptedLLM, ScriptedTTS
+from ...models import ModelStack
+from ...settings import Settings, load_settings
+from ...worker import build_server, run_job
+from ..models import ScriptedTTS
+from ..room.bridged import install_bridged_room
+from .kit_models import scripted_models
 
-__all__ = ["kit_reply", "main", "server"]
-
-GREETING_REPLY = "Hello! How can I help?"
-
-
-def kit_reply(request: LLMRequest) -> str:
-    """What the scripted model says: it counts the participant's lines it was given."""
-    heard = [text for role, text in request.messages if role == "user"]
-    asked = " ".join(text for role, text in request.messages if role in ("system", "developer"))
-    if WELCOME_BACK in asked:
-        return f"Welcome back! I remember {len(heard)} things you said."
-    if not heard:
-        return GREETING_REPLY
-    return f"You said: {heard[-1]} ({len(heard)} lines of yours so far)"
-
-
-def scripted_models() -> ModelStack:
-    """The kit's model stack: scripted LLM and TTS; typed input, so manual turn detection."""
-    return ModelStack(
-        name="scripted",
-        llm=ScriptedLLM(responder=kit_reply),
-        tts=ScriptedTTS(),
-        turn_detection="manual",
-    )
+__all__ = ["main", "server"]
 
 
 def gemini_text_models(settings: Settings) -> ModelStack:
     """The real Gemini Live plugin and resume handler, text out, a scripted voice."""
     from google.genai import types
 
-    from ..resilience.gemini.resume import gemini_realtime_model
+    from ...resilience.gemini import gemini_realtime_model
 
     key = settings.google_api_key.get_secret_value() if settings.google_api_key else None
     model = gemini_realtime_model(
@@ -74,7 +50,7 @@ def gemini_text_models(settings: Settings) -> ModelStack:
 
 async def kit_entrypoint(ctx: JobContext) -> None:
     """A job: the room is bridged to the kit server; the rest is ``worker.entrypoint``."""
-    bridged_room.install(ctx)
+    install_bridged_room(ctx)
     settings = load_settings()
     if os.environ.get("KIT_MODELS") == "gemini-text":
         models = lambda: gemini_text_models(settings)  # noqa: E731 - one per session
@@ -90,7 +66,7 @@ server.rtc_session(agent_name=load_settings().agent_name)(kit_entrypoint)
 
 def main() -> None:
     """``agent.py start`` for this module: livekit's entry point finds ``server`` here."""
-    from ..cli import run_livekit
+    from ...cli.run import run_livekit
 
     level = sys.argv[1] if len(sys.argv) > 1 else "INFO"
     sys.exit(run_livekit(["start", __file__, "--log-level", level, "--log-format", "json"]))

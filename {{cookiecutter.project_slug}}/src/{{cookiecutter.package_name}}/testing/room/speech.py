@@ -6,7 +6,7 @@ RoomIO's own input path opens an ``rtc.AudioStream`` on it, runs its audio proce
 feeds the session's STT. :class:`ToneSTT` is that STT: it finds each utterance by loudness
 and tells which line was said by the tone's pitch, from the :class:`SpeechCodebook` the
 microphones speak with, so a line only reaches a transcript if that participant's audio
-carried it. Giving the publication its track touches two SDK internals (marked below).
+carried it. Giving the publication its track is an SDK internal (``_sdk.attach_track``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from livekit import rtc
 from livekit.agents import APIConnectOptions, stt
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 
-from .room import SimulatedRoom
+from . import _sdk
+from .simulated import SimulatedRoom
 
 __all__ = ["ParticipantMicrophone", "SpeechCodebook", "ToneSTT"]
 
@@ -155,8 +156,7 @@ class ParticipantMicrophone:
         self.source = rtc.AudioSource(sample_rate, 1, queue_size_ms=100)
         self.track = rtc.LocalAudioTrack.create_audio_track("microphone", self.source)
         publication = room.publish_participant_track(identity)
-        publication._track = self.track  # type: ignore[assignment]
-        self.track._info.sid = publication.sid
+        _sdk.attach_track(publication, self.track)
         self._pending: deque[np.ndarray] = deque()
         self._drained = asyncio.Event()
         self._task = asyncio.create_task(self._pump(), name="participant_microphone")

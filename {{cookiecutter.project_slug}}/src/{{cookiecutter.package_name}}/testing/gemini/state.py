@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .gemini_faults import Fault, FaultRecord
-from .gemini_protocol import HistoryItem
+from .faults import Fault, FaultRecord
+from .protocol import HistoryItem
 
 __all__ = ["Conversation", "ConversationStore", "FaultPlan", "UnknownHandleError"]
 

@@ -20,6 +20,8 @@ from livekit import rtc
 from livekit.agents import JobContext
 from livekit.agents.testing import fake_job_context
 
+from . import _sdk
+
 __all__ = ["SimulatedJob"]
 
 
@@ -43,7 +45,7 @@ class SimulatedJob:
 
     def __enter__(self) -> SimulatedJob:
         ctx = self._context.__enter__()
-        ctx.shutdown = self._shutdown  # type: ignore[method-assign]
+        _sdk.intercept_shutdown(ctx, self._shutdown)
         self._ctx = ctx
         return self
 

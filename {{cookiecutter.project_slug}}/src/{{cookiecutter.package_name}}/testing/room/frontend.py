@@ -4,6 +4,9 @@ LiveKit frontends (``useTranscriptions`` / ``useSessionMessages`` in components-
 transcript from text streams: ``lk.transcription`` streams grouped by their ``lk.segment_id``
 attribute (a later stream of the same segment replaces the earlier text, which is how
 non-delta user transcripts update), plus the ``lk.chat`` messages typed by participants.
+
+A :class:`FrontendLine` is what a user sees; the agent's own record of the conversation is
+``resilience.transcript.TranscriptSegment``.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from .records import TextStreamRecord
 
 
 @dataclass(frozen=True)
-class TranscriptSegment:
-    """One line of the transcript.
+class FrontendLine:
+    """One line of the transcript, as a frontend shows it.
 
     ``role`` is ``agent`` when the agent itself spoke it, else ``user`` (including user speech
     the agent transcribed and published on the user's behalf). ``source`` tells a transcribed
-    segment from a typed chat message. ``streams`` counts the streams that carried it.
+    line from a typed chat message. ``segment_id`` is the ``lk.segment_id`` of a transcribed
+    line (a chat message's stream id); ``streams`` counts the streams that carried it.
     """
 
     segment_id: str
@@ -45,8 +49,8 @@ class TranscriptSegment:
 
 def build_transcript(
     streams: Iterable[TextStreamRecord], agent_identity: str
-) -> list[TranscriptSegment]:
-    """Group ``streams`` (in the order they were opened) into transcript segments."""
+) -> list[FrontendLine]:
+    """Group ``streams`` (in the order they were opened) into the lines a frontend shows."""
     order: list[str] = []
     by_segment: dict[str, list[TextStreamRecord]] = {}
     for record in streams:
@@ -63,14 +67,14 @@ def build_transcript(
             by_segment[key] = []
         by_segment[key].append(record)
 
-    segments = []
+    lines = []
     for key in order:
         records = by_segment[key]
         latest, first = records[-1], records[0]
         is_chat = key.startswith("chat:")
         attrs = latest.attributes
-        segments.append(
-            TranscriptSegment(
+        lines.append(
+            FrontendLine(
                 segment_id=key.split(":", 1)[1],
                 speaker=latest.sender_identity,
                 role="agent" if latest.sender_identity == agent_identity else "user",
@@ -85,4 +89,4 @@ def build_transcript(
                 streams=len(records),
             )
         )
-    return segments
+    return lines

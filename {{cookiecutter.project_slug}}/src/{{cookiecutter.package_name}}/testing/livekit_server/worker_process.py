@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .livekit_server import KitRoom, LocalLiveKitServer
+from .rooms import KitRoom
+from .server import LocalLiveKitServer
 
 __all__ = ["KitWorkerProcess", "holder_of", "start_workers"]
 
@@ -52,11 +53,10 @@ class KitWorkerProcess:
         self._known: set[str] = set()
 
     def start(self) -> KitWorkerProcess:
-        package = __package__.rsplit(".", 1)[0]  # type: ignore[union-attr]
         self._known = set(self.server.workers)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", f"{package}.testing.kit_worker"],
+                [sys.executable, "-m", f"{__package__}.kit_worker"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

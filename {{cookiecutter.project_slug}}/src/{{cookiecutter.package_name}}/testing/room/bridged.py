@@ -1,15 +1,15 @@
-"""A job's room under :class:`~.livekit_server.LocalLiveKitServer`, in a real job process.
+"""A job's room under the kit's LiveKit server (``testing.livekit_server``), in a job process.
 
-``BridgedRoom`` is a :class:`~.room.SimulatedRoom` that is *not* connected at construction:
+``BridgedRoom`` is a :class:`~.simulated.SimulatedRoom` that is *not* connected at construction:
 ``connect(url, token)`` (what ``JobContext.connect`` calls) joins the server's ``/kit/rtc``
 with the job's token, as ``rtc.Room.connect`` joins the SFU. From then on the server's room
 drives it: participants connect and disconnect, their typed lines reach RoomIO as ``lk.chat``
 streams, and a closed room disconnects it with ``ROOM_DELETED``. The agent's final transcript
 lines and track publications are reported back, so the test sees what the room heard.
 
-:func:`install` puts a bridged room in place of the ``rtc.Room`` livekit's job process made,
-and forwards its ``disconnected`` event to the original room, on which the job process ends
-the job: the job ends when the room goes, as on a real server.
+:func:`install_bridged_room` puts a bridged room in place of the ``rtc.Room`` livekit's job
+process made, and forwards its ``disconnected`` event to the original room, on which the job
+process ends the job: the job ends when the room goes, as on a real server.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ from livekit import rtc
 from livekit.agents import JobContext
 from livekit.agents.types import ATTRIBUTE_TRANSCRIPTION_FINAL, TOPIC_TRANSCRIPTION
 
+from . import _sdk
 from .records import TextStreamRecord, TimelineEvent, TrackRecord
-from .room import SimulatedRoom
+from .simulated import SimulatedRoom
 
-__all__ = ["BridgedRoom", "install"]
+__all__ = ["BridgedRoom", "install_bridged_room"]
 
 _KINDS = {
     "agent": rtc.ParticipantKind.PARTICIPANT_KIND_AGENT,
@@ -43,7 +44,7 @@ class BridgedRoom(SimulatedRoom):
 
     def __init__(self, name: str, agent_identity: str, *, sid: str | None = None) -> None:
         super().__init__(name=name, agent_identity=agent_identity, sid=sid)
-        self._connection_state = rtc.ConnectionState.CONN_DISCONNECTED
+        _sdk.set_connection_state(self, rtc.ConnectionState.CONN_DISCONNECTED)
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -59,8 +60,8 @@ class BridgedRoom(SimulatedRoom):
             params={"access_token": token, "pid": str(os.getpid())},
         )
         joined = await self._ws.receive_json()
-        self._info.departure_timeout = int(joined["room"]["departure_timeout"])
-        self._connection_state = rtc.ConnectionState.CONN_CONNECTED
+        _sdk.set_departure_timeout(self, joined["room"]["departure_timeout"])
+        _sdk.set_connection_state(self, rtc.ConnectionState.CONN_CONNECTED)
         for other in joined["participants"]:
             self.add_participant(other["identity"], kind=_KINDS[other["kind"]])
         self.add_observer(self._report)
@@ -139,11 +140,10 @@ class BridgedRoom(SimulatedRoom):
             self._outbox.put_nowait({"t": "track", "sid": record.sid})
 
 
-def install(ctx: JobContext) -> BridgedRoom:
+def install_bridged_room(ctx: JobContext) -> BridgedRoom:
     """Give the job a bridged room in place of the ``rtc.Room`` its process made."""
-    identity = jwt.decode(ctx._info.token, options={"verify_signature": False})["sub"]
+    identity = jwt.decode(_sdk.job_token(ctx), options={"verify_signature": False})["sub"]
     room = BridgedRoom(ctx.job.room.name, identity, sid=ctx.job.room.sid or None)
-    original = ctx._room
+    original = _sdk.replace_job_room(ctx, room)
     room.on("disconnected", lambda reason: original.emit("disconnected", reason))
-    ctx._room = room
     return room

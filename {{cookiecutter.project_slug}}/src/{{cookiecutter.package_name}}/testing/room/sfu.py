@@ -1,8 +1,7 @@
-"""SDK objects built from the protobufs the FFI would send, for a room with no server.
+"""What the SFU decides for a room that has none: ids, who is there, attribute merges.
 
-Participants and track publications are constructed from ``ParticipantInfo`` /
-``TrackPublicationInfo`` with an invalid (0) handle, which ``FfiHandle`` never drops, so the
-SDK's own ``rtc.RemoteParticipant`` / ``rtc.LocalTrackPublication`` classes are used unchanged.
+Participants and publications are the SDK's own classes, built from the protobufs the FFI
+would send (:mod:`._sdk` names them) with server ids made here.
 """
 
 from __future__ import annotations
@@ -13,9 +12,8 @@ import time
 from collections.abc import Mapping, MutableMapping
 
 from livekit import rtc
-from livekit.rtc._proto import participant_pb2 as proto_participant
-from livekit.rtc._proto import track_pb2 as proto_track
 
+from . import _sdk
 from .records import TrackRecord
 
 _SID_ALPHABET = string.ascii_letters + string.digits
@@ -34,27 +32,27 @@ def participant_info(
     attributes: dict[str, str] | None = None,
     kind: int = rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
     client_protocol: int = 0,
-) -> proto_participant.OwnedParticipant:
-    """The protobuf a participant is built from, as the FFI would send it."""
-    info = proto_participant.ParticipantInfo(
+) -> _sdk.OwnedParticipant:
+    """The protobuf a participant joining now is built from, with a fresh ``PA_`` sid."""
+    info = _sdk.ParticipantInfo(
         sid=new_sid("PA_"),
         identity=identity,
         name=name,
         metadata=metadata,
         kind=kind,
-        state=proto_participant.PARTICIPANT_STATE_ACTIVE,
+        state=_sdk.PARTICIPANT_STATE_ACTIVE,
         joined_at=int(time.time() * 1000),
         client_protocol=client_protocol,
     )
     info.attributes.update(attributes or {})
-    return proto_participant.OwnedParticipant(info=info)
+    return _sdk.OwnedParticipant(info=info)
 
 
 def track_publication_info(
     *, name: str, kind: int, source: int, remote: bool, muted: bool = False
-) -> proto_track.OwnedTrackPublication:
+) -> _sdk.OwnedTrackPublication:
     """The protobuf a track publication is built from, with a fresh ``TR_`` sid."""
-    info = proto_track.TrackPublicationInfo(
+    info = _sdk.TrackPublicationInfo(
         sid=new_sid("TR_"),
         name=name,
         kind=kind,
@@ -63,7 +61,7 @@ def track_publication_info(
         muted=muted,
         remote=remote,
     )
-    return proto_track.OwnedTrackPublication(info=info)
+    return _sdk.OwnedTrackPublication(info=info)
 
 
 class SimulatedRemoteTrackPublication(rtc.RemoteTrackPublication):
@@ -71,7 +69,7 @@ class SimulatedRemoteTrackPublication(rtc.RemoteTrackPublication):
 
     def set_subscribed(self, subscribed: bool) -> None:
         # the SDK sends this to the SFU through the FFI, which has no such publication
-        self._subscribed = subscribed
+        _sdk.set_subscribed(self, subscribed)
 
     def set_video_quality(self, quality: int) -> None:
         raise ValueError("simulated publications carry no video layers")

@@ -7,7 +7,8 @@ packets, DTMF, legacy transcriptions, attribute/metadata/name updates, RPC metho
 chain (``perform_rpc`` and the incoming ``_run_incoming_chain``), ``track_publications``,
 identity and attribute accessors.
 
-It is built from the same ``ParticipantInfo`` protobuf the FFI sends (see :mod:`.protos`).
+It is built from the same ``ParticipantInfo`` protobuf the FFI sends (see :mod:`.sfu`); the
+SDK internals it needs go through :mod:`._sdk`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from livekit import rtc
-from livekit.rtc._proto import participant_pb2 as proto_participant
 from livekit.rtc.participant import (
     PublishDataError,
     PublishDataTrackError,
@@ -30,19 +30,20 @@ from livekit.rtc.participant import (
     UnpublishTrackError,
 )
 
-from .protos import apply_attributes, track_publication_info, track_record
+from . import _sdk
 from .records import AttributeChange, DataPacketRecord, RpcMethodRecord
+from .sfu import apply_attributes, track_publication_info, track_record
 from .streams import SimulatedByteStreamWriter, SimulatedTextStreamWriter
 
 if TYPE_CHECKING:
-    from .room import SimulatedRoom
+    from .simulated import SimulatedRoom
 
 
-class SimulatedLocalParticipant(rtc.LocalParticipant):
+class SimulatedLocalParticipant(_sdk.OfflineLocalParticipant):
     """The agent's participant in a :class:`SimulatedRoom`."""
 
-    def __init__(self, room: SimulatedRoom, owned_info: proto_participant.OwnedParticipant):
-        super().__init__(room._room_queue, owned_info)
+    def __init__(self, room: SimulatedRoom, owned_info: _sdk.OwnedParticipant) -> None:
+        super().__init__(room, owned_info)
         self._sim_room = room
         self._recorder = room.recorder
 
@@ -58,27 +59,27 @@ class SimulatedLocalParticipant(rtc.LocalParticipant):
         """Publish ``track``: a new ``TR_`` sid, recorded, then ``local_track_published``."""
         options = options if options is not None else rtc.TrackPublishOptions()
         self._check_connected(PublishTrackError)
-        if any(pub.track is track for pub in self._track_publications.values()):
+        publications = _sdk.track_publications(self)
+        if any(pub.track is track for pub in publications.values()):
             raise PublishTrackError("track already published")
         owned = track_publication_info(
             name=track.name, kind=track.kind, source=options.source, remote=False
         )
         publication = rtc.LocalTrackPublication(owned)
-        publication._track = track
-        track._info.sid = publication.sid
-        self._track_publications[publication.sid] = publication
+        _sdk.attach_track(publication, track)
+        publications[publication.sid] = publication
         record = track_record(publication, self.identity)
         self._recorder.tracks.append(record)
         self._recorder.emit("track_published", record)
         # the SDK's room emits local_track_published from its event loop after publish_track
         # has stored the publication; subscription follows once a subscriber is present
-        self._sim_room._loop.call_soon(self._sim_room._on_local_track_published, publication)
+        asyncio.get_running_loop().call_soon(self._sim_room._on_local_track_published, publication)
         return publication
 
     async def unpublish_track(self, track_sid: str) -> None:
         """Unpublish a track: recorded, then ``local_track_unpublished``."""
         self._check_connected(UnpublishTrackError)
-        publication = self._track_publications.pop(track_sid, None)
+        publication = _sdk.track_publications(self).pop(track_sid, None)
         if publication is None:
             raise UnpublishTrackError(f"track {track_sid} is not published")
         for record in self._recorder.tracks:
@@ -87,9 +88,9 @@ class SimulatedLocalParticipant(rtc.LocalParticipant):
                 self._recorder.emit("track_unpublished", record)
         track = publication.track
         if track is not None:
-            track._set_room(None)
+            _sdk.set_track_room(track, None)
         self._sim_room.emit("local_track_unpublished", publication)
-        publication._track = None
+        _sdk.detach_track(publication)
 
     # -- streams -------------------------------------------------------------------------
 
@@ -119,7 +120,7 @@ class SimulatedLocalParticipant(rtc.LocalParticipant):
             destination_identities=destination_identities,
             sender_identity=sender_identity,
         )
-        await writer._send_header()
+        await writer.open()
         return writer
 
     async def send_text(
@@ -166,7 +167,7 @@ class SimulatedLocalParticipant(rtc.LocalParticipant):
             mime_type=mime_type,
             destination_identities=destination_identities,
         )
-        await writer._send_header()
+        await writer.open()
         return writer
 
     async def send_bytes(
@@ -273,23 +274,24 @@ class SimulatedLocalParticipant(rtc.LocalParticipant):
     async def set_attributes(self, attributes: dict[str, str]) -> None:
         """Merge ``attributes``; an empty value deletes a key. The server echoes
         ``participant_attributes_changed`` for what changed."""
-        changed = {k: v for k, v in attributes.items() if self._info.attributes.get(k, "") != v}
-        apply_attributes(self._info.attributes, attributes)
+        current = _sdk.participant_info(self).attributes
+        changed = {k: v for k, v in attributes.items() if current.get(k, "") != v}
+        apply_attributes(current, attributes)
         self._record_change(attributes, "attributes")
         if changed:
             self._sim_room.emit("participant_attributes_changed", changed, self)
 
     async def set_metadata(self, metadata: str) -> None:
         """Set metadata (the server echoes ``participant_metadata_changed``)."""
-        old = self._info.metadata
-        self._info.metadata = metadata
+        info = _sdk.participant_info(self)
+        old, info.metadata = info.metadata, metadata
         self._record_change({"metadata": metadata}, "metadata")
         self._sim_room.emit("participant_metadata_changed", self, old, metadata)
 
     async def set_name(self, name: str) -> None:
         """Set the display name (the server echoes ``participant_name_changed``)."""
-        old = self._info.name
-        self._info.name = name
+        info = _sdk.participant_info(self)
+        old, info.name = info.name, name
         self._record_change({"name": name}, "name")
         self._sim_room.emit("participant_name_changed", self, old, name)
 
@@ -307,7 +309,7 @@ class SimulatedLocalParticipant(rtc.LocalParticipant):
         """Register an RPC handler (decorator or plain call), as the SDK does; recorded."""
 
         def register(handler_func: Any) -> Any:
-            self._rpc_handlers[method_name] = handler_func
+            _sdk.rpc_handlers(self)[method_name] = handler_func
             record = RpcMethodRecord(method=method_name, registered_at=time.time())
             self._recorder.rpc_methods.append(record)
             self._recorder.emit("rpc_method_registered", record)
@@ -317,12 +319,12 @@ class SimulatedLocalParticipant(rtc.LocalParticipant):
 
     def unregister_rpc_method(self, method: str) -> None:
         """Unregister an RPC handler; recorded."""
-        self._rpc_handlers.pop(method, None)
+        _sdk.rpc_handlers(self).pop(method, None)
         for record in self._recorder.rpc_methods:
             if record.method == method and record.unregistered_at is None:
                 record.unregistered_at = time.time()
                 self._recorder.emit("rpc_method_unregistered", record)
 
-    async def _perform_rpc_ffi(self, call: rtc.RpcCallInfo) -> str:
-        # the innermost step of the SDK's outgoing chain: deliver to a scripted participant
+    async def deliver_rpc(self, call: rtc.RpcCallInfo) -> str:
+        """The innermost step of the SDK's outgoing chain: to a scripted participant."""
         return await self._sim_room._deliver_agent_rpc(call)

@@ -22,9 +22,9 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from . import gemini_protocol as proto
-from .gemini_audio import AudioTurnDetector, tone
-from .gemini_faults import (
+from . import protocol as proto
+from .audio import AudioTurnDetector, tone
+from .faults import (
     ConnectionRecord,
     Drop,
     Fault,
@@ -35,8 +35,8 @@ from .gemini_faults import (
     ResumableFalse,
     SlowSetup,
 )
-from .gemini_protocol import HistoryItem, Reply
-from .gemini_state import Conversation, ConversationStore, FaultPlan, UnknownHandleError
+from .protocol import HistoryItem, Reply
+from .state import Conversation, ConversationStore, FaultPlan, UnknownHandleError
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """RPC between the agent and scripted participants.
 
 A mixin of :class:`SimulatedRoom`. Calls *to* the agent run the SDK's own incoming chain
-(``LocalParticipant._run_incoming_chain``: interceptors, response deadline), tracked in the
-room's invocation set so ``disconnect()`` cancels them as the SDK does; only answering through
-the FFI is left out. Calls *from* the agent (``perform_rpc``) run the SDK's outgoing interceptor
+(interceptors, response deadline; see :func:`._sdk.run_incoming_rpc`), tracked with the SDK's
+own invocations so ``disconnect()`` cancels them as the SDK does; only answering through the
+FFI is left out. Calls *from* the agent (``perform_rpc``) run the SDK's outgoing interceptor
 chain and reach handlers scripted with :meth:`set_participant_rpc_handler`. Both directions
 raise ``rtc.RpcError`` with the SDK's built-in codes and are recorded in ``rpc_calls``.
 """
@@ -18,8 +18,9 @@ from collections.abc import Awaitable, Callable
 
 from livekit import rtc
 
-from .protos import require_participant
+from . import _sdk
 from .records import RoomRecorder, RpcCallRecord
+from .sfu import require_participant
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,9 @@ class RpcMixin(rtc.Room):
     ) -> str:
         Code = rtc.RpcError.ErrorCode
         if not self.isconnected():
-            raise rtc.RpcError._built_in(Code.RECIPIENT_NOT_FOUND)
+            raise _sdk.rpc_error(Code.RECIPIENT_NOT_FOUND)
         if len(payload.encode()) > MAX_RPC_PAYLOAD_BYTES:
-            raise rtc.RpcError._built_in(Code.REQUEST_PAYLOAD_TOO_LARGE)
+            raise _sdk.rpc_error(Code.REQUEST_PAYLOAD_TOO_LARGE)
         invocation = rtc.RpcInvocationData(
             request_id=str(uuid.uuid4()),
             caller_identity=identity,
@@ -93,21 +94,20 @@ class RpcMixin(rtc.Room):
         async def run_chain() -> str:
             # the SDK's _handle_rpc_method_invocation, minus sending the answer through the FFI
             try:
-                result = await self.local_participant._run_incoming_chain(invocation)
+                result = await _sdk.run_incoming_rpc(self.local_participant, invocation)
             except rtc.RpcError:
                 raise
             except Exception:
                 logger.exception("RPC handler raised", extra={"method": method})
-                raise rtc.RpcError._built_in(Code.APPLICATION_ERROR) from None
+                raise _sdk.rpc_error(Code.APPLICATION_ERROR) from None
             response = result or ""
             if len(response.encode()) > MAX_RPC_PAYLOAD_BYTES:
-                raise rtc.RpcError._built_in(Code.RESPONSE_PAYLOAD_TOO_LARGE)
+                raise _sdk.rpc_error(Code.RESPONSE_PAYLOAD_TOO_LARGE)
             return response
 
         # tracked like the SDK's invocations, so disconnect() cancels it (RECIPIENT_DISCONNECTED)
-        task = self._loop.create_task(run_chain())
-        self._rpc_invocation_tasks.add(task)
-        task.add_done_callback(self._rpc_invocation_tasks.discard)
+        task = asyncio.get_running_loop().create_task(run_chain())
+        _sdk.track_rpc_invocation(self, task)
         return await task
 
     def set_participant_rpc_handler(
@@ -137,14 +137,14 @@ class RpcMixin(rtc.Room):
         self.recorder.emit("rpc_call_started", record)
         try:
             if not self.isconnected():
-                raise rtc.RpcError._built_in(Code.SEND_FAILED)
-            if call.destination_identity not in self._remote_participants:
-                raise rtc.RpcError._built_in(Code.RECIPIENT_NOT_FOUND)
+                raise _sdk.rpc_error(Code.SEND_FAILED)
+            if call.destination_identity not in self.remote_participants:
+                raise _sdk.rpc_error(Code.RECIPIENT_NOT_FOUND)
             if len(call.payload.encode()) > MAX_RPC_PAYLOAD_BYTES:
-                raise rtc.RpcError._built_in(Code.REQUEST_PAYLOAD_TOO_LARGE)
+                raise _sdk.rpc_error(Code.REQUEST_PAYLOAD_TOO_LARGE)
             handler = self._participant_rpc.get((call.destination_identity, call.method))
             if handler is None:
-                raise rtc.RpcError._built_in(Code.UNSUPPORTED_METHOD)
+                raise _sdk.rpc_error(Code.UNSUPPORTED_METHOD)
             timeout = call.response_timeout or _RPC_DEFAULT_TIMEOUT
             invocation = rtc.RpcInvocationData(
                 request_id=str(uuid.uuid4()),
@@ -158,12 +158,12 @@ class RpcMixin(rtc.Room):
                 if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
                     result = await asyncio.wait_for(result, timeout)
             except TimeoutError:
-                raise rtc.RpcError._built_in(Code.RESPONSE_TIMEOUT) from None
+                raise _sdk.rpc_error(Code.RESPONSE_TIMEOUT) from None
             except rtc.RpcError:
                 raise
             except Exception:
                 logger.exception("scripted RPC handler raised", extra={"method": call.method})
-                raise rtc.RpcError._built_in(Code.APPLICATION_ERROR) from None
+                raise _sdk.rpc_error(Code.APPLICATION_ERROR) from None
             record.response = result or ""
             return record.response
         except rtc.RpcError as e:

@@ -20,7 +20,8 @@ SFU, and says why:
 Real ``rtc.AudioSource`` / ``LocalAudioTrack`` objects are kept: the FFI runs them offline, so
 the agent's audio plays out in real time exactly as in production. Not simulated: media flowing
 *to* the agent (a participant's microphone is a publication with no subscribable track, so no
-``track_subscribed`` and no STT input), reconnection, end-to-end encryption and data tracks.
+``track_subscribed`` and no STT input; :mod:`.speech` adds real audio), reconnection,
+end-to-end encryption and data tracks. Every SDK internal this needs goes through :mod:`._sdk`.
 """
 
 from __future__ import annotations
@@ -30,21 +31,11 @@ import time
 from collections.abc import Callable
 
 from livekit import rtc
-from livekit.rtc._proto import room_pb2 as proto_room
-from livekit.rtc.room import RtcStats
 
+from . import _sdk
+from .frontend import FrontendLine, build_transcript
 from .inbound import InboundStreamsMixin
-from .participants import SimulatedLocalParticipant
-from .protos import (
-    SimulatedRemoteTrackPublication,
-    apply_attributes,
-    new_sid,
-    participant_info,
-    require_connected,
-    require_participant,
-    track_publication_info,
-    track_record,
-)
+from .local_participant import SimulatedLocalParticipant
 from .records import (
     AttributeChange,
     ByteStreamRecord,
@@ -59,7 +50,16 @@ from .records import (
     TrackRecord,
 )
 from .rpc import RemoteRpcHandler, RpcMixin
-from .transcript import TranscriptSegment, build_transcript
+from .sfu import (
+    SimulatedRemoteTrackPublication,
+    apply_attributes,
+    new_sid,
+    participant_info,
+    require_connected,
+    require_participant,
+    track_publication_info,
+    track_record,
+)
 
 # what a current frontend advertises: it reads transcripts from lk.transcription streams, so
 # the agent sends no legacy transcription packets (livekit.agents.types)
@@ -88,8 +88,9 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
         if not name or not agent_identity:
             raise ValueError("a simulated room needs a name and an agent identity")
         super().__init__(loop=loop)
+        _sdk.check_seams()
         self.recorder = RoomRecorder()
-        self._info = proto_room.RoomInfo(
+        info = _sdk.RoomInfo(
             sid=sid or new_sid("RM_"),
             name=name,
             metadata=metadata,
@@ -97,11 +98,10 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
             # what the server reports: its default, 20 s, unless the room was configured
             departure_timeout=int(departure_timeout),
         )
-        self._resolve_first_sid(self._info.sid)
-        self._local_participant = SimulatedLocalParticipant(
-            self, participant_info(agent_identity, kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT)
-        )
-        self._connection_state = rtc.ConnectionState.CONN_CONNECTED
+        _sdk.set_room_info(self, info)
+        agent = participant_info(agent_identity, kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT)
+        _sdk.set_local_participant(self, SimulatedLocalParticipant(self, agent))
+        _sdk.set_connection_state(self, rtc.ConnectionState.CONN_CONNECTED)
         self._subscribers: set[str] = set()
         self._participant_rpc: dict[tuple[str, str], RemoteRpcHandler] = {}
 
@@ -109,7 +109,7 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
 
     def isconnected(self) -> bool:
         """True until :meth:`disconnect`; no native handle is involved."""
-        return self._connection_state != rtc.ConnectionState.CONN_DISCONNECTED
+        return self.connection_state != rtc.ConnectionState.CONN_DISCONNECTED
 
     async def connect(self, url: str, token: str, options: rtc.RoomOptions | None = None) -> None:
         """Refused: a simulated room is connected from construction and has no server."""
@@ -119,18 +119,16 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
         """Leave the room: the SDK's clean-up (pending RPCs, open readers), then the events."""
         if not self.isconnected():
             return
-        await self._drain_rpc_invocation_tasks()
-        self._error_stream_readers()
-        self._dispose_open_stream_writers()
-        self.local_participant._info.disconnect_reason = reason
-        self._connection_state = rtc.ConnectionState.CONN_DISCONNECTED
+        await _sdk.clean_up_on_disconnect(self)
+        _sdk.participant_info(self.local_participant).disconnect_reason = reason
+        _sdk.set_connection_state(self, rtc.ConnectionState.CONN_DISCONNECTED)
         self.recorder.emit("room_disconnected", rtc.DisconnectReason.Name(reason))
-        self.emit("connection_state_changed", self._connection_state)
+        self.emit("connection_state_changed", self.connection_state)
         self.emit("disconnected", reason)
 
-    async def get_rtc_stats(self) -> RtcStats:
+    async def get_rtc_stats(self) -> rtc.RtcStats:
         """No transport, so no statistics."""
-        return RtcStats(publisher_stats=[], subscriber_stats=[])
+        return rtc.RtcStats(publisher_stats=[], subscriber_stats=[])
 
     async def simulate_scenario(self, scenario: int) -> None:
         """Refused: reconnection scenarios need the SFU."""
@@ -186,8 +184,8 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
         """Stop calling ``observer``."""
         self.recorder.remove_observer(observer)
 
-    def transcript(self) -> list[TranscriptSegment]:
-        """The conversation as a frontend shows it (see :mod:`.transcript`)."""
+    def transcript(self) -> list[FrontendLine]:
+        """The conversation as a frontend shows it (see :mod:`.frontend`)."""
         return build_transcript(self.recorder.text_streams, self.local_participant.identity)
 
     async def wait_until(
@@ -256,7 +254,7 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
         if not identity:
             raise ValueError("a participant needs an identity")
         require_connected(self)
-        if identity in self._remote_participants or identity == self.local_participant.identity:
+        if identity in self.remote_participants or identity == self.local_participant.identity:
             raise ValueError(f"participant {identity!r} is already in the room")
         owned = participant_info(
             identity,
@@ -266,7 +264,7 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
             kind=kind,
             client_protocol=CLIENT_PROTOCOL_TRANSCRIPTION_STREAMS,
         )
-        participant = self._create_remote_participant(owned)
+        participant = _sdk.add_remote_participant(self, owned)
         record = ParticipantRecord(
             identity=identity,
             kind=rtc.ParticipantKind.Name(kind).removeprefix("PARTICIPANT_KIND_").lower(),
@@ -290,14 +288,12 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
         self, identity: str, reason: int = rtc.DisconnectReason.CLIENT_INITIATED
     ) -> None:
         """A participant leaves: its tracks are unpublished, then ``participant_disconnected``."""
-        participant = self._remote_participants.get(identity)
-        if participant is None:
-            raise ValueError(f"participant {identity!r} is not in the room")
+        participant = require_participant(self, identity)
         for sid in list(participant.track_publications):
             self.unpublish_participant_track(identity, sid)
-        del self._remote_participants[identity]
+        _sdk.remove_remote_participant(self, identity)
         self._subscribers.discard(identity)
-        participant._info.disconnect_reason = reason
+        _sdk.participant_info(participant).disconnect_reason = reason
         for record in self.recorder.participants:
             if record.identity == identity and record.left_at is None:
                 record.left_at = time.time()
@@ -318,7 +314,7 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
             name=name, kind=rtc.TrackKind.KIND_AUDIO, source=source, remote=True
         )
         publication = SimulatedRemoteTrackPublication(owned)
-        participant._track_publications[publication.sid] = publication
+        _sdk.track_publications(participant)[publication.sid] = publication
         record = track_record(publication, identity)
         self.recorder.tracks.append(record)
         self.recorder.emit("track_published", record)
@@ -328,7 +324,7 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
     def unpublish_participant_track(self, identity: str, sid: str) -> None:
         """The participant unpublishes a track: ``track_unpublished``."""
         participant = require_participant(self, identity)
-        publication = participant._track_publications.pop(sid, None)
+        publication = _sdk.track_publications(participant).pop(sid, None)
         if publication is None:
             raise ValueError(f"participant {identity!r} has no track {sid!r}")
         for record in self.recorder.tracks:
@@ -340,7 +336,7 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
     def set_participant_attributes(self, identity: str, attributes: dict[str, str]) -> None:
         """The participant updates its attributes: ``participant_attributes_changed``."""
         participant = require_participant(self, identity)
-        apply_attributes(participant._info.attributes, attributes)
+        apply_attributes(_sdk.participant_info(participant).attributes, attributes)
         record = AttributeChange(identity, dict(attributes), time.time())
         self.recorder.attribute_changes.append(record)
         self.recorder.emit("attributes_changed", record)
@@ -353,16 +349,17 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
             return  # unpublished before the event was dispatched
         track = publication.track
         if track is not None:
-            track._set_room(self)
+            _sdk.set_track_room(track, self)
         self.emit("local_track_published", publication, track)
         if self._subscribers:
             self._mark_subscribed(publication)
 
     def _mark_subscribed(self, publication: rtc.LocalTrackPublication) -> None:
         # a subscriber resolves wait_for_subscription(), which gates RoomIO's audio output
-        if publication._first_subscription.done():
+        subscribed = _sdk.first_subscription(publication)
+        if subscribed.done():
             return
-        publication._first_subscription.set_result(None)
+        subscribed.set_result(None)
         for record in self.recorder.tracks:
             if record.sid == publication.sid:
                 record.subscribed_at = time.time()

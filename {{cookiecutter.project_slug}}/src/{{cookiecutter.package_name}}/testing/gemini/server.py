@@ -18,7 +18,7 @@ request `doctor` checks a key with, refusing a key other than ``api_key`` as Goo
 (HTTP 400, reason ``API_KEY_INVALID``).
 
 The server keeps a history per conversation and issues resumption handles that name a
-conversation as it was then (see ``gemini_state``); tests assert on :meth:`history` and
+conversation as it was then (see :mod:`.state`); tests assert on :meth:`history` and
 :attr:`connections`. Faults are armed for the next point they apply to (:meth:`arm`) or
 injected into the live connection (:meth:`inject`, :meth:`inject_later`).
 """
@@ -41,11 +41,11 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from . import gemini_protocol as proto
-from .gemini_connection import LiveConnection, ReplyOptions, Responder, Transcriber
-from .gemini_faults import ConnectionRecord, Drop, Fault, FaultRecord, GoAway
-from .gemini_protocol import HistoryItem
-from .gemini_state import ConversationStore, FaultPlan
+from . import protocol as proto
+from .connection import LiveConnection, ReplyOptions, Responder, Transcriber
+from .faults import ConnectionRecord, Drop, Fault, FaultRecord, GoAway
+from .protocol import HistoryItem
+from .state import ConversationStore, FaultPlan
 from .tls import SelfSignedCertificate
 
 if TYPE_CHECKING:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from livekit import rtc
 from livekit.agents.types import TOPIC_CHAT
 
-from .protos import require_connected, require_participant
+from . import _sdk
 from .records import ByteStreamRecord, RoomRecorder, TextStreamRecord
-from .streams import SimulatedByteStreamReader, SimulatedTextStreamReader, new_stream_id
+from .sfu import require_connected, require_participant
+from .streams import new_stream_id
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +65,7 @@ class InboundStreamsMixin(rtc.Room):
         )
         self.recorder.text_streams.append(record)
         self.recorder.emit("text_stream_received", record)
-        self._hand_over(
-            self._text_stream_handlers, self._text_stream_readers, SimulatedTextStreamReader,
-            info, text, identity, key=id(record),
-        )  # fmt: skip
+        self._hand_over(info, text, identity, key=id(record))
         return info
 
     async def send_bytes_as(
@@ -109,30 +106,17 @@ class InboundStreamsMixin(rtc.Room):
         )
         self.recorder.byte_streams.append(record)
         self.recorder.emit("byte_stream_received", record)
-        self._hand_over(
-            self._byte_stream_handlers, self._byte_stream_readers, SimulatedByteStreamReader,
-            info, bytes(data), identity, key=id(record),
-        )  # fmt: skip
+        self._hand_over(info, bytes(data), identity, key=id(record))
         return info
 
     def _hand_over(
         self,
-        handlers: dict[str, Any],
-        readers: dict[int, Any],
-        reader_cls: Any,
-        info: Any,
+        info: rtc.TextStreamInfo | rtc.ByteStreamInfo,
         content: str | bytes,
         identity: str,
         *,
         key: int,
     ) -> None:
         """Give a complete stream to the handler registered for its topic, as the SDK does."""
-        handler = handlers.get(info.topic)
-        if handler is None:
+        if not _sdk.deliver_stream(self, info, content, identity, key=key):
             logger.info("ignoring stream, no handler", extra={"topic": info.topic})
-            return
-        reader = reader_cls(info, on_close=lambda: readers.pop(key, None))
-        readers[key] = reader
-        reader.deliver_chunk(content)
-        reader.deliver_end()
-        handler(reader, identity)

@@ -38,6 +38,15 @@ def run(cmd: list[str], cwd: Path, timeout: float = 900) -> subprocess.Completed
 
 
 @pytest.fixture(scope="session")
+def default_bake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default answers, baked once for the deep tests that share it, with the uv.lock the
+    README says to commit (each test syncs it as it needs)."""
+    project = bake(tmp_path_factory.mktemp("default-bake"))
+    run(["uv", "lock", "--quiet"], cwd=project)
+    return project
+
+
+@pytest.fixture(scope="session")
 def ruff() -> str:
     path = shutil.which("ruff")
     if path is None:

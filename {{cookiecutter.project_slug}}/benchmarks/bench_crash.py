@@ -2,13 +2,13 @@
 
     uv run python benchmarks/bench_crash.py [--leases 1,3,8] [--runs 3] [--quick]
 
-Real worker processes (``testing/kit_worker``: the production worker, livekit's job process
-pool, the room watcher, a scripted model) against the kit's LiveKit server, with the SQLite
-store. For each room lease time (``ROOM_LEASE_S``) two workers run; per run a participant
-joins a new room, is greeted, says one line and gets the answer; the worker holding the room
-is killed (kill -9 of its main process) and the time from the kill to the agent's
-"Welcome back!" line is measured. A replacement worker is then started (outside the timing)
-so two are alive for the next run. ``--quick``: leases 1 and 3 s, one run each.
+Real worker processes (``testing/livekit_server/kit_worker``: the production worker,
+livekit's job process pool, the room watcher, a scripted model) against the kit's LiveKit
+server, with the SQLite store. For each room lease time (``ROOM_LEASE_S``) two workers run;
+per run a participant joins a new room, is greeted, says one line and gets the answer; the
+worker holding the room is killed (kill -9 of its main process) and the time from the kill
+to the agent's "Welcome back!" line is measured. A replacement worker is then started
+(outside the timing) so two are alive for the next run. ``--quick``: one run with a 1 s lease.
 
 Before each join and each kill the script waits for the machine to be quiet (CPU under 50%
 over 2.5 s): livekit's workers refuse jobs while the host's CPU, averaged over 2.5 s, is over
@@ -36,9 +36,11 @@ from pathlib import Path
 from livekit.agents.utils.hw import get_cpu_monitor
 
 from {{ cookiecutter.package_name }}.resilience.primary.room_lease import MAX_POLL_S
-from {{ cookiecutter.package_name }}.testing.kit_worker import GREETING_REPLY
-from {{ cookiecutter.package_name }}.testing.livekit_server import LocalLiveKitServer
-from {{ cookiecutter.package_name }}.testing.worker_process import (
+from {{ cookiecutter.package_name }}.testing import LocalLiveKitServer
+from {{ cookiecutter.package_name }}.testing.livekit_server.kit_models import (
+    GREETING_REPLY,
+)
+from {{ cookiecutter.package_name }}.testing.livekit_server.worker_process import (
     KitWorkerProcess,
     holder_of,
     start_workers,
@@ -162,10 +164,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--leases", default="1,3,8", help="room lease times (ROOM_LEASE_S), s")
     parser.add_argument("--runs", type=int, default=3, help="kills timed per lease")
-    parser.add_argument("--quick", action="store_true", help="leases 1,3 and one run each")
+    parser.add_argument("--quick", action="store_true", help="one run with a 1 s lease")
     parser.add_argument(
         "--no-settle", action="store_true", help="no wait for a quiet CPU before joins and kills"
     )
     args = parser.parse_args()
-    leases = [1.0, 3.0] if args.quick else [float(s) for s in args.leases.split(",")]
+    leases = [1.0] if args.quick else [float(s) for s in args.leases.split(",")]
     asyncio.run(main(leases, 1 if args.quick else args.runs, not args.no_settle))

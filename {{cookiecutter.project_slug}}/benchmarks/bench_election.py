@@ -1,6 +1,7 @@
 """Election benchmark (figures, not pass/fail).
 
     uv run python benchmarks/bench_election.py [--ttls 0.5,1,2] [--runs 5] [--participants 8]
+        [--quick]
 
 1. Failover against the lease time: a primary dies holding the room lease in a real
    redis-server (its heartbeat stops, nothing is released, as with kill -9); the time until
@@ -27,13 +28,13 @@ from {{ cookiecutter.package_name }}.resilience.primary.room_lease import (
     RedisRoomLease,
     RoomPrimacy,
 )
-from {{ cookiecutter.package_name }}.resilience.store.redis_client import connect
+from {{ cookiecutter.package_name }}.resilience.store.redis import connect
 from {{ cookiecutter.package_name }}.resilience.transcribers import (
     TranscriberPool,
 )
 from {{ cookiecutter.package_name }}.testing import SimulatedRoom
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
-from {{ cookiecutter.package_name }}.testing.speech import (
+from {{ cookiecutter.package_name }}.testing.room.speech import (
     SpeechCodebook,
     ToneSTT,
 )
@@ -110,7 +111,10 @@ async def main() -> None:
     parser.add_argument("--ttls", default="0.5,1,2")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--participants", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="ttl 0.5, one run, 3 participants")
     args = parser.parse_args()
+    if args.quick:
+        args.ttls, args.runs, args.participants = "0.5", 1, 3
     logging.getLogger("livekit").setLevel(logging.ERROR)
     await bench_failover([float(t) for t in args.ttls.split(",")], args.runs)
     await bench_joins(args.participants)

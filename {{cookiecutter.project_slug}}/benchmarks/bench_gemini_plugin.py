@@ -1,6 +1,6 @@
 """Timings of livekit's Gemini plugin against the local Live server (figures, not pass/fail).
 
-    uv run python benchmarks/bench_gemini_plugin.py [--rounds 20]
+    uv run python benchmarks/bench_gemini_plugin.py [--rounds 20] [--watch 8] [--quick]
 
 1. Connect: TLS + setup -> setupComplete with the real google-genai client (median, p95).
 2. Reply: one text turn through a headless AgentSession (median, p95).
@@ -26,13 +26,13 @@ from google.genai import types
 from livekit.agents import Agent, AgentSession, APIConnectOptions
 from livekit.plugins import google
 
-from {{ cookiecutter.package_name }}.testing.gemini_faults import (
+from {{ cookiecutter.package_name }}.testing.gemini.faults import (
     Drop,
     GoAway,
     NoSetupComplete,
 )
-from {{ cookiecutter.package_name }}.testing.gemini_protocol import HistoryItem
-from {{ cookiecutter.package_name }}.testing.gemini_server import (
+from {{ cookiecutter.package_name }}.testing.gemini.protocol import HistoryItem
+from {{ cookiecutter.package_name }}.testing.gemini.server import (
     LocalGeminiLiveServer,
     default_responder,
 )
@@ -168,7 +168,10 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--watch", type=float, default=8.0, help="seconds to watch fault 5")
+    parser.add_argument("--quick", action="store_true", help="2 rounds, watch fault 5 for 1 s")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.watch = 2, 1.0
     # the plugin logs every fault at ERROR with a traceback; the figures are the point here
     logging.getLogger("livekit").setLevel(logging.CRITICAL)
     await bench_connect(args.rounds)

@@ -1,6 +1,6 @@
 """Job start benchmark: job start to the greeting, ours vs a bare AgentSession (figures only).
 
-    uv run python benchmarks/bench_job_start.py [--repeat 15] [--warmup 2]
+    uv run python benchmarks/bench_job_start.py [--repeat 15] [--warmup 2] [--quick]
 
 A participant is already in a fresh ``SimulatedRoom`` (subscribed, so audio output starts)
 and the time is measured to the agent's first final transcript segment, the greeting, with
@@ -158,5 +158,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=15, help="runs timed per way")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per way first")
+    parser.add_argument("--quick", action="store_true", help="2 runs per way after 1 warm-up")
     args = parser.parse_args()
+    if args.quick:
+        args.repeat, args.warmup = 2, 1
     asyncio.run(main(args.repeat, args.warmup))

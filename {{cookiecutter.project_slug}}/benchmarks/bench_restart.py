@@ -1,6 +1,6 @@
 """Restart blackout benchmark on the offline kit (figures, not pass/fail).
 
-    uv run python benchmarks/bench_restart.py [--repeat 7] [--sizes 10,100,1000]
+    uv run python benchmarks/bench_restart.py [--repeat 7] [--sizes 10,100,1000] [--quick]
 
 For conversations of 10/100/1000 messages, a restart is timed from the request to
 (a) the new session listening and (b) the first words of the agent's reply to a line the user
@@ -209,5 +209,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=7, help="restarts timed per case")
     parser.add_argument("--sizes", default="10,100,1000", help="conversation lengths (messages)")
+    parser.add_argument("--quick", action="store_true", help="2 restarts timed per case")
     args = parser.parse_args()
+    if args.quick:
+        args.repeat = 2
     asyncio.run(main([int(s) for s in args.sizes.split(",")], args.repeat))

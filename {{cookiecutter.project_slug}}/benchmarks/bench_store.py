@@ -1,6 +1,6 @@
 """Session store benchmark against a real local redis-server (figures, not pass/fail).
 
-    uv run python benchmarks/bench_store.py [--storm 10000] [--concurrency 100]
+    uv run python benchmarks/bench_store.py [--storm 10000] [--concurrency 100] [--quick]
 
 1. Restore on join (one Lua call that joins and returns the whole record) for 10/100/1000-turn
    conversations, against a raw redis-py GET of the same bytes in the same run (target: within
@@ -30,7 +30,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from {{ cookiecutter.package_name }}.resilience.store import RedisStore, SqliteStore
-from {{ cookiecutter.package_name }}.resilience.store.redis_client import (
+from {{ cookiecutter.package_name }}.resilience.store.redis import (
     connect,
     participant_keys,
 )
@@ -58,7 +58,7 @@ async def timed(fn: Any, repeat: int) -> float:
     return statistics.median(samples)
 
 
-async def restore(store: RedisStore, raw: Redis, turns: int) -> dict[str, float]:
+async def restore(store: RedisStore, raw: Redis, turns: int, runs: int) -> dict[str, float]:
     identity = f"restore-{turns}"
     await store.join(ROOM, identity, "s0")
     for start in range(0, turns, 100):
@@ -76,7 +76,7 @@ async def restore(store: RedisStore, raw: Redis, turns: int) -> dict[str, float]
                           "transcript": [json.loads(s) for s in segments]})  # fmt: skip
     await raw.set("bench:json:" + identity, as_json)
     sessions = iter(range(1, 10**6))
-    repeat = 200 if turns <= 100 else 50
+    repeat = runs if turns <= 100 else max(1, runs // 4)
 
     async def join() -> None:
         outcome = await store.join(ROOM, identity, f"s{next(sessions)}")
@@ -138,7 +138,7 @@ async def idle_bytes(store: RedisStore, raw: Redis, turns: int) -> int:
     return sum(s for s in sizes if s)
 
 
-async def sqlite_restore(path: Path, turns: int) -> dict[str, float]:
+async def sqlite_restore(path: Path, turns: int, runs: int) -> dict[str, float]:
     store = SqliteStore(path)
     identity = f"restore-{turns}"
     await store.join(ROOM, identity, "s0")
@@ -152,7 +152,7 @@ async def sqlite_restore(path: Path, turns: int) -> dict[str, float]:
     raw.execute("INSERT OR REPLACE INTO bench VALUES (?, ?), (?, ?)",
                 ("blob", stored, "json", as_json))  # fmt: skip
     sessions = iter(range(1, 10**6))
-    repeat = 200 if turns <= 100 else 50
+    repeat = runs if turns <= 100 else max(1, runs // 4)
 
     async def join() -> None:
         outcome = await store.join(ROOM, identity, f"s{next(sessions)}")
@@ -189,14 +189,14 @@ def print_restore(rows: list[tuple[int, dict[str, float]]], raw: str) -> None:
               f"{r['join'] / r['get_json']:>6.2f}")  # fmt: skip
 
 
-async def main(storm_count: int, concurrency: int) -> None:
+async def main(storm_count: int, concurrency: int, runs: int) -> None:
     with RedisServer(durable=False) as server:
         store = RedisStore(connect(server.url), prefix="bench")
         # the raw side uses the store's own client settings (timeouts, retry, unbounded pool):
         # the comparison is then the store's work per round trip, not a client configuration
         raw = connect(server.url)
         print("restore on join (median; one round trip each)")
-        print_restore([(t, await restore(store, raw, t)) for t in (10, 100, 1000)], "GET")
+        print_restore([(t, await restore(store, raw, t, runs)) for t in (10, 100, 1000)], "GET")
         s = await storm(store, raw, storm_count, concurrency)
         print(f"\nreconnect storm: {storm_count} identities, concurrency {concurrency}")
         print(f"  store join  {s['store']:>9.0f} /s")
@@ -210,12 +210,16 @@ async def main(storm_count: int, concurrency: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "sessions.sqlite3"
         print("\nSQLite store: restore on join (median; one transaction each)")
-        print_restore([(t, await sqlite_restore(path, t)) for t in (10, 100, 1000)], "SELECT")
+        print_restore([(t, await sqlite_restore(path, t, runs)) for t in (10, 100, 1000)], "SELECT")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storm", type=int, default=10_000, help="identities in the storm")
     parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=200, help="joins timed per size (1000: 1/4)")
+    parser.add_argument("--quick", action="store_true", help="storm 500 at 50, 20 runs (seconds)")
     options = parser.parse_args()
-    asyncio.run(main(options.storm, options.concurrency))
+    if options.quick:
+        options.storm, options.concurrency, options.runs = 500, 50, 20
+    asyncio.run(main(options.storm, options.concurrency, options.runs))

@@ -40,7 +40,7 @@ from {{ cookiecutter.package_name }}.resilience.rpc import (
     RpcRoutes,
 )
 from {{ cookiecutter.package_name }}.resilience.store import open_store
-from {{ cookiecutter.package_name }}.resilience.store.records import participant_hash
+from {{ cookiecutter.package_name }}.resilience.store._keys import participant_hash
 from {{ cookiecutter.package_name }}.resilience.transcript import TranscriptLog
 from {{ cookiecutter.package_name }}.settings import load_settings
 from {{ cookiecutter.package_name }}.testing import SimulatedRoom

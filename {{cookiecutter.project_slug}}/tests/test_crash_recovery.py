@@ -23,7 +23,10 @@ from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.testing import RedisServer
-from {{ cookiecutter.package_name }}.testing.worker_process import holder_of, start_workers
+from {{ cookiecutter.package_name }}.testing.livekit_server.worker_process import (
+    holder_of,
+    start_workers,
+)
 
 # short, to keep the tests quick, but longer than a job start's longest event-loop block
 # (about 1.1 s importing google.genai on a loaded machine): a lease that lapses there is a

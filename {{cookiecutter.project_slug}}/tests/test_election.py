@@ -38,7 +38,7 @@ from {{ cookiecutter.package_name }}.testing import (
     ScriptedTTS,
     SimulatedRoom,
 )
-from {{ cookiecutter.package_name }}.testing.speech import (
+from {{ cookiecutter.package_name }}.testing.room.speech import (
     SpeechCodebook,
     ToneSTT,
 )

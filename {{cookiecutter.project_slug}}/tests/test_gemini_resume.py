@@ -17,10 +17,10 @@ from google.genai import types
 from livekit.agents import Agent, AgentSession, llm
 from livekit.agents.voice.events import CloseEvent
 
+from {{ cookiecutter.package_name }}.resilience.gemini import gemini_realtime_model
 from {{ cookiecutter.package_name }}.resilience.gemini.connection_loop import (
     SetupTimeoutError,
 )
-from {{ cookiecutter.package_name }}.resilience.gemini import gemini_realtime_model
 from {{ cookiecutter.package_name }}.resilience.gemini.resume import (
     ExhaustedEvent,
     GeminiResume,

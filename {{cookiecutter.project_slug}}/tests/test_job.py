@@ -143,7 +143,7 @@ def test_every_model_stack_builds_offline(monkeypatch: pytest.MonkeyPatch, stack
 
 
 def test_the_help_lists_every_registered_scenario() -> None:
-    from {{ cookiecutter.package_name }}.cli import SCENARIO_NAMES
+    from {{ cookiecutter.package_name }}.cli.simulate import SCENARIO_NAMES
 
     # crash runs real worker processes instead of the in-process harness (scenario_crash.py)
     assert set(SCENARIO_NAMES) == {*SCENARIOS, "crash"}

@@ -3,7 +3,7 @@ and a conversation that gave up comes back when its participant does, in either 
 
 These run ``run_job`` as production does (``ROOM_MODE=multi-participant``, the store from the
 settings: a SQLite file), with participants speaking through real audio tracks into real
-transcription sessions (tones that a scripted STT maps to lines; see ``testing/speech.py``).
+transcription sessions (tones that a scripted STT maps to lines; see ``testing/room/speech.py``).
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from livekit.agents import llm
 from livekit.agents.voice.events import UserInputTranscribedEvent
 
 from {{ cookiecutter.package_name }}.models import ModelStack
-from {{ cookiecutter.package_name }}.resilience.transcribers import MEETING_IDENTITY
 from {{ cookiecutter.package_name }}.resilience.rpc import METHOD_HISTORY
 from {{ cookiecutter.package_name }}.resilience.store import open_store
-from {{ cookiecutter.package_name }}.resilience.transcribers import MAX_LINES, Transcriber
+from {{ cookiecutter.package_name }}.resilience.transcribers import (
+    MAX_LINES,
+    MEETING_IDENTITY,
+    Transcriber,
+)
 from {{ cookiecutter.package_name }}.settings import load_settings
 from {{ cookiecutter.package_name }}.simulation import SCENARIOS, run_scenario
 from {{ cookiecutter.package_name }}.simulation.scenario_multi import LINES, LINES_AFTER

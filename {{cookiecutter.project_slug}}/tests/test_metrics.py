@@ -20,8 +20,10 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from {{ cookiecutter.package_name }} import metrics
 from {{ cookiecutter.package_name }}.testing import LocalGeminiLiveServer
-from {{ cookiecutter.package_name }}.testing.gemini_faults import Drop
-from {{ cookiecutter.package_name }}.testing.worker_process import start_workers
+from {{ cookiecutter.package_name }}.testing.gemini.faults import Drop
+from {{ cookiecutter.package_name }}.testing.livekit_server.worker_process import (
+    start_workers,
+)
 
 LOCAL_API_KEY = "local-test-key"
 PROJECT = Path(__file__).resolve().parents[1]

@@ -24,7 +24,9 @@ from {{ cookiecutter.package_name }}.resilience.primary.room_registry import (
     LapsedRoom,
     SqliteRoomRegistry,
 )
-from {{ cookiecutter.package_name }}.testing.livekit_server import LocalLiveKitServer
+from {{ cookiecutter.package_name }}.testing.livekit_server.server import (
+    LocalLiveKitServer,
+)
 
 TTL = 0.2
 

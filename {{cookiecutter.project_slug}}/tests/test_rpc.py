@@ -19,7 +19,7 @@ from {{ cookiecutter.package_name }}.resilience.rpc import (
 )
 from {{ cookiecutter.package_name }}.resilience.transcript import TranscriptLog
 from {{ cookiecutter.package_name }}.testing import SimulatedRoom
-from {{ cookiecutter.package_name }}.testing.rpc import MAX_RPC_PAYLOAD_BYTES
+from {{ cookiecutter.package_name }}.testing.room.rpc import MAX_RPC_PAYLOAD_BYTES
 
 USER = "user-1"
 OTHER = "user-2"

@@ -22,20 +22,22 @@ from livekit.agents.testing import fake_job_context
 
 from {{ cookiecutter.package_name }}.models import ModelStack
 from {{ cookiecutter.package_name }}.resilience import _livekit
+from {{ cookiecutter.package_name }}.resilience.apology import APOLOGY
 from {{ cookiecutter.package_name }}.resilience.backoff import (
     RestartBudget,
     RestartPolicy,
+)
+from {{ cookiecutter.package_name }}.resilience.events import (
+    ClosedEvent,
+    conversation_items,
 )
 from {{ cookiecutter.package_name }}.resilience.rpc import (
     ERROR_FORBIDDEN,
     METHOD_RESTART,
 )
 from {{ cookiecutter.package_name }}.resilience.supervisor import (
-    APOLOGY,
     RESTART_NOTE,
-    ClosedEvent,
     SessionSupervisor,
-    conversation_items,
 )
 from {{ cookiecutter.package_name }}.testing import (
     LLMRequest,

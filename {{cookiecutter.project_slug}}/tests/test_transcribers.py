@@ -22,7 +22,7 @@ from {{ cookiecutter.package_name }}.resilience.transcribers import (
     listen_only_stt,
 )
 from {{ cookiecutter.package_name }}.testing import SimulatedRoom
-from {{ cookiecutter.package_name }}.testing.speech import (
+from {{ cookiecutter.package_name }}.testing.room.speech import (
     ParticipantMicrophone,
     SpeechCodebook,
     ToneSTT,

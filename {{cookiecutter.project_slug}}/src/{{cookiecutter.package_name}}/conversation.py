@@ -23,10 +23,10 @@ from .resilience.apology import GAVE_UP
 from .resilience.events import ClosedEvent
 from .resilience.gemini.resume import GeminiResume
 from .resilience.primary.election import SessionElection, SupervisedConversation
-from .resilience.primary.room_lease import FencedStore, RoomPrimacy
+from .resilience.primary.room_lease import RoomPrimacy
 from .resilience.returning import ConversationRecorder, ParticipantPresence, chat_ctx_from_record
 from .resilience.rpc import RpcRoutes
-from .resilience.store import JoinKind, JoinOutcome, StoreError
+from .resilience.store import FencedStore, JoinKind, JoinOutcome, StoreError
 from .resilience.supervisor import SessionSupervisor
 from .resilience.transcribers import MeetingTranscript, TranscriberPool
 from .resilience.transcript import TranscriptSegment

@@ -26,7 +26,7 @@ from .models import build_models, modules_to_preload
 from .resilience.gemini.resume import GeminiResume
 from .resilience.primary.election import SessionElection
 from .resilience.primary.recovery import RoomWatcher, is_redispatch
-from .resilience.primary.room_lease import MAX_POLL_S, FencedStore, RoomPrimacy
+from .resilience.primary.room_lease import MAX_POLL_S, RoomPrimacy
 from .resilience.returning import (
     ConversationRecorder,
     ParticipantPresence,
@@ -34,7 +34,7 @@ from .resilience.returning import (
     transcript_from_record,
 )
 from .resilience.rpc import RpcRoutes
-from .resilience.store import MEMORY, JoinKind, JoinOutcome, SessionRecord
+from .resilience.store import MEMORY, FencedStore, JoinKind, JoinOutcome, SessionRecord
 from .resilience.transcribers import (
     MeetingTranscript,
     TranscribedLine,

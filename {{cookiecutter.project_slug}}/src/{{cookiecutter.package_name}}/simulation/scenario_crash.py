@@ -1,13 +1,13 @@
 """`simulate --scenario crash`: the worker holding a call is killed; another one takes it.
 
 Unlike the other scenarios this one runs real worker processes: two production workers
-(``testing/kit_worker``: ``build_server``, ``run_job``, livekit's job process pool and the
-room watcher, with the kit's bridged room and scripted models) against the kit's LiveKit
-server, which, like livekit-server, never re-dispatches a dead worker's room. The store is a
-SQLite file made for the run (or the run's Redis with ``--store redis``). The participant
-talks, the worker holding the room is killed (kill -9), the survivor's room watcher
-re-dispatches the room, and the participant must be welcomed back with what they said.
-Prints the seconds the participant had no agent, beside the room lease time.
+(``testing/livekit_server/kit_worker``: ``build_server``, ``run_job``, livekit's job process
+pool and the room watcher, with the kit's bridged room and scripted models) against the
+kit's LiveKit server, which, like livekit-server, never re-dispatches a dead worker's room.
+The store is a SQLite file made for the run (or the run's Redis with ``--store redis``). The
+participant talks, the worker holding the room is killed (kill -9), the survivor's room
+watcher re-dispatches the room, and the participant must be welcomed back with what they
+said. Prints the seconds the participant had no agent, beside the room lease time.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from ..settings import Settings
-from ..testing.kit_worker import GREETING_REPLY
-from ..testing.livekit_server import LocalLiveKitServer
-from ..testing.worker_process import holder_of, start_workers
+from ..testing.livekit_server.kit_models import GREETING_REPLY
+from ..testing.livekit_server.server import LocalLiveKitServer
+from ..testing.livekit_server.worker_process import holder_of, start_workers
 from .harness import Observations, Printer
 
 ROOM, USER = "sim-crash", "user-1"

@@ -6,7 +6,7 @@ first participant plus one listen-only transcriber per participant, all register
 job's :class:`~..resilience.primary.election.SessionElection`.
 
 What is real and what is scripted: participants speak through real audio tracks into the
-agent, and a scripted STT tells which line they said (see :mod:`..testing.speech`).
+agent, and a scripted STT tells which line they said (see :mod:`..testing.room.speech`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..models import ModelStack
 from ..resilience.primary.election import SessionElection
 from ..settings import Settings
 from ..testing import ScriptedLLM, ScriptedTTS
-from ..testing.speech import ParticipantMicrophone, SpeechCodebook, ToneSTT
+from ..testing.room.speech import ParticipantMicrophone, SpeechCodebook, ToneSTT
 from .harness import Observations, Simulation
 from .scenarios import scenario, with_settings
 

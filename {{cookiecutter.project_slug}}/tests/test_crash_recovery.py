@@ -44,7 +44,7 @@ def worker_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     }
 
 
-async def talk(server, room_name: str = ROOM):  # noqa: ANN001, ANN201 - test helper
+async def talk(server, room_name: str = ROOM):
     """ada joins, is greeted, says two things; her participant handle."""
     ada = await server.join(room_name, "ada", departure_timeout=60)
     await server.wait_for_agent_line(ada.room, GREETING_REPLY)
@@ -55,7 +55,7 @@ async def talk(server, room_name: str = ROOM):  # noqa: ANN001, ANN201 - test he
     return ada
 
 
-def jobs_for(server, room_name: str) -> list:  # noqa: ANN001 - test helper
+def jobs_for(server, room_name: str) -> list:
     return [job for job in server.jobs.values() if job.room == room_name]
 
 

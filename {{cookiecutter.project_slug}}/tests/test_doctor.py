@@ -9,8 +9,8 @@ import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 
-import livekit.plugins.google  # noqa: F401 - plugins register on the main thread only, and
-import livekit.plugins.openai  # noqa: F401 - doctor runs in a thread in these tests
+import livekit.plugins.google
+import livekit.plugins.openai
 import pytest
 from aiohttp import web
 from google import genai

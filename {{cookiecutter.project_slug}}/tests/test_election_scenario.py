@@ -5,6 +5,8 @@ overlap, and everyone's lines are attributed to them.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from {{ cookiecutter.package_name }}.settings import load_settings
 from {{ cookiecutter.package_name }}.simulation import (
     SCENARIOS,
@@ -36,19 +38,20 @@ async def test_multi_scenario_hands_the_primary_over_without_gap_or_overlap() ->
 def test_the_checks_catch_a_gap_and_a_misattributed_line() -> None:
     from {{ cookiecutter.package_name }}.simulation.harness import Observations
 
-    class Sim:
-        timeline = [
+    sim = SimpleNamespace(
+        timeline=[
             {"started_at": 0.0, "ended_at": 1.0, "role": "conversational"},
             {"started_at": 1.5, "ended_at": None, "role": "listen-only"},
-        ]
-        primary_identities = ["alice", "bob"]
+        ],
+        primary_identities=["alice", "bob"],
+    )
 
     obs = Observations(scenario="multi")
     obs.segments = [
         {"source": "transcription", "role": "user", "speaker": "carol", "final": True,
          "text": scenario_multi.LINES["bob"][0]},
     ]  # fmt: skip
-    problems = scenario_multi.check_multi(obs, Sim())  # type: ignore[arg-type]
+    problems = scenario_multi.check_multi(obs, sim)  # type: ignore[arg-type]
     assert any("gap or an overlap" in p for p in problems)
     assert any("attributed to someone" in p for p in problems)
     assert any("never reached the transcript" in p for p in problems)

@@ -117,7 +117,7 @@ async def test_recv_task_records_the_error_and_asks_for_a_restart() -> None:
     sess = model().session()
 
     class Broken:
-        async def receive(self):  # noqa: ANN202 - the genai AsyncSession shape
+        async def receive(self):
             raise ConnectionError("dropped")
             yield
 

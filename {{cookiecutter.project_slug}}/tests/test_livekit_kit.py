@@ -97,7 +97,7 @@ async def test_create_dispatch_puts_a_job_into_a_live_room_in_its_own_process(
             # each job is its own process, and not the worker's
             assert len(set(pids)) == 2 and worker.process.pid not in pids
             assert all(worker.owns(pid) for pid in pids)
-            assert [p.identity for p in listed.participants][0] == "ada"
+            assert next(p.identity for p in listed.participants) == "ada"
         finally:
             worker.stop()
 

@@ -100,7 +100,7 @@ async def test_no_raw_identity_reaches_the_log_handlers(caplog: pytest.LogCaptur
 
     identity = "alice@example.com"
 
-    async def alice(sim) -> None:  # noqa: ANN001
+    async def alice(sim) -> None:
         await sim.join(identity)
         sim.expect_agent_turn("greeting")
         await sim.wait_for_agent_replies(1)

@@ -22,7 +22,7 @@ ROOM, USER = "shared-room", "ada"
 TURN = "Please book a table for six on Friday."
 
 
-def scripted(llm: ScriptedLLM):  # noqa: ANN201 - a model-stack factory
+def scripted(llm: ScriptedLLM):
     stack = ModelStack(name="scripted", llm=llm, tts=ScriptedTTS(), turn_detection="manual")
     return lambda: stack
 

@@ -106,7 +106,7 @@ def test_unsealed_data_with_keys_is_tampering_and_without_keys_a_missing_key() -
     with pytest.raises(CorruptRecordError, match="unsealed data in an encrypted store"):
         keyed.open("room", "alice", TAG_ITEM, plain)
     sealed = keyed.seal("room", "alice", TAG_ITEM, plain)
-    with pytest.raises(MissingKeyError, match="'k1'.*SESSION_ENCRYPTION_KEYS is not set"):
+    with pytest.raises(MissingKeyError, match=r"'k1'.*SESSION_ENCRYPTION_KEYS is not set"):
         RecordCodec(None).open("room", "alice", TAG_ITEM, sealed)
 
 

@@ -298,7 +298,7 @@ async def test_watchdog_restarts_an_agent_stuck_thinking() -> None:
     stuck = ScriptedLLM(responder=hang_on_questions)
     healthy = ScriptedLLM(["Here is your answer."])
     stacks = iter([stack(stuck), stack(healthy)])
-    async with conversation(lambda: next(stacks), stuck_timeout=0.3) as (room, supervisor, events):
+    async with conversation(lambda: next(stacks), stuck_timeout=0.3) as (room, _supervisor, events):
         await room.wait_until(lambda r: agent_finals(r) == 1)
         await say(room, "Are you there?")
 

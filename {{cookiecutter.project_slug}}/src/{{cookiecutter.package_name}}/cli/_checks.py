@@ -325,7 +325,7 @@ def check_worker_port(settings: Settings, *, dev: bool) -> CheckResult:
     """The worker's HTTP server can bind its address (a second worker on a host cannot)."""
     name = "worker HTTP port free"
     port = settings.worker_port if settings.worker_port is not None else (0 if dev else START_PORT)
-    host = settings.worker_host or "0.0.0.0"  # noqa: S104 - livekit binds all interfaces
+    host = settings.worker_host or "0.0.0.0"
     if port == 0:
         return CheckResult(name, True, "any free port")
     try:

@@ -134,7 +134,7 @@ class GeminiDrill:
 _DRILL: GeminiDrill | None = None
 
 
-def _models(settings: Settings):  # noqa: ANN202 - a factory of ModelStack
+def _models(settings: Settings):
     global _DRILL
     _DRILL = GeminiDrill(settings)
     return _DRILL.stack

@@ -12,6 +12,7 @@ agent, and a scripted STT tells which line they said (see :mod:`..testing.room.s
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 from ..models import ModelStack
@@ -117,7 +118,7 @@ def check_multi(obs: Observations, sim: Simulation) -> list[str]:
     obs.timings["primary_timeline"] = terms
     if len(terms) < 2:
         problems.append(f"expected a handover, saw {len(terms)} primary terms")
-    for before, after in zip(terms, terms[1:], strict=False):
+    for before, after in itertools.pairwise(terms):
         if before["ended_at"] is None or before["ended_at"] != after["started_at"]:
             problems.append("the primary timeline has a gap or an overlap between two terms")
     if terms and terms[-1]["ended_at"] is not None:

@@ -63,7 +63,7 @@ TAG_SEGMENT = b"seg"
 
 
 def ms(seconds: float) -> int:
-    return int(round(seconds * 1000))
+    return round(seconds * 1000)
 
 
 def encode_json(value: Any, what: str) -> bytes:
@@ -316,7 +316,7 @@ class Framed(Sequence[bytes]):
     blobs one by one. See ``frame`` in _scripts.py.
     """
 
-    __slots__ = ("array", "lengths", "_count", "_blobs")
+    __slots__ = ("_blobs", "_count", "array", "lengths")
 
     def __init__(self, array: bytes, lengths: bytes) -> None:
         self.array = array

@@ -120,7 +120,7 @@ class QuarantineShelf:
                 kept.note.reason,
                 kept.note.at,
                 now + kept.expires_at - mono,
-            )  # fmt: skip
+            )
             for key, kept in self._shelf.items()
             if room is None or kept.room == room
         ]

@@ -18,11 +18,11 @@ while Redis is down.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import AgentSession, llm
+from livekit.agents import AgentSession, llm, utils
 from livekit.agents.voice.events import ConversationItemAddedEvent, FunctionToolsExecutedEvent
 
 from ..log import get_logger, identity_ref
@@ -62,7 +62,7 @@ class ParticipantPresence:
         self._on_return: Callable[[JoinOutcome], None] | None = None
         self._on_gone: Callable[[], None] | None = None
         self._absence: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = utils.aio.TaskSet()  # returns and leaves being recorded
 
     def follow(
         self, *, on_return: Callable[[JoinOutcome], None], on_gone: Callable[[], None]
@@ -120,7 +120,7 @@ class ParticipantPresence:
             self._room.off("participant_disconnected", self._on_disconnected)
         if self._absence is not None:
             self._absence.cancel()
-        for task in self._tasks:
+        for task in self._tasks.tasks:
             task.cancel()
 
     async def leave_now(self, participant: rtc.RemoteParticipant) -> None:
@@ -162,10 +162,8 @@ class ParticipantPresence:
         if self._on_gone is not None:
             self._on_gone()
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._tasks.create_task(coro)
 
 
 TRIMMED_HISTORY_NOTE = (

@@ -25,7 +25,7 @@ import asyncio
 import dataclasses
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Literal
 
 from livekit import rtc
@@ -144,7 +144,7 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         self._listeners: dict[int, dict[str, Callable[..., None]]] = {}
         self._lock = asyncio.Lock()
         self._auto_restart: asyncio.Task[Any] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = utils.aio.TaskSet()  # background work, cancelled on close
         self._stuck_timer: asyncio.TimerHandle | None = None
         self._restarts = 0
         self._last_models = ""
@@ -376,7 +376,7 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         await self._retire(self._session)
         await self._output.aclose()
         current = asyncio.current_task()
-        await utils.aio.cancel_and_wait(*(t for t in self._tasks if t is not current))
+        await utils.aio.cancel_and_wait(*(t for t in self._tasks.tasks if t is not current))
         logger.info("conversation closed", reason=reason, restarts=self._restarts)
         self.emit("closed", ClosedEvent(reason, error))
 
@@ -443,8 +443,5 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
     def _on_segment(self, segment: TranscriptSegment) -> None:
         self.emit("transcript_segment", TranscriptSegmentEvent(segment))
 
-    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        return self._tasks.create_task(coro)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -289,7 +289,7 @@ class TranscriberPool:
         self._on_line = on_line
         self._transcribers: dict[str, Transcriber] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = utils.aio.TaskSet()  # transcribers starting and closing
         self._lines: deque[TranscribedLine] = deque(maxlen=MAX_LINES)
         self._following = False
 
@@ -315,8 +315,8 @@ class TranscriberPool:
 
     async def settled(self) -> None:
         """Wait until every pending start and close is done."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while self._tasks.tasks:
+            await asyncio.gather(*self._tasks.tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
         """Stop following the room and close every transcriber."""
@@ -371,10 +371,8 @@ class TranscriberPool:
         # joins and leaves of one identity run in the order they happened
         return self._locks.setdefault(identity, asyncio.Lock())
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._tasks.create_task(coro)
 
 
 # the store record of the room itself; no LiveKit identity holds a NUL character

@@ -190,7 +190,9 @@ class GeminiResume(utils.EventEmitter[EventTypes]):
         self._loaded = store is None
         self._pending_write: GeminiHandle | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # on_exhausted hooks still running; made in the event loop, when one first runs (a
+        # model, and this handler with it, may be built before any loop runs)
+        self._hooks: utils.aio.TaskSet | None = None
         self.metrics = GeminiResumeMetrics()
 
     # -- state --------------------------------------------------------------------------------
@@ -251,7 +253,8 @@ class GeminiResume(utils.EventEmitter[EventTypes]):
         """Finish the pending store write and background tasks."""
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
-        await utils.aio.cancel_and_wait(*self._tasks)
+        if self._hooks is not None:
+            await utils.aio.cancel_and_wait(*self._hooks.tasks)
 
     # -- reports from the connection loop (connection_loop.py) ----------------------------
 
@@ -317,9 +320,14 @@ class GeminiResume(utils.EventEmitter[EventTypes]):
             return False
         result = self.on_exhausted(event)
         if inspect.isawaitable(result):
-            task = asyncio.ensure_future(result)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            hook = result
+
+            async def run_hook() -> None:
+                await hook
+
+            if self._hooks is None:
+                self._hooks = utils.aio.TaskSet()
+            self._hooks.create_task(run_hook())
         return True
 
     async def _write_handles(self) -> None:

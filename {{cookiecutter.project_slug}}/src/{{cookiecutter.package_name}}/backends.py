@@ -23,7 +23,7 @@ from .resilience.store.memory import MemoryStore
 from .resilience.store.redis import connect
 from .settings import Settings
 
-__all__ = ["Backends", "open_backends", "open_room_registry", "open_session_store"]
+__all__ = ["Backends", "in_memory", "open_backends", "open_room_registry", "open_session_store"]
 
 
 class Backends:
@@ -32,7 +32,7 @@ class Backends:
     def __init__(self, settings: Settings, store: SessionStore) -> None:
         self.settings = settings
         self.store = store
-        self.in_memory = settings.session_db_path == MEMORY and not settings.redis_url
+        self.in_memory = in_memory(settings)
         # an in-memory store's room leases sit in its own lease table, by its participant leases
         self._local_leases = store.leases if isinstance(store, MemoryStore) else LocalLeaseTable()
 
@@ -51,6 +51,12 @@ class Backends:
 
     async def aclose(self) -> None:
         await self.store.aclose()
+
+
+def in_memory(settings: Settings) -> bool:
+    """Whether the settings keep records and leases in this process only (nothing outlives
+    it: no watch list, no re-dispatch)."""
+    return settings.session_db_path == MEMORY and not settings.redis_url
 
 
 def open_backends(settings: Settings) -> Backends:

@@ -13,7 +13,7 @@ from livekit.agents import AgentServer, JobContext, JobProcess
 
 from . import metrics
 from .assistant import GREETING, WELCOME_BACK
-from .backends import Backends, open_backends, open_room_registry
+from .backends import Backends, in_memory, open_backends, open_room_registry
 from .conversation import Conversation, JobParts, ModelFactory
 from .log import (
     bind_job_context,
@@ -34,7 +34,7 @@ from .resilience.returning import (
     transcript_from_record,
 )
 from .resilience.rpc import RpcRoutes
-from .resilience.store import MEMORY, FencedStore, JoinKind, JoinOutcome, SessionRecord
+from .resilience.store import FencedStore, JoinKind, JoinOutcome, SessionRecord
 from .resilience.transcribers import (
     MeetingTranscript,
     TranscribedLine,
@@ -83,8 +83,7 @@ def build_server(settings: Settings) -> AgentServer:
 def room_watcher(settings: Settings) -> RoomWatcher | None:
     """This worker's room watcher (None without a LiveKit server, or with the store in this
     process's memory: nothing outlives the process then)."""
-    in_memory = settings.session_db_path == MEMORY and not settings.redis_url
-    if not settings.livekit_url or in_memory:
+    if not settings.livekit_url or in_memory(settings):
         return None
     secret = settings.livekit_api_secret
     return RoomWatcher(

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -70,13 +69,11 @@ async def test_the_survivor_redispatches_a_killed_workers_room(tmp_path: Path, s
                 ada = await talk(server)
                 victim = holder_of(ada.room, workers)
                 victim.kill()
-                killed_at = time.monotonic()
 
-                back = await server.wait_for_agent_line(ada.room, "Welcome back!", within=30)
+                # how fast is measured by benchmarks/bench_crash.py, never asserted here (a
+                # shared machine is noisy); 30 s only bounds a test that would hang otherwise
+                await server.wait_for_agent_line(ada.room, "Welcome back!", within=30)
                 assert agent_texts(ada.room)[-1] == "Welcome back! I remember 2 things you said."
-                # the lease lapses within LEASE_S of the last renewal; dispatch and job start
-                # take the rest (the generous bound is for a loaded 2-core machine)
-                assert back.at - killed_at < LEASE_S + 10, back.at - killed_at
                 await ada.say("Can you replace it?")
                 await server.wait_for_agent_line(ada.room, "You said: Can you replace it? (3 lines")
 

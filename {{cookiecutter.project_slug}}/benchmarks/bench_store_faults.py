@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import statistics
 from collections.abc import Callable
+from typing import Any
 
 from {{ cookiecutter.package_name }}.simulation.scenario_redis import (
     FaultMeasures,
@@ -65,7 +67,7 @@ def faults(quick: bool) -> dict[str, Callable[[], RedisFault]]:
             "oom-2s": lambda: OutOfMemory(2),
         }
     table: dict[str, Callable[[], RedisFault]] = {
-        f"kill-{s}s": (lambda s=s: Kill(s)) for s in (1, 6, 12, 30)
+        f"kill-{s}s": functools.partial(Kill, s) for s in (1, 6, 12, 30)
     }
     table["sigstop-12s"] = lambda: Pause(12)
     table["wipe-1s"] = lambda: Wipe(1)
@@ -101,7 +103,8 @@ def row(label: str, run: FaultRun, baseline_turn: float) -> str:
 
 async def main(quick: bool, only: set[str]) -> None:
     print("calls through redis faults: production wiring, one user turn a second")
-    turns = {"before": 1, "after": 1} if quick else {}  # FaultCall's default: 3 and 3
+    # FaultCall's options; its default: 3 and 3
+    turns: dict[str, Any] = {"before": 1, "after": 1} if quick else {}
     baseline = await call_through_fault(NoFault(), during=3 if quick else 6, **turns)
     base_turn = statistics.median(turn_times(baseline.measures, in_fault=False))
     print(f"baseline (no fault): median turn {base_turn:.2f} s, items lost "

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from livekit.agents import AgentSession
+from livekit.agents import AgentSession, RunResult
 
 from {{ cookiecutter.package_name }}.testing.gemini.server import LocalGeminiLiveServer
 
 
 async def ask(session: AgentSession, text: str) -> str:
     """Run one user turn and return what the agent said."""
-    result = await session.run(user_input=text)
+    result: RunResult = await session.run(user_input=text)
     return " ".join(e.item.text_content or "" for e in result.events if e.type == "message")
 
 

@@ -15,10 +15,13 @@ __all__ = ["GREETING_REPLY", "agent_texts", "kit_server"]
 
 
 @asynccontextmanager
-async def kit_server(**options: float) -> AsyncIterator[LocalLiveKitServer]:
+async def kit_server(
+    *, dispatch_delay_s: float = 0.3, dead_agent_linger_s: float = 2.0
+) -> AsyncIterator[LocalLiveKitServer]:
     """A kit server with short timings (dispatch 0.3 s, dead agents linger 2 s)."""
-    options = {"dispatch_delay_s": 0.3, "dead_agent_linger_s": 2.0, **options}
-    async with LocalLiveKitServer(**options) as server:
+    async with LocalLiveKitServer(
+        dispatch_delay_s=dispatch_delay_s, dead_agent_linger_s=dead_agent_linger_s
+    ) as server:
         yield server
 
 

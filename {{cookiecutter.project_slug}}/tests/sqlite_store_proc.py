@@ -44,6 +44,8 @@ async def main(db: str, op: str, *args: str) -> None:
         lease = SqliteRoomLease(db, room, owner, ttl=float(ttl))
         token = await lease.acquire()
         emit("acquired", token=token)
+        if token is None:
+            return  # another worker holds it: nothing to renew
         while True:  # a live primary: renew every ttl / 3
             await asyncio.sleep(float(ttl) / 3)
             emit("renewed", ok=await lease.renew(token))
@@ -79,11 +81,11 @@ async def run(store: SqliteStore, op: str, *args: str) -> None:
         else:
             emit("leased", token=token)
     elif op == "fenced-writes":
-        room, who, token = args
-        result = await store.append(room, who, items=[{"id": "late"}], fence=int(token))
+        room, who, fence = args
+        result = await store.append(room, who, items=[{"id": "late"}], fence=int(fence))
         emit("appended", merged=result.merged, added=result.items_added)
         try:
-            await store.set_gemini_handle(room, who, "late-handle", [], fence=int(token))
+            await store.set_gemini_handle(room, who, "late-handle", [], fence=int(fence))
         except StaleLeaseError:
             emit("refused")
         else:

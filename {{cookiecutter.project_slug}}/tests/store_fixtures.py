@@ -36,7 +36,6 @@ KEY_A = "k1:" + "A" * 43 + "="
 KEY_B = "k2:" + "B" * 43 + "="
 _prefixes = itertools.count()
 
-StoreFactory = Callable[..., Any]
 Pause = Callable[[float], Awaitable[None]]
 
 
@@ -90,33 +89,41 @@ def build_store(
         prefix = options.pop("prefix", None) or new_prefix()
         directory = Path(options.pop("directory", None) or tempfile.mkdtemp(prefix="store-"))
         store = SqliteStore(directory / f"{prefix}.sqlite3", keyring=keyring, **options)
-        store.prefix = prefix  # type: ignore[attr-defined] - what the tests call the namespace
+        # the namespace, as the tests call it for every kind; a SqliteStore has none of its own
+        store.prefix = prefix  # type: ignore[attr-defined]
         return store
     assert server is not None
     options.setdefault("prefix", new_prefix())
     return RedisStore(connect(server.url), keyring=keyring, **options)
 
 
+class StoreFactory:
+    """``make_store(**options)``: a store of one ``kind`` (see ``build_store``). The stores
+    share one ``ManualClock`` (``clock``; Redis keeps its own)."""
+
+    def __init__(self, kind: str, server: RedisServer, directory: Path) -> None:
+        self.kind = kind
+        self.clock = ManualClock()
+        self.made: list[Any] = []
+        self._server = server
+        self._directory = directory
+
+    def __call__(self, **options: Any) -> Any:
+        if self.kind == "sqlite":
+            options.setdefault("directory", self._directory)
+        store = build_store(self.kind, self._server, self.clock, **options)
+        self.made.append(store)
+        return store
+
+
 @pytest.fixture(params=["memory", "redis", "sqlite"])
 async def make_store(
     request: pytest.FixtureRequest, redis_server: RedisServer, tmp_path: Path
 ) -> AsyncIterator[StoreFactory]:
-    """Factory for the parametrized store kind; every store made is closed afterwards. The
-    stores share one ``ManualClock`` (``factory.clock``; Redis keeps its own)."""
-    made: list[Any] = []
-    clock = ManualClock()
-
-    def factory(**options: Any) -> Any:
-        if request.param == "sqlite":
-            options.setdefault("directory", tmp_path)
-        store = build_store(request.param, redis_server, clock, **options)
-        made.append(store)
-        return store
-
-    factory.kind = request.param  # type: ignore[attr-defined]
-    factory.clock = clock  # type: ignore[attr-defined]
+    """Factory for the parametrized store kind; every store made is closed afterwards."""
+    factory = StoreFactory(request.param, redis_server, tmp_path)
     yield factory
-    for store in made:
+    for store in factory.made:
         await store.aclose()
 
 
@@ -131,10 +138,10 @@ def pause(make_store: StoreFactory) -> Pause:
     """Let ``seconds`` pass for the parametrized stores: the clock moves (Redis: a sleep)."""
 
     async def elapse(seconds: float) -> None:
-        if make_store.kind == "redis":  # type: ignore[attr-defined]
+        if make_store.kind == "redis":
             await asyncio.sleep(seconds)
         else:
-            make_store.clock.advance(seconds)  # type: ignore[attr-defined]
+            make_store.clock.advance(seconds)
             await asyncio.sleep(0)
 
     return elapse

@@ -43,7 +43,7 @@ def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
 def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
     """The package's modules ``name`` imports when it runs (``from . import x`` included)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
+    found: set[str] = set()
     for node in _runtime_nodes(ast.parse(path.read_text())):
         targets: list[str] = []
         if isinstance(node, ast.Import):

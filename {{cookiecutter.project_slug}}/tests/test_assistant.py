@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from livekit.agents import AgentSession, llm
+from livekit.agents import AgentSession, RunResult, llm
 
 from {{ cookiecutter.package_name }}.assistant import (
     GREETING,
@@ -37,7 +37,7 @@ async def test_a_turn_is_answered_under_the_instructions() -> None:
     model = ScriptedLLM(["Paris."])
     async with AgentSession(llm=model) as session:
         await session.start(Assistant())
-        result = await session.run(user_input="What is the capital of France?")
+        result: RunResult = await session.run(user_input="What is the capital of France?")
 
     reply = result.expect.next_event().is_message(role="assistant").event().item
     result.expect.no_more_events()
@@ -52,7 +52,7 @@ async def test_the_time_tool_answers_and_its_output_reaches_the_model() -> None:
     model = ScriptedLLM([call])
     async with AgentSession(llm=model) as session:
         await session.start(Assistant())
-        result = await session.run(user_input="What time is it in Paris?")
+        result: RunResult = await session.run(user_input="What time is it in Paris?")
 
     result.expect.next_event().is_function_call(
         name="current_time", arguments={"timezone": "Europe/Paris"}
@@ -69,7 +69,7 @@ async def test_an_unknown_timezone_asks_the_model_to_ask_the_user() -> None:
     model = ScriptedLLM([ToolCall("current_time", {"timezone": "Mars/Olympus"}, then="Where?")])
     async with AgentSession(llm=model) as session:
         await session.start(Assistant())
-        result = await session.run(user_input="What time is it on Mars?")
+        result: RunResult = await session.run(user_input="What time is it on Mars?")
 
     result.expect.next_event().is_function_call(name="current_time")
     result.expect.next_event().is_function_call_output(

@@ -9,12 +9,14 @@ import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 
-import livekit.plugins.google
-import livekit.plugins.openai
 import pytest
 from aiohttp import web
 from google import genai
 from google.genai import errors, types
+
+# plugins register on the main thread only, and doctor runs in a thread in these tests
+from livekit.plugins import google as _register_google  # noqa: F401
+from livekit.plugins import openai as _register_openai  # noqa: F401
 from livekit.protocol import models as models_pb
 from typer.testing import CliRunner
 
@@ -42,7 +44,7 @@ async def doctor(*args: str) -> tuple[int, dict[str, tuple[str, str]], str]:
     """Run `doctor` (in a thread: the servers answer from this event loop); its exit code,
     its rows by check name as (label, detail), and its whole output."""
     result = await asyncio.to_thread(runner.invoke, app, ["doctor", *args])
-    rows = {}
+    rows: dict[str, tuple[str, str]] = {}
     for line in result.stdout.splitlines():
         if match := ROW.match(line):
             label, name, detail = match.groups()
@@ -62,9 +64,8 @@ async def not_livekit() -> AsyncIterator[str]:
     site_app.router.add_route("*", "/{tail:.*}", page)
     site_runner = web.AppRunner(site_app)
     await site_runner.setup()
-    site = web.TCPSite(site_runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await web.TCPSite(site_runner, "127.0.0.1", 0).start()
+    port = site_runner.addresses[0][1]
     yield f"ws://127.0.0.1:{port}"
     await site_runner.cleanup()
 
@@ -228,9 +229,8 @@ async def test_a_refused_openai_key(monkeypatch: pytest.MonkeyPatch) -> None:
     openai_app.router.add_get("/v1/models", models)
     openai_runner = web.AppRunner(openai_app)
     await openai_runner.setup()
-    site = web.TCPSite(openai_runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await web.TCPSite(openai_runner, "127.0.0.1", 0).start()
+    port = openai_runner.addresses[0][1]
     monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{port}/v1")
     monkeypatch.setenv("MODEL_STACK", "openai-realtime")
     try:

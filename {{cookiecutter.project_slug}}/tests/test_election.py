@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from livekit import rtc
-from livekit.agents import Agent, AgentSession, room_io
+from livekit.agents import Agent, AgentSession, JobContext, room_io
 from livekit.agents.testing import fake_job_context
 from livekit.agents.types import recording_enabled
 
@@ -57,9 +58,11 @@ class HostCountingRoom(SimulatedRoom):
         self.hosts_max = 0
         self.host_refusals = 0
 
-    def register_byte_stream_handler(self, topic: str, handler: object) -> None:
+    def register_byte_stream_handler(
+        self, topic: str, handler: Callable[[rtc.ByteStreamReader, str], None]
+    ) -> None:
         try:
-            super().register_byte_stream_handler(topic, handler)  # type: ignore[arg-type]
+            super().register_byte_stream_handler(topic, handler)
         except ValueError:
             self.host_refusals += topic == HOST_TOPIC
             raise
@@ -76,14 +79,14 @@ class HostCountingRoom(SimulatedRoom):
 class Job:
     """One job: an election, a transcriber pool, and (on demand) a conversation with p0."""
 
-    def __init__(self, room: HostCountingRoom, ctx: object) -> None:
+    def __init__(self, room: HostCountingRoom, ctx: JobContext) -> None:
         self.room, self.ctx = room, ctx
-        self.election = SessionElection(ctx, room=room)  # type: ignore[arg-type]
+        self.election = SessionElection(ctx, room=room)
         self.pool = TranscriberPool(
             room,
             stt_factory=lambda: ToneSTT(SpeechCodebook()),
             election=self.election,
-            job_ctx=ctx,  # type: ignore[arg-type]
+            job_ctx=ctx,
         )
         self.supervisor: SessionSupervisor | None = None
         self.llm = ScriptedLLM(["Hello there.", "Noted.", "Sure."])
@@ -97,7 +100,7 @@ class Job:
             CHAT_USER,
             models=stack,
             agent_factory=lambda chat_ctx: Agent(instructions="test", chat_ctx=chat_ctx),
-            job_ctx=self.ctx,  # type: ignore[arg-type]
+            job_ctx=self.ctx,
             room_options=room_io.RoomOptions(close_on_disconnect=False),
             policy=RestartPolicy(max_restarts=1000, base_delay=0, max_delay=0),
         )
@@ -124,11 +127,11 @@ class Job:
             assert primary is None and self.room.hosts_live == 0
             return
         assert primary is not None and primary.session is not None
-        assert _livekit.primary_session(self.ctx) is primary.session  # type: ignore[arg-type]
+        assert _livekit.primary_session(self.ctx) is primary.session
         for session in sessions:
             is_primary = session is primary.session
             assert _livekit.has_session_host(session) is is_primary
-            records = self.ctx.job.enable_recording and is_primary  # type: ignore[attr-defined]
+            records = self.ctx.job.enable_recording and is_primary
             assert recording_enabled(session.options.recording_options) is records
         assert self.room.hosts_live == 1
 

@@ -39,11 +39,13 @@ def test_the_checks_catch_a_gap_and_a_misattributed_line() -> None:
     from {{ cookiecutter.package_name }}.simulation.harness import Observations
 
     sim = SimpleNamespace(
-        timeline=[
-            {"started_at": 0.0, "ended_at": 1.0, "role": "conversational"},
-            {"started_at": 1.5, "ended_at": None, "role": "listen-only"},
-        ],
-        primary_identities=["alice", "bob"],
+        findings={
+            "timeline": [
+                {"started_at": 0.0, "ended_at": 1.0, "role": "conversational"},
+                {"started_at": 1.5, "ended_at": None, "role": "listen-only"},
+            ],
+            "primary_identities": ["alice", "bob"],
+        }
     )
 
     obs = Observations(scenario="multi")
@@ -51,7 +53,7 @@ def test_the_checks_catch_a_gap_and_a_misattributed_line() -> None:
         {"source": "transcription", "role": "user", "speaker": "carol", "final": True,
          "text": scenario_multi.LINES["bob"][0]},
     ]  # fmt: skip
-    problems = scenario_multi.check_multi(obs, sim)  # type: ignore[arg-type]
+    problems = scenario_multi.check_multi(obs, sim)
     assert any("gap or an overlap" in p for p in problems)
     assert any("attributed to someone" in p for p in problems)
     assert any("never reached the transcript" in p for p in problems)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from google.genai import types
@@ -26,8 +28,8 @@ from {{ cookiecutter.package_name }}.resilience.gemini._plugin import (
 SESSION = realtime_api.RealtimeSession
 
 
-def params(fn: object) -> list[str]:
-    return list(inspect.signature(fn).parameters)  # type: ignore[arg-type]
+def params(fn: Callable[..., Any]) -> list[str]:
+    return list(inspect.signature(fn).parameters)
 
 
 def model() -> ResumableRealtimeModel:
@@ -81,9 +83,9 @@ async def test_session_state_the_adapter_reads_exists_and_our_loop_runs() -> Non
         ):
             assert hasattr(sess, name), name
         # the base __init__ starts self._main_task(): ours, not the plugin's loop
-        assert sess._main_atask.get_coro().__qualname__.startswith(
-            "ResumableRealtimeSession._main_task"
-        )
+        coro = sess._main_atask.get_coro()
+        assert inspect.iscoroutine(coro)
+        assert coro.__qualname__.startswith("ResumableRealtimeSession._main_task")
         assert m._opts.context_window_compression is not None, "compression on by default"
     finally:
         await sess.aclose()
@@ -124,7 +126,7 @@ async def test_recv_task_records_the_error_and_asks_for_a_restart() -> None:
     try:
         await asyncio.sleep(0)
         sess._main_atask.cancel()
-        broken = Broken()
+        broken: Any = Broken()  # stands in for genai's AsyncSession (duck-typed)
         sess._active_session = broken
         sess._session_should_close.clear()
         await sess._recv_task(broken)

@@ -267,7 +267,12 @@ async def test_a_spent_budget_without_a_hook_closes_the_session_with_an_error(
     policy = ReconnectPolicy(max_attempts=2, backoff_base=0.01, backoff_max=0.02, setup_timeout=0.3)
     async with talking(srv, GeminiResume(policy=policy)) as (session, _, _):
         closed: asyncio.Future[CloseEvent] = asyncio.get_running_loop().create_future()
-        session.on("close", lambda ev: closed.done() or closed.set_result(ev))
+
+        def on_close(ev: CloseEvent) -> None:
+            if not closed.done():
+                closed.set_result(ev)
+
+        session.on("close", on_close)
         await ask(session, "first")
         srv.arm(*[NoSetupComplete()] * 2)
         await srv.inject(Drop())

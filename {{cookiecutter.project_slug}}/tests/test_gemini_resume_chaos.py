@@ -11,7 +11,7 @@ import contextlib
 import random
 
 from google.genai import types
-from livekit.agents import Agent, AgentSession
+from livekit.agents import Agent, AgentSession, RunResult
 from livekit.agents.voice.events import CloseEvent
 from websockets.exceptions import ConnectionClosed
 
@@ -109,7 +109,7 @@ async def test_two_hundred_turns_through_a_hundred_faults() -> None:
             if rng.random() < 0.6:
                 await inject_fault(srv, rng)
             text = f"turn {turn} " + " ".join(rng.choice("abcdefgh") for _ in range(6))
-            result = await session.run(user_input=text)
+            result: RunResult = await session.run(user_input=text)
             answered += any(e.type == "message" for e in result.events)
             await srv.wait_for(
                 lambda: server_conversation(srv.history()) == worker_conversation(agent.chat_ctx),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 import websockets
@@ -145,11 +146,13 @@ async def test_audio_in_is_transcribed_and_answered_with_24khz_audio() -> None:
             messages = [m async for m in session.receive()]
     contents = [m.server_content for m in messages if m.server_content]
     heard = [c.input_transcription.text for c in contents if c.input_transcription]
-    spoken = [c.output_transcription.text for c in contents if c.output_transcription]
+    spoken = [c.output_transcription.text or "" for c in contents if c.output_transcription]
     audio = [p.inline_data for c in contents if c.model_turn for p in c.model_turn.parts or []]
     assert heard == ["turn on the lights"]
     assert "".join(spoken) == "reply to: turn on the lights"
-    assert audio and all(a.mime_type == "audio/pcm;rate=24000" and a.data for a in audio)
+    assert audio and all(
+        a is not None and a.mime_type == "audio/pcm;rate=24000" and a.data for a in audio
+    )
     assert texts(srv.history())[0] == ("user", "turn on the lights")
 
 
@@ -322,7 +325,8 @@ async def test_scripted_tool_call_round_trip() -> None:
             )
             while not (call := await session._receive()).tool_call:
                 pass
-            assert call.tool_call.function_calls[0].args == {"city": "Paris"}
+            calls = call.tool_call.function_calls
+            assert calls and calls[0].args == {"city": "Paris"}
             result = types.FunctionResponse(id="c1", name="get_weather", response={"sky": "sun"})
             await session.send_tool_response(function_responses=[result])
             answer = [m.text async for m in session.receive() if m.text]
@@ -377,7 +381,9 @@ def realtime_model(
     srv: LocalGeminiLiveServer, *, modality: str = "TEXT", handle: str | None = None
 ) -> google.realtime.RealtimeModel:
     """The plugin pointed at the local server: the recipe the kit documents."""
-    extra = {"session_resumption": types.SessionResumptionConfig(handle=handle)} if handle else {}
+    extra: dict[str, Any] = (
+        {"session_resumption": types.SessionResumptionConfig(handle=handle)} if handle else {}
+    )
     return google.realtime.RealtimeModel(
         model=MODEL,
         api_key="local-test-key",
@@ -395,7 +401,12 @@ async def headless(
     """An AgentSession with no room; the future resolves when the session closes."""
     session: AgentSession = AgentSession(llm=model)
     closed: asyncio.Future[CloseEvent] = asyncio.get_running_loop().create_future()
-    session.on("close", lambda ev: closed.done() or closed.set_result(ev))
+
+    def on_close(ev: CloseEvent) -> None:
+        if not closed.done():
+            closed.set_result(ev)
+
+    session.on("close", on_close)
     await session.start(agent or Agent(instructions=INSTRUCTIONS))
     try:
         yield session, closed

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from livekit.agents.utils import is_given
 from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
@@ -139,7 +140,13 @@ def test_every_model_stack_builds_offline(monkeypatch: pytest.MonkeyPatch, stack
     assert preload and all(importlib.import_module(name) for name in preload)
     assert (models.stt is None) is (stack != "openai-pipeline")
     if stack == "gemini-live":
-        assert models.llm._opts.http_options.base_url == "https://127.0.0.1:8443"
+        from {{ cookiecutter.package_name }}.resilience.gemini._plugin import (
+            ResumableRealtimeModel,
+        )
+
+        assert isinstance(models.llm, ResumableRealtimeModel)
+        options = models.llm._opts.http_options
+        assert is_given(options) and options.base_url == "https://127.0.0.1:8443"
 
 
 def test_the_help_lists_every_registered_scenario() -> None:

@@ -12,7 +12,9 @@ import ast
 import asyncio
 import inspect
 import textwrap
+from collections.abc import Callable
 from importlib.metadata import version
+from typing import Any
 
 import pytest
 from livekit import rtc
@@ -50,15 +52,15 @@ def test_each_ffi_seam_the_kit_overrides_is_still_the_sdks(cls: type, name: str)
 
 def test_a_missing_internal_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(_sdk.KitInternalsChanged, match=r"Room\._info .*livekit 1\.1\.21"):
-        _sdk.set_departure_timeout(object(), 1)  # type: ignore[arg-type]
+        _sdk.set_departure_timeout(object(), 1)  # type: ignore[arg-type]  # not a Room, on purpose
     monkeypatch.setattr(_sdk, "FFI_SEAMS", ((rtc.TextStreamWriter, "_send_gone"),))
     with pytest.raises(_sdk.KitInternalsChanged, match=r"TextStreamWriter\._send_gone"):
         _sdk.check_seams()
 
 
-def assigned_fields(init: object) -> set[str]:
+def assigned_fields(init: Callable[..., Any]) -> set[str]:
     """The ``self.<name>`` a method assigns, read from its source."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(init)))  # type: ignore[arg-type]
+    tree = ast.parse(textwrap.dedent(inspect.getsource(init)))
     return {
         node.attr
         for node in ast.walk(tree)
@@ -80,7 +82,9 @@ def assigned_fields(init: object) -> set[str]:
 async def test_readers_set_the_fields_the_sdk_reader_sets(reader_cls: type, info: object) -> None:
     """The kit's readers skip the SDK reader's ``__init__`` (it asks the FFI for a handle) and
     set its fields themselves: the same fields, or the SDK's own methods break on them."""
-    sdk_reader = next(c for c in reader_cls.__mro__ if c.__module__.startswith("livekit.rtc"))
+    sdk_reader: type[Any] = next(
+        c for c in reader_cls.__mro__ if c.__module__.startswith("livekit.rtc")
+    )
     reader = reader_cls(info)
     assert set(vars(reader)) == assigned_fields(sdk_reader.__init__)
 
@@ -240,7 +244,7 @@ async def test_writer_seams_record_what_the_agent_writes() -> None:
 async def test_incoming_streams_reach_the_handler_through_the_sdk_readers() -> None:
     room = SimulatedRoom()
     room.add_participant(USER)
-    got: list[tuple[str, object, dict[str, str]]] = []
+    got: list[tuple[str, object, dict[str, str] | None]] = []
     reads: list[asyncio.Task[None]] = []
 
     async def read_text(reader: rtc.TextStreamReader, who: str) -> None:

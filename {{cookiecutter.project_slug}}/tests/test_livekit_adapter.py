@@ -13,7 +13,7 @@ from importlib.metadata import version
 
 import pytest
 from livekit import rtc
-from livekit.agents import Agent, AgentSession, room_io
+from livekit.agents import Agent, AgentSession, llm, room_io
 from livekit.agents.testing import fake_job_context
 from livekit.agents.voice import io
 
@@ -132,8 +132,12 @@ async def test_fresh_session_history_starts_empty_and_aclose_commits_a_cut_reply
         )
         await session.aclose()
         cut = session.history.items[-1]
-        assert (cut.role, cut.interrupted) == ("assistant", True)
-        assert LONG_REPLY.startswith(cut.text_content) and cut.text_content != LONG_REPLY
+        assert isinstance(cut, llm.ChatMessage) and (cut.role, cut.interrupted) == (
+            "assistant",
+            True,
+        )
+        said = cut.text_content
+        assert said is not None and LONG_REPLY.startswith(said) and said != LONG_REPLY
 
         fresh = new_session()
         await fresh.start(agent=Agent(instructions="t", chat_ctx=session.history), room=room)
@@ -182,4 +186,4 @@ def test_room_options_still_have_the_fields_room_output_switches_off() -> None:
 
 def test_missing_internals_fail_loudly() -> None:
     with pytest.raises(_livekit.LivekitInternalsChanged, match="_primary_agent_session"):
-        _livekit.primary_session(object())  # type: ignore[arg-type]
+        _livekit.primary_session(object())  # type: ignore[arg-type]  # not a JobContext, on purpose

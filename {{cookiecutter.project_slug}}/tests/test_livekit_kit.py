@@ -95,7 +95,7 @@ async def test_create_dispatch_puts_a_job_into_a_live_room_in_its_own_process(
                 await server.wait_for_agent_line(room, GREETING_REPLY)
             pids = [next(iter(room.agent_pids.values())) for room in rooms]
             # each job is its own process, and not the worker's
-            assert len(set(pids)) == 2 and worker.process.pid not in pids
+            assert len(set(pids)) == 2 and worker.pid not in pids
             assert all(worker.owns(pid) for pid in pids)
             assert next(p.identity for p in listed.participants) == "ada"
         finally:

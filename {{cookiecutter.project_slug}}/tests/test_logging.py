@@ -84,10 +84,10 @@ async def test_fields_arrive_from_a_real_process_mode_job() -> None:
         if started_worker.is_set():
             await server.aclose()
         run.cancel()
-    started = next(r for r in handler.records if r.getMessage() == "job started")
-    assert started.room == "logging-room"
-    assert started.job_id.startswith("mock-job-")
-    assert started.process != __import__("os").getpid()
+    started = vars(next(r for r in handler.records if r.getMessage() == "job started"))
+    assert started["room"] == "logging-room"
+    assert started["job_id"].startswith("mock-job-")
+    assert started["process"] != __import__("os").getpid()
 
 
 async def test_no_raw_identity_reaches_the_log_handlers(caplog: pytest.LogCaptureFixture) -> None:

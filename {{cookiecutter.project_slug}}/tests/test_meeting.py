@@ -71,6 +71,7 @@ async def test_every_line_is_published_once_and_kept_as_the_rooms_transcript(
         room_mode="multi-participant", session_db_path=str(tmp_path / "s.sqlite3")
     )
     scenario = SCENARIOS["multi"]
+    assert scenario.models is not None
     observations = await run_scenario(
         "multi",
         scenario.run,

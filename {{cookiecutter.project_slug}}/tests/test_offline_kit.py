@@ -16,6 +16,7 @@ import pytest
 from livekit import rtc
 from livekit.agents import Agent, AgentSession, CloseReason, RunContext, function_tool, llm
 from livekit.agents.testing import fake_job_context
+from livekit.agents.voice.events import CloseEvent
 
 from {{ cookiecutter.package_name }}.testing import (
     ScriptedLLM,
@@ -50,7 +51,7 @@ async def running_session(
 ) -> AsyncIterator[AgentSession]:
     """An AgentSession started on ``room`` inside a fake job, closed afterwards."""
     with fake_job_context(room=room, agent_identity=room.local_participant.identity):
-        session = AgentSession(llm=model, tts=voice or ScriptedTTS())
+        session: AgentSession = AgentSession(llm=model, tts=voice or ScriptedTTS())
         await session.start(agent=Assistant(), room=room, record=False)
         try:
             yield session
@@ -215,7 +216,12 @@ async def test_participant_joining_late_then_leaving_closes_the_session() -> Non
     room = SimulatedRoom()
     async with running_session(room, ScriptedLLM()) as session:
         closed: asyncio.Future[CloseReason] = asyncio.get_running_loop().create_future()
-        session.on("close", lambda ev: closed.done() or closed.set_result(ev.reason))
+
+        def on_close(ev: CloseEvent) -> None:
+            if not closed.done():
+                closed.set_result(ev.reason)
+
+        session.on("close", on_close)
         assert room.published_tracks == []  # RoomIO publishes once someone is there to hear
 
         room.add_participant(USER)
@@ -313,7 +319,7 @@ async def test_scripted_llm_reports_an_exhausted_script() -> None:
     echo = ScriptedLLM()
     assert (await echo.chat(chat_ctx=ctx).collect()).text == "You said: first"
     with pytest.raises(TypeError):
-        ScriptedLLM([42])  # type: ignore[list-item]
+        ScriptedLLM([42])  # type: ignore[list-item]  # not a reply, on purpose
 
 
 @pytest.mark.parametrize("streaming", [True, False])

@@ -63,7 +63,7 @@ async def test_refresh_welcomes_back_once_and_keeps_every_turn(backends: Backend
     assert users_seen == [*REFRESH_BEFORE, *REFRESH_AFTER]
 
     record = await backends.store.load("sim-room", USER)
-    assert record.reconnect_count == 1
+    assert record is not None and record.reconnect_count == 1
     assert stored_messages(record) == [
         ("assistant", refresh.replies[0]),
         ("user", REFRESH_BEFORE[0]),
@@ -110,7 +110,8 @@ async def test_a_new_worker_picks_the_conversation_up(backends: Backends) -> Non
     earlier = [(i["role"], i["text"]) for i in first.model_requests[-1] if i["role"] != "system"]
     earlier.append(("assistant", basic.replies[-1]))
     assert [m for m in first_request if m[0] != "system"] == earlier
-    assert (await backends.store.load("sim-room", USER)).reconnect_count == 1
+    record = await backends.store.load("sim-room", USER)
+    assert record is not None and record.reconnect_count == 1
 
 
 async def test_repeated_join_events_do_not_welcome_twice() -> None:

@@ -92,6 +92,8 @@ async def test_a_lapsed_holder_loses_nothing_and_overwrites_nothing_after_a_take
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
     prefix, clock = new_prefix(), ManualClock()
+    store: MemoryStore | RedisStore
+    leases: list[LocalRoomLease] | list[RedisRoomLease]
     if kind == "memory":
         # the room leases live in the store's own lease table, as with every other store
         store = MemoryStore(clock=clock.time, monotonic=clock.monotonic)
@@ -125,7 +127,7 @@ async def test_a_lapsed_holder_loses_nothing_and_overwrites_nothing_after_a_take
         await old_store.set_gemini_handle(ROOM, CALLER, "a-handle", ["a-1"])
     record = await store.load(ROOM, CALLER)
     assert record is not None and [i["id"] for i in record.items] == ["a-1", "b-1", "a-2"]
-    assert record.gemini.handle == "b-handle"
+    assert record.gemini is not None and record.gemini.handle == "b-handle"
     # its heartbeat finds the successor: it steps down
     await old.aclose(release=False)
     old = RoomPrimacy(leases[0], on_lost=lost.set)

@@ -54,7 +54,7 @@ async def test_user_transcription_keeps_flowing_across_sessions() -> None:
         output = RoomOutput(room, USER)
         await output.start()
         for n in range(2):  # the same output, a fresh session each time
-            session = AgentSession(llm=ScriptedLLM(), tts=ScriptedTTS())
+            session: AgentSession = AgentSession(llm=ScriptedLLM(), tts=ScriptedTTS())
             await output.start_session(
                 session,
                 Agent(instructions="test"),
@@ -62,11 +62,11 @@ async def test_user_transcription_keeps_flowing_across_sessions() -> None:
             )
             session.emit("user_input_transcribed", transcribed(f"hello {n}", final=False))
             session.emit("user_input_transcribed", transcribed(f"hello {n}, again", final=True))
-            await room.wait_until(
-                lambda r, n=n: any(
-                    s.text == f"hello {n}, again" and s.final for s in r.transcript()
-                )
-            )
+
+            def heard(r: SimulatedRoom, n: int = n) -> bool:
+                return any(s.text == f"hello {n}, again" and s.final for s in r.transcript())
+
+            await room.wait_until(heard)
             await session.aclose()
             await output.release(session)
         await output.aclose()
@@ -102,8 +102,12 @@ async def test_history_rpc_pages_through_the_whole_transcript() -> None:
         )
         await supervisor.start(greeting="Greet the user.")
         for n in range(4):
-            # the greeting, then a question and its answer per turn
-            await room.wait_until(lambda r, n=n: len(supervisor.transcript) == 1 + 2 * n)
+
+            def answered(_: SimulatedRoom, n: int = n) -> bool:
+                # the greeting, then a question and its answer per turn
+                return len(supervisor.transcript) == 1 + 2 * n
+
+            await room.wait_until(answered)
             if n == 2:
                 await supervisor.restart("mid-conversation")
             await room.send_chat(USER, f"Question {n}?")

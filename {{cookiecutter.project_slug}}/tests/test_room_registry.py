@@ -106,7 +106,10 @@ class Backend:
                 tag = "{" + self.prefix + ":rooms}"
                 until = await client.zscore(tag, room)
                 agent = await client.hget(tag + ":agent", room)
-            return None if until is None else (agent.decode(), int(until))
+            if until is None:
+                return None
+            assert isinstance(agent, bytes)
+            return agent.decode(), int(until)
         with sqlite3.connect(self.path) as conn:
             row = conn.execute("SELECT agent, until FROM rooms WHERE room = ?", (room,)).fetchone()
         return None if row is None else (row[0], row[1])
@@ -115,7 +118,9 @@ class Backend:
         """The lease's own until, as stored."""
         if self.kind == "redis":
             async with connect(self.server.url) as client:
-                return int(await client.hget(lease.key, "until"))
+                until = await client.hget(lease.key, "until")
+                assert until is not None
+                return int(until)
         with sqlite3.connect(self.path) as conn:
             row = conn.execute("SELECT until FROM leases WHERE key = ?", (lease.key,)).fetchone()
         return row[0]
@@ -259,7 +264,8 @@ async def test_a_claim_loses_to_the_holder_renewing(backend: Backend) -> None:
     # a holder that was only cut off reclaims its lease (for longer: nothing lapses meanwhile)
     assert await backend.lease("worker-a").renew(token)
     assert not await registry.claim(entry)  # the entry changed: this lapse is over
-    assert await lapsed_rooms(registry) == [] and (await backend.entry())[1] > entry.until_ms
+    now = await backend.entry()
+    assert await lapsed_rooms(registry) == [] and now is not None and now[1] > entry.until_ms
 
 
 async def test_a_holder_renewing_after_a_claim_records_its_room_again(backend: Backend) -> None:

@@ -74,11 +74,14 @@ def test_credentials_never_appear_in_errors(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_quarantine_lasts_as_long_as_retention_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
     from {{ cookiecutter.package_name }}.backends import open_session_store
+    from {{ cookiecutter.package_name }}.resilience.store import MemoryStore, SqliteStore
 
     monkeypatch.setenv("SESSION_RETENTION_S", "120")
-    assert open_session_store(load_settings()).quarantine_ttl == 120
+    store = open_session_store(load_settings())
+    assert isinstance(store, MemoryStore | SqliteStore) and store.quarantine_ttl == 120
     monkeypatch.setenv("SESSION_QUARANTINE_S", "3600")
-    assert open_session_store(load_settings()).quarantine_ttl == 3600
+    store = open_session_store(load_settings())
+    assert isinstance(store, MemoryStore | SqliteStore) and store.quarantine_ttl == 3600
 
 
 def test_env_local_is_read_and_the_environment_wins(
@@ -116,4 +119,5 @@ def test_a_fallback_stack_needs_its_key_too(monkeypatch: pytest.MonkeyPatch) -> 
         "OPENAI_API_KEY is not set: MODEL_STACK=openai-realtime needs an OpenAI API key "
         "(https://platform.openai.com/api-keys) (FALLBACK_MODEL_STACK=openai-realtime)"
     ]
-    assert load_settings().fallback_settings().model_stack == "openai-realtime"
+    fallback = load_settings().fallback_settings()
+    assert fallback is not None and fallback.model_stack == "openai-realtime"

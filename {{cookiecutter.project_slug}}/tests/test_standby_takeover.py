@@ -82,7 +82,7 @@ async def test_the_standby_takes_over_a_killed_primary_and_continues() -> None:
                 record = await check.load(ROOM, USER)
             finally:
                 await check.aclose()
-            assert record.item_ids.count("late") == 1
+            assert record is not None and record.item_ids.count("late") == 1
         finally:
             # a failed assertion must not leave sessions running (the loop would never close)
             if standby is not None and not standby.done():

@@ -6,6 +6,7 @@ from {{ cookiecutter.package_name }}.models import ModelStack
 from {{ cookiecutter.package_name }}.resilience.returning import chat_ctx_from_record
 from {{ cookiecutter.package_name }}.resilience.store import (
     MemoryStore,
+    RedisStore,
     StorageLimits,
     open_store,
 )
@@ -32,9 +33,12 @@ def message(n: int) -> dict:
 async def test_the_model_is_told_where_the_history_was_trimmed() -> None:
     store = MemoryStore(limits=StorageLimits(max_entries=3))
     await store.append(ROOM, USER, items=[message(n) for n in range(5)])
-    ctx = chat_ctx_from_record(await store.load(ROOM, USER))
-    first, *rest = ctx.items
-    assert first.role == "system" and "2 oldest items" in first.text_content
+    record = await store.load(ROOM, USER)
+    assert record is not None
+    ctx = chat_ctx_from_record(record)
+    assert ctx.messages() == ctx.items  # nothing but messages
+    first, *rest = ctx.messages()
+    assert first.role == "system" and "2 oldest items" in (first.text_content or "")
     assert [item.text_content for item in rest] == ["turn 2", "turn 3", "turn 4"]
 
 
@@ -54,8 +58,13 @@ async def test_a_participant_typing_megabytes_does_not_fill_redis() -> None:
         try:
             for n in range(MESSAGES):
                 await room.send_chat(USER, f"{n} " + "x" * MB)
-                await room.wait_until(lambda r, n=n: f"answer {n}" in _agent_lines(r))
+
+                def answered(r: SimulatedRoom, n: int = n) -> bool:
+                    return f"answer {n}" in _agent_lines(r)
+
+                await room.wait_until(answered)
             await conversation.recorder.flush()
+            assert isinstance(conversation.store, RedisStore)
             await conversation.store.wait_flushed(10)
             assert job.shutdown_reasons == []  # the call was never ended
         finally:
@@ -68,6 +77,7 @@ async def test_a_participant_typing_megabytes_does_not_fill_redis() -> None:
         finally:
             await check.aclose()
     # every turn is kept, each big message cut to the entry limit and marked
+    assert record is not None
     user_texts = [i["content"][0] for i in record.items if i["role"] == "user"]
     assert len(user_texts) == MESSAGES
     assert all(text.endswith(TRIMMED_MARK) for text in user_texts)

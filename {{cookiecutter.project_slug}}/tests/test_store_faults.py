@@ -150,6 +150,7 @@ async def test_the_call_goes_on_and_redis_holds_every_turn_once_in_order(
         assert m.outages + m.given_back >= 1
     # a fresh client reads every conversation item from Redis once, in order
     assert m.stored == m.expected
+    assert run.record is not None
     assert len(set(run.record.item_ids)) == len(run.record.item_ids)
 
 
@@ -253,5 +254,6 @@ async def test_a_blocked_event_loop_does_not_end_a_call_on_the_default_store() -
         record = await store.load("sim-room", USER)
     finally:
         await store.aclose()
+    assert record is not None
     assert stored_messages(record) == expected_messages(GREETING_REPLY, lines, replies)
     assert len(set(record.item_ids)) == len(record.item_ids)

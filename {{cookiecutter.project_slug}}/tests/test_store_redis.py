@@ -97,8 +97,8 @@ async def test_encrypted_at_rest_and_tampering_is_caught(
         admin.lset(keys.items, 1, bytes(blob))
     with caplog.at_level(logging.ERROR):
         assert await store.load(ROOM, "bo") is None
-    (logged,) = [r for r in caplog.records if "quarantine" in r.getMessage()]
-    assert "authentication failed" in logged.reason and "bo" not in logged.participant
+    (logged,) = [vars(r) for r in caplog.records if "quarantine" in r.getMessage()]
+    assert "authentication failed" in logged["reason"] and "bo" not in logged["participant"]
     assert (await store.join(ROOM, "bo", "s2")).kind is JoinKind.NEW
     await store.aclose()
 
@@ -135,8 +135,8 @@ async def test_a_full_queue_drops_loudly_and_a_live_conversation_is_rewritten(
             for n in range(10):
                 await store.append(ROOM, "di", items=[turn(n)])
                 await store.append(ROOM, "gone", items=[turn(n)])
-        drops = [r for r in caplog.records if "queue full" in r.getMessage()]
-        assert drops and drops[0].levelno == logging.ERROR and drops[0].max_writes == 5
+        drops = [vars(r) for r in caplog.records if "queue full" in r.getMessage()]
+        assert drops and drops[0]["levelno"] == logging.ERROR and drops[0]["max_writes"] == 5
         assert store.write_queue.dropped == 15
         assert (await store.load(ROOM, "di")).item_ids == [f"item_{n}" for n in range(10)]
         server.start()

@@ -379,7 +379,9 @@ def test_conversation_items_keep_answered_tool_calls_and_cut_replies() -> None:
         ("function_call_output", "c1"),
         ("message", None),
     ]
-    assert kept[-1].interrupted and kept[-1].text_content == "It is su"
+    last = kept[-1]
+    assert isinstance(last, llm.ChatMessage)
+    assert last.interrupted and last.text_content == "It is su"
 
 
 async def test_supervisor_refuses_bad_configuration() -> None:
@@ -389,6 +391,7 @@ async def test_supervisor_refuses_bad_configuration() -> None:
             room, USER, models=stack(ScriptedLLM()), agent_factory=Helper, stuck_timeout=0
         )
     with pytest.raises(TypeError, match="ModelStack"):
+        # a wrong type on purpose: the supervisor checks it at run time
         SessionSupervisor(room, USER, models="gemini", agent_factory=Helper)  # type: ignore[arg-type]
     supervisor = SessionSupervisor(room, USER, models=stack(ScriptedLLM()), agent_factory=Helper)
     with pytest.raises(RuntimeError, match="start"):

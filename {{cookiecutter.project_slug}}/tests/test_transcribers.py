@@ -98,7 +98,7 @@ async def test_a_restarted_transcriber_keeps_listening_and_keeps_its_lines() -> 
         await mic.say("Before the restart.")
         await room.wait_until(lambda r: len(final_user_lines(r)) >= 1, 10)
         second = await transcriber.restart("test")
-        assert second is not first and transcriber.restarts == 1
+        assert second is not None and second is not first and transcriber.restarts == 1
         await mic.say("After the restart.")
         await room.wait_until(lambda r: len(final_user_lines(r)) >= 2, 10)
         assert [line.text for line in transcriber.lines] == [

@@ -118,8 +118,8 @@ class Conversation:
         supervisor.on(
             "transcript_segment", lambda ev: self.recorder.add(transcript=[ev.segment.to_dict()])
         )
-        if self.meeting is not None:
-            supervisor.on("transcript_segment", lambda ev: self.meeting.add_segment(ev.segment))
+        if (meeting := self.meeting) is not None:
+            supervisor.on("transcript_segment", lambda ev: meeting.add_segment(ev.segment))
         supervisor.on("closed", self._on_closed)
         metrics.watch_supervisor(supervisor)
         self._supervisor = supervisor

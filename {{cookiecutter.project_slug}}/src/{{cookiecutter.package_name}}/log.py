@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 
@@ -59,7 +59,7 @@ def setup_structlog() -> None:
 
 
 def configure_logging(
-    level: str = "INFO", *, json: bool | None = None, stream: TextIO | None = None
+    level: str = "INFO", *, json: bool | None = None, stream: IO[str] | None = None
 ) -> None:
     """Install a root handler for commands that run outside livekit's worker runner.
 

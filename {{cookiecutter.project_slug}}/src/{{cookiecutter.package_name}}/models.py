@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from livekit.agents import llm, stt, tts, vad
+from livekit.agents import NOT_GIVEN, NotGivenOr, llm, stt, tts, vad
 from livekit.agents.voice.turn import TurnDetectionMode
+from pydantic import SecretStr
 
 from .settings import Settings
 
@@ -41,6 +43,19 @@ class ModelStack:
             and model.capabilities.turn_detection
         ):
             object.__setattr__(self, "turn_detection", "realtime_llm")
+
+    def session_options(self) -> dict[str, Any]:
+        """The AgentSession keywords that run this stack (livekit's NOT_GIVEN where a
+        pipeline part is missing, its default turn handling unless one is chosen)."""
+        options: dict[str, Any] = {
+            "llm": self.llm,
+            "stt": self.stt if self.stt is not None else NOT_GIVEN,
+            "tts": self.tts if self.tts is not None else NOT_GIVEN,
+            "vad": self.vad,
+        }
+        if self.turn_detection is not None:
+            options["turn_handling"] = {"turn_detection": self.turn_detection}
+        return options
 
 
 ModelSource = ModelStack | Callable[[], ModelStack]
@@ -95,7 +110,8 @@ def build_models(settings: Settings, *, vad_model: vad.VAD | None = None) -> Mod
         )
     from livekit.plugins import openai, silero
 
-    api_key = _secret(settings.openai_api_key)
+    key = _secret(settings.openai_api_key)
+    api_key: NotGivenOr[str] = key if key is not None else NOT_GIVEN  # the plugins' "unset"
     return ModelStack(
         name="openai-pipeline",
         llm=openai.LLM(model=settings.openai_llm_model, api_key=api_key),
@@ -112,7 +128,7 @@ def _gemini_live(settings: Settings) -> llm.RealtimeModel:
 
     from .resilience.gemini import gemini_realtime_model
 
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if settings.gemini_base_url:
         # A proxy or a local Live-protocol server; TLS trust comes from SSL_CERT_FILE.
         kwargs["http_options"] = types.HttpOptions(base_url=settings.gemini_base_url)
@@ -130,5 +146,5 @@ def _gemini_live(settings: Settings) -> llm.RealtimeModel:
     )
 
 
-def _secret(value: object) -> str | None:
-    return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None

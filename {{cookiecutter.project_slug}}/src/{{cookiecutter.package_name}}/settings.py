@@ -8,10 +8,11 @@ name the variable and say what to set; the CLI prints them and exits non-zero.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 StackName = Literal["gemini-live", "openai-realtime", "openai-pipeline"]
@@ -242,10 +243,10 @@ class Settings(BaseSettings):
         return self
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read and validate the settings once; raise `SettingsError` with one line per problem."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
 
@@ -260,7 +261,7 @@ def _describe(exc: ValidationError) -> list[str]:
     return lines
 
 
-def _reason(error: dict) -> str:
+def _reason(error: ErrorDetails) -> str:
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeGuard
 
 import typer
 from typer.core import TyperGroup
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class OneLineErrors(TyperGroup):
     """Bad flags, unknown commands and invalid settings are one line each and exit 2."""
 
-    def main(  # type: ignore[override]
+    def main(  # type: ignore[override]  # click overloads main() on standalone_mode
         self,
         args: Any = None,
         prog_name: str | None = None,
@@ -57,16 +57,24 @@ def _one_line(exc: Exception) -> int:
         raise exc
     if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help
         typer.secho(f"error: {_usage_line(exc)}", fg=typer.colors.RED, err=True)
-    return exc.exit_code  # type: ignore[attr-defined]
+    return exc.exit_code
 
 
-def _is_click_error(exc: Exception) -> bool:
+class _ClickError(Protocol):
+    """The shape of a click usage error (click's own, or the one typer vendors)."""
+
+    exit_code: int
+
+    def format_message(self) -> str: ...
+
+
+def _is_click_error(exc: Exception) -> TypeGuard[_ClickError]:
     # typer >= 0.16 vendors click, older ones use it: recognise either by its shape
     return hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)
 
 
-def _usage_line(exc: Exception) -> str:
-    message = exc.format_message().rstrip(".")  # type: ignore[attr-defined]
+def _usage_line(exc: _ClickError) -> str:
+    message = exc.format_message().rstrip(".")
     ctx = getattr(exc, "ctx", None)
     command = getattr(ctx, "command_path", None)
     return f"{message} (see `{command} --help`)" if command else message

@@ -51,7 +51,7 @@ async def check_model_keys(settings: Settings) -> list[CheckResult]:
 
 
 def _needed_keys(settings: Settings) -> list[str]:
-    stacks = {settings.model_stack, settings.fallback_model_stack} - {None}
+    stacks = {s for s in (settings.model_stack, settings.fallback_model_stack) if s is not None}
     needed = []
     if "gemini-live" in stacks:
         needed.append("GOOGLE_API_KEY")

@@ -173,7 +173,7 @@ def list_sessions(room: Room = None) -> None:
 def _read_one(settings: Settings, identity: str, room: str, event: dict[str, Any]) -> Any:
     from ..resilience.store import CorruptRecordError, MissingKeyError
 
-    async def read(admin: RedisAdmin) -> Any:
+    async def read(admin: RedisAdmin | SqliteAdmin) -> Any:
         try:
             return await admin.read(room, identity)
         except (MissingKeyError, CorruptRecordError) as exc:

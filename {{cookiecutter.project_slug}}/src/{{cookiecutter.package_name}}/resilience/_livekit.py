@@ -18,7 +18,7 @@ livekit, so an upgrade that changes them fails there first, loudly.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from livekit import rtc
 from livekit.agents import AgentSession, JobContext
@@ -29,7 +29,8 @@ CHECKED_VERSION = "1.8.9"
 
 # the playback events an AudioOutput wrapper subscribes to on the sink below it, and the
 # bound method it subscribes with (io.AudioOutput.__init__)
-_WRAPPER_SUBSCRIPTIONS = (
+_PlaybackEvent = Literal["playback_finished", "playback_started", "playback_progressed"]
+_WRAPPER_SUBSCRIPTIONS: tuple[tuple[_PlaybackEvent, str], ...] = (
     ("playback_finished", "_dispatch_playback_finished"),
     ("playback_started", "_forward_next_playback_started"),
     ("playback_progressed", "_forward_next_playback_progressed"),
@@ -126,7 +127,7 @@ def hand_over_primary(job_ctx: JobContext, old: AgentSession | None, new: AgentS
     current = primary_session(job_ctx)
     if current is not None and current is not old:
         return False  # another conversation's session is primary: leave it
-    job_ctx._primary_agent_session = new  # type: ignore[attr-defined]
+    job_ctx._primary_agent_session = new
     return True
 
 
@@ -162,7 +163,7 @@ def set_primary(job_ctx: JobContext, session: AgentSession | None) -> None:
     never does by itself.
     """
     _require(job_ctx, "_primary_agent_session", "JobContext._primary_agent_session")
-    job_ctx._primary_agent_session = session  # type: ignore[attr-defined]
+    job_ctx._primary_agent_session = session
 
 
 def has_session_host(session: AgentSession) -> bool:

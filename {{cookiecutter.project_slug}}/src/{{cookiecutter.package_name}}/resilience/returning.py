@@ -239,7 +239,8 @@ class ConversationRecorder:
 
         @session.on("conversation_item_added")
         def _on_item(event: ConversationItemAddedEvent) -> None:
-            if event.item.type in CONVERSATION_TYPES:
+            # livekit emits this for messages (tool calls come as function_tools_executed)
+            if isinstance(event.item, llm.ChatMessage):
                 self.add(items=[item_to_dict(event.item)])
 
         @session.on("function_tools_executed")

@@ -37,6 +37,7 @@ from livekit.agents.voice.events import (
     ConversationItemAddedEvent,
     ErrorEvent,
 )
+from livekit.agents.voice.events import EventTypes as SessionEvent
 
 from ..log import get_logger, identity_ref
 from ..models import ModelSource, as_factory
@@ -141,7 +142,7 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         self._previous: AgentSession | None = None
         self._running = False
         self._own_close: set[int] = set()
-        self._listeners: dict[int, dict[str, Callable[..., None]]] = {}
+        self._listeners: dict[int, dict[SessionEvent, Callable[..., None]]] = {}
         self._lock = asyncio.Lock()
         self._auto_restart: asyncio.Task[Any] | None = None
         self._tasks = utils.aio.TaskSet()  # background work, cancelled on close
@@ -322,12 +323,10 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
             if inspect.isawaitable(result):
                 await result
         stack = spec.models
-        kwargs = dict(self._session_options)
-        if stack.turn_detection is not None:
-            kwargs["turn_handling"] = {"turn_detection": stack.turn_detection}
+        kwargs = {**self._session_options, **stack.session_options()}
         if self._userdata is not None:
             kwargs["userdata"] = self._userdata
-        session = AgentSession(llm=stack.llm, stt=stack.stt, tts=stack.tts, vad=stack.vad, **kwargs)
+        session: AgentSession = AgentSession(**kwargs)
         if restart and self._job_ctx is not None:
             _livekit.hand_over_primary(self._job_ctx, self._previous, session)
         self._watch(session)
@@ -414,7 +413,7 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
                 loop = asyncio.get_running_loop()
                 self._stuck_timer = loop.call_later(self._stuck_timeout, self._on_stuck, session)
 
-        listeners = {
+        listeners: dict[SessionEvent, Callable[..., None]] = {
             "conversation_item_added": on_item,
             "error": on_error,
             "close": on_close,

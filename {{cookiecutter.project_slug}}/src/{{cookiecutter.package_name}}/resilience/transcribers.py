@@ -38,6 +38,7 @@ from typing import Any, Literal
 from livekit import rtc
 from livekit.agents import Agent, AgentSession, JobContext, llm, room_io, stt, utils, vad
 from livekit.agents.voice.events import UserInputTranscribedEvent
+from livekit.agents.voice.turn import TurnDetectionMode
 
 from ..log import get_logger, identity_ref
 from . import _livekit
@@ -201,8 +202,8 @@ class Transcriber(utils.EventEmitter[EventTypes]):
 
     async def _open(self, reason: str) -> AgentSession:
         # turns end where the STT (or the VAD) says; there is no turn-detector model to load
-        turn_detection = "vad" if self._vad is not None else "stt"
-        session = AgentSession(
+        turn_detection: TurnDetectionMode = "vad" if self._vad is not None else "stt"
+        session: AgentSession = AgentSession(
             stt=self._stt, vad=self._vad, turn_handling={"turn_detection": turn_detection}
         )
         session.on("user_input_transcribed", self._on_transcribed)

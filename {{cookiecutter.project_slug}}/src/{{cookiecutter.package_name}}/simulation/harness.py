@@ -63,6 +63,7 @@ class Simulation:
         self.expected_roles: list[str] = []
         self.expected_job_ends: list[str] = []
         self.timings: dict[str, Any] = {"turns_s": []}
+        self.findings: dict[str, Any] = {}  # what a scenario notes for its own checks
         self._print = printer
         self._started = time.monotonic()
 
@@ -210,8 +211,8 @@ async def scenario_with_job(sim: Simulation, scenario: ScenarioFn, job: asyncio.
 
     job.add_done_callback(_on_job_done)
     await scenario(sim)
-    if job.done() and not job.cancelled() and job.exception() is not None:
-        raise job.exception()  # type: ignore[misc]
+    if job.done() and not job.cancelled() and (error := job.exception()) is not None:
+        raise error
 
 
 def _transcript_printer(room: SimulatedRoom, printer: Printer) -> Callable[[TimelineEvent], None]:

@@ -83,7 +83,7 @@ async def _call(
     victim = holder_of(room, workers)
     victim.kill()
     killed_at = time.monotonic()
-    printer(f"  .. killed the worker holding the call (pid {victim.process.pid}, kill -9)")
+    printer(f"  .. killed the worker holding the call (pid {victim.pid}, kill -9)")
     back = await server.wait_for_agent_line(room, "Welcome back!", within=60)
     gap = round(back.at - killed_at, 2)
     show()

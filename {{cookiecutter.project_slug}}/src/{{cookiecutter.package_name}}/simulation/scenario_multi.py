@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
+from typing import Any, Protocol
 
 from ..models import ModelStack
 from ..resilience.primary.election import SessionElection
@@ -94,14 +94,14 @@ async def multi(sim: Simulation) -> None:
     for identity, line in LINES_AFTER.items():
         await microphones[identity].say(line)
     await asyncio.sleep(0.5)
-    sim.timeline = [term.to_dict() for term in election.timeline]  # type: ignore[attr-defined]
+    sim.findings["timeline"] = [term.to_dict() for term in election.timeline]
     meeting = sim.conversation.meeting if sim.conversation is not None else None
-    sim.meeting_lines = [  # type: ignore[attr-defined]
+    sim.findings["meeting_lines"] = [
         (s.text, s.speaker)
         for s in (meeting.log if meeting is not None else [])
         if s.role == "user"
     ]
-    sim.primary_identities = [t.identity for t in election.timeline]  # type: ignore[attr-defined]
+    sim.findings["primary_identities"] = [t.identity for t in election.timeline]
     for microphone in microphones.values():
         await microphone.aclose()
 
@@ -111,10 +111,16 @@ async def _wait_for_election(sim: Simulation) -> SessionElection:
     return _election(sim)
 
 
-def check_multi(obs: Observations, sim: Simulation) -> list[str]:
+class HasFindings(Protocol):
+    """What ``check_multi`` reads of a :class:`Simulation`."""
+
+    findings: dict[str, Any]
+
+
+def check_multi(obs: Observations, sim: HasFindings) -> list[str]:
     """The primary timeline has no gap and no overlap; every line is its speaker's."""
     problems: list[str] = []
-    terms = getattr(sim, "timeline", [])
+    terms = sim.findings.get("timeline", [])
     obs.timings["primary_timeline"] = terms
     if len(terms) < 2:
         problems.append(f"expected a handover, saw {len(terms)} primary terms")
@@ -123,7 +129,7 @@ def check_multi(obs: Observations, sim: Simulation) -> list[str]:
             problems.append("the primary timeline has a gap or an overlap between two terms")
     if terms and terms[-1]["ended_at"] is not None:
         problems.append("no primary at the end while sessions ran")
-    identities = getattr(sim, "primary_identities", [])
+    identities = sim.findings.get("primary_identities", [])
     if identities[:1] != [PEOPLE[0]] or PEOPLE[0] in identities[1:]:
         problems.append("the first participant's session was not primary first, or came back")
     spoken = {line: who for who, lines in LINES.items() for line in lines}
@@ -139,7 +145,7 @@ def check_multi(obs: Observations, sim: Simulation) -> list[str]:
     repeated = sorted({text for text in finals if finals.count(text) > 1})
     if repeated:
         problems.append(f"{len(repeated)} spoken lines were published more than once")
-    meeting = getattr(sim, "meeting_lines", [])
+    meeting = sim.findings.get("meeting_lines", [])
     obs.timings["meeting_lines"] = len(meeting)
     if sorted(meeting) != sorted(spoken.items()):
         problems.append("the room's transcript does not hold every spoken line once")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends import open_session_store
-from ..resilience.store import SessionRecord
+from ..resilience.store import RedisStore, SessionRecord
 from ..settings import Settings, load_settings
 from ..testing import ScriptedLLM
 from ..testing.redis_faults import Kill, RedisFault
@@ -195,7 +195,8 @@ class FaultCall:
             for _ in range(self.after):
                 await self._say(sim, next(lines))
             sim.progress("waiting for the writes queued during the fault to reach redis")
-            await sim.conversation.recorder.flush()  # type: ignore[union-attr]
+            assert sim.conversation is not None  # set before its store was found
+            await sim.conversation.recorder.flush()
             if not await store.wait_flushed(DRAIN_LIMIT_S):
                 m.violations.append(f"writes still queued {DRAIN_LIMIT_S:g} s after the fault")
         finally:
@@ -232,7 +233,7 @@ class FaultCall:
         await sim.say(USER, line)
         self.measures.answered_s.append(round(time.monotonic() - self._started, 3))
 
-    async def _watch(self, store: Any) -> None:
+    async def _watch(self, store: RedisStore) -> None:
         m = self.measures
         while True:
             m.queued_peak = max(m.queued_peak, store.pending_writes)
@@ -242,11 +243,11 @@ class FaultCall:
             await asyncio.sleep(0.02)
 
 
-async def _job_store(sim: Simulation) -> Any:
+async def _job_store(sim: Simulation) -> RedisStore:
     """The session store the job opened from its settings (a RedisStore)."""
     await sim.room.wait_until(lambda _: sim.conversation is not None)
-    store = sim.conversation.store  # type: ignore[union-attr]
-    if not hasattr(store, "write_queue"):
+    store = sim.conversation.store if sim.conversation is not None else None
+    if not isinstance(store, RedisStore):
         raise RuntimeError("a Redis fault scenario needs REDIS_URL: the job opened no RedisStore")
     return store
 

@@ -303,7 +303,8 @@ class ScriptedTTS(tts.TTS):
 
 class _ScriptedChunkedStream(tts.ChunkedStream):
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
-        scripted: ScriptedTTS = self._tts  # type: ignore[assignment]
+        scripted = self._tts
+        assert isinstance(scripted, ScriptedTTS)  # the only TTS that opens this stream
         output_emitter.initialize(
             request_id=utils.shortuuid(),
             sample_rate=scripted.sample_rate,
@@ -316,7 +317,8 @@ class _ScriptedChunkedStream(tts.ChunkedStream):
 
 class _ScriptedSynthesizeStream(tts.SynthesizeStream):
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
-        scripted: ScriptedTTS = self._tts  # type: ignore[assignment]
+        scripted = self._tts
+        assert isinstance(scripted, ScriptedTTS)  # the only TTS that opens this stream
         output_emitter.initialize(
             request_id=utils.shortuuid(),
             sample_rate=scripted.sample_rate,

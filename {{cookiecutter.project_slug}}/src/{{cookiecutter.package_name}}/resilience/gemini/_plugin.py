@@ -27,7 +27,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Collection
-from typing import Any
+from typing import Any, TypeGuard
 
 from google.genai import types
 from livekit.agents import llm, utils
@@ -106,7 +106,7 @@ def quieten_recovered_drops() -> None:
         plugin_logger.addFilter(RecoveredDropsAreWarnings())
 
 
-def _is_trigger(msg: Any) -> bool:
+def _is_trigger(msg: Any) -> TypeGuard[types.LiveClientContent]:
     """A clientContent that asks the model to answer (generate_reply's ``.`` turn)."""
     return (
         isinstance(msg, types.LiveClientContent)
@@ -171,7 +171,8 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
         self._link = ConnectionLoop(self, resume)
         super().__init__(model)
 
-    @utils.log_exceptions(logger=logger)
+    # a structlog logger: log_exceptions only calls its .exception(), which it has
+    @utils.log_exceptions(logger=logger)  # type: ignore[arg-type]
     async def _main_task(self) -> None:
         await self._link.run()
 
@@ -202,7 +203,8 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
         """Make ``tap`` the active session and queue what the server lacks, in order:
         the missing chat items, then what was queued (a reply trigger after the turns it
         answers), then a trigger again if a reply is still awaited. Returns items sent."""
-        self._active_session = tap
+        # duck-types genai's AsyncSession: the plugin only calls receive() and close()
+        self._active_session = tap  # type: ignore[assignment]
         target = self._pending_chat_ctx if self._pending_chat_ctx is not None else self._chat_ctx
         self._pending_chat_ctx = None
         old, self._msg_ch = self._msg_ch, utils.aio.Chan()
@@ -295,7 +297,7 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
             logger.warning("unknown outbound message dropped", kind=type(msg).__name__)
 
     async def recv_loop(self, tap: TappedSession) -> None:
-        await self._recv_task(tap)  # type: ignore[arg-type]
+        await self._recv_task(tap)  # type: ignore[arg-type]  # duck-types AsyncSession, as above
 
     def take_error(self) -> BaseException | None:
         error, self._link_error = self._link_error, None

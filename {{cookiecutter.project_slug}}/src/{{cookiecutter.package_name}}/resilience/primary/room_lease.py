@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -83,7 +84,7 @@ def _check(room: str, owner: str, ttl: float) -> None:
 class _StoreRoomLease:
     """A room's lease in a store's lease table (``Leases``); see the module docstring."""
 
-    def __init__(self, leases: Leases, room: str, owner: str, ttl: float) -> None:
+    def __init__(self, leases: Leases[Any], room: str, owner: str, ttl: float) -> None:
         _check(room, owner, ttl)
         self.room, self.owner, self.ttl = room, owner, ttl
         self._leases = leases
@@ -158,8 +159,8 @@ class SqliteRoomLease(_StoreRoomLease):
     ``watch_as`` as there; the entry is written in the lease's own transaction."""
 
     def __init__(
-        self, db: SqliteDatabase | str, room: str, owner: str, *, ttl: float = DEFAULT_TTL_S,
-        watch_as: str | None = None,
+        self, db: SqliteDatabase | str | os.PathLike[str], room: str, owner: str, *,
+        ttl: float = DEFAULT_TTL_S, watch_as: str | None = None,
     ) -> None:  # fmt: skip
         leases = SqliteLeases(db if isinstance(db, SqliteDatabase) else SqliteDatabase(db))
         super().__init__(leases, room, owner, ttl)

@@ -50,7 +50,7 @@ def _direct(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[An
 
     @functools.wraps(method)
     async def call(*args: Any, **kwargs: Any) -> Any:
-        admin: RedisAdmin = args[0]  # type: ignore[assignment]
+        admin: RedisAdmin = args[0]
         try:
             return await method(*args, **kwargs)
         except StoreError:

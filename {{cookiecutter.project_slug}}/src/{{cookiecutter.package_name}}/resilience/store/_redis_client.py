@@ -42,6 +42,8 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+# ...and, for a Lua script, any error reply (out of memory, a busy or failing script)
+_SCRIPT_FAILURES: tuple[type[BaseException], ...] = (*UNAVAILABLE, rex.ResponseError)
 
 
 async def run_script(script: Any, keys: list[str], args: list[Any], what: str) -> Any:
@@ -49,7 +51,7 @@ async def run_script(script: Any, keys: list[str], args: list[Any], what: str) -
     StoreUnavailableError saying ``what`` cannot be done (the room lease, the watch list)."""
     try:
         return await script(keys=keys, args=args)
-    except (*UNAVAILABLE, rex.ResponseError) as exc:
+    except _SCRIPT_FAILURES as exc:
         raise StoreUnavailableError(
             f"redis cannot answer ({type(exc).__name__}: {str(exc)[:120]}); {what}"
         ) from None

@@ -110,7 +110,7 @@ class SqliteAdmin:
         outcome = "missing"
         if self._db is not None:
             outcome = await self._db.write(ops.restore, key, ms(self.retention))
-        if outcome == "missing":
+        if outcome == "missing" or self._db is None:
             raise InvalidInputError(f"no quarantined record {key} (expired or purged)")
         if outcome == "live":
             raise StoreError(
@@ -118,7 +118,7 @@ class SqliteAdmin:
                 "(purge the live one first with `sessions purge`, or leave it)"
             )
         pkey = key.partition(":q")[0]
-        found = await self._db.read(ops.load, pkey)  # type: ignore[union-attr]
+        found = await self._db.read(ops.load, pkey)
         inventory = self._sort([(pkey, found)] if found is not None else [])
         if inventory.records:
             return inventory.records[0]

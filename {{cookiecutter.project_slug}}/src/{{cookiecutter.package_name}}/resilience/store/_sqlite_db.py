@@ -263,7 +263,7 @@ class SqliteDatabase:
             if conn.in_transaction:
                 conn.rollback()
 
-    def _unusable(self, exc: sqlite3.Error) -> StoreError:
+    def _unusable(self, exc: sqlite3.Error) -> Exception:
         code = (exc.sqlite_errorcode or 0) & 0xFF
         if code == sqlite3.SQLITE_NOTADB:
             return DatabaseFileError(

@@ -212,6 +212,7 @@ def live_records(conn: Connection, room_hash: str | None) -> list[tuple[str, Sto
 def purge(conn: Connection, pkey: str | None, room_hash: str) -> tuple[int, int]:
     """Delete one participant's record (``pkey``), or a whole room's, with their quarantined
     copies and participant leases; (live records, quarantined copies) deleted."""
+    args: tuple[str, ...]
     if pkey is not None:  # participant hashes are hex: no LIKE wildcard in them
         where, args = "(pkey = ? OR pkey LIKE ?)", (pkey, pkey + ":q%")
     else:

@@ -63,9 +63,9 @@ def _trim_entry(entry: dict[str, Any], size: int, max_bytes: int, label: str) ->
     for length, holder, key in slots:
         if excess <= 0:
             break
-        text: str = holder[key]  # type: ignore[index]
+        text: str = holder[key]
         keep = max(0, length - excess - len(TRIMMED_MARK))
-        holder[key] = text[:keep] + TRIMMED_MARK  # type: ignore[index]
+        holder[key] = text[:keep] + TRIMMED_MARK
         excess -= len(text[keep:].encode()) - len(TRIMMED_MARK)
     entry["trimmed_bytes"] = size - max_bytes
     raw = orjson.dumps(entry)

@@ -188,8 +188,10 @@ class WriteQueue:
 
     async def _prepare(self) -> bool:
         """Run ``before_replay`` once the service answers; False while it still cannot."""
+        if self._before_replay is None:
+            return True
         try:
-            return await self._attempt(self._before_replay)  # type: ignore[arg-type]
+            return await self._attempt(self._before_replay)
         except Exception:
             logger.exception("preparing the replay of queued writes failed; replaying them")
             return True

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from .base import InvalidInputError, LeaseHeldError, StaleLeaseError
 
@@ -50,6 +50,7 @@ LEASE_MEMORY_S = 86_400.0
 
 LeaseKey = Hashable
 """A lease's name in its table: a Redis key, a SQLite row key, or a key of this process."""
+_Key = TypeVar("_Key", bound=LeaseKey)
 
 
 def check_ttl(ttl: float) -> None:
@@ -83,29 +84,30 @@ class LeaseState:
 NOBODY = LeaseState(None, None, None)
 
 
-class Leases(Protocol):
-    """One backend's lease table (see the module docstring for the rules)."""
+class Leases(Protocol[_Key]):
+    """One backend's lease table (see the module docstring for the rules), keyed by ``_Key``
+    (the Redis and SQLite tables by str)."""
 
-    def room(self, room: str) -> LeaseKey:
+    def room(self, room: str) -> _Key:
         """The key of a room's lease."""
         ...
 
-    def participant(self, room: str, identity: str) -> LeaseKey:
+    def participant(self, room: str, identity: str) -> _Key:
         """The key of a participant's lease (the one their records' writes are fenced by)."""
         ...
 
     async def acquire(
-        self, key: LeaseKey, owner: str, ttl: float, *, force: bool = False,
+        self, key: _Key, owner: str, ttl: float, *, force: bool = False,
         held: int | None = None,
     ) -> Grant:  # fmt: skip
         """Take, renew or reclaim the lease; LeaseHeldError while another owner holds it."""
         ...
 
-    async def release(self, key: LeaseKey, owner: str, token: int) -> bool:
+    async def release(self, key: _Key, owner: str, token: int) -> bool:
         """Give the lease up if ``owner``/``token`` hold it (its token stays remembered)."""
         ...
 
-    async def state(self, key: LeaseKey) -> LeaseState:
+    async def state(self, key: _Key) -> LeaseState:
         """Who holds the lease now."""
         ...
 

@@ -282,6 +282,7 @@ class MemoryStore:
         The sequences are kept as given (not copied) until the first append: a restore that is
         never written to costs nothing more.
         """
+        # the sequences stand in for the entry's lists until ``mutable()`` copies them
         entry = MemoryEntry(dict(fields), items, transcript, seed=record)  # type: ignore[arg-type]
         ttl = self.active_ttl if record.active_session else self.retention
         entry.expires_at = self._monotonic() + ttl

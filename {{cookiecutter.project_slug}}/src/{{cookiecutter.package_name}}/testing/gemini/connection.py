@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -28,6 +28,7 @@ from .faults import (
     ConnectionRecord,
     Drop,
     Fault,
+    FaultSite,
     GoAway,
     NoSetupComplete,
     RefuseHandle,
@@ -129,7 +130,7 @@ class LiveConnection:
         else:
             await self.ws.close(code, reason)
 
-    async def apply(self, fault: Fault, where: str) -> None:
+    async def apply(self, fault: Fault, where: FaultSite) -> None:
         """Apply a drop or goAway to this connection now."""
         self._faults.record(self.record.index, fault, where)
         if isinstance(fault, Drop):
@@ -200,7 +201,9 @@ class LiveConnection:
         await self.close(code, reason)
         return False
 
-    def _take_at(self, where: str, chunks_sent: int | None = None) -> Drop | GoAway | None:
+    def _take_at(
+        self, where: Literal["setup", "reply"], chunks_sent: int | None = None
+    ) -> Drop | GoAway | None:
         def match(f: Fault) -> bool:
             return (
                 isinstance(f, Drop | GoAway)
@@ -208,7 +211,9 @@ class LiveConnection:
                 and (chunks_sent is None or f.after_chunks == chunks_sent)
             )
 
-        return self._faults.take(match)  # type: ignore[return-value]
+        fault = self._faults.take(match)
+        assert fault is None or isinstance(fault, Drop | GoAway)  # what match accepts
+        return fault
 
     # -- client messages ---------------------------------------------------------------------
 
@@ -223,7 +228,7 @@ class LiveConnection:
         assert self._audio is not None
         if isinstance(event, proto.ClientContent):
             for turn in event.turns:
-                role = "model" if turn.role == "model" else "user"
+                role: proto.HistoryRole = "model" if turn.role == "model" else "user"
                 self._append(role, turn.text, "client_content")
             if event.turn_complete:
                 self._trigger()
@@ -255,9 +260,16 @@ class LiveConnection:
             await self._send(proto.input_transcription(text))
         self._trigger()
 
-    def _append(self, role: str, text: str, source: str, *, interrupted: bool = False) -> None:
+    def _append(
+        self,
+        role: proto.HistoryRole,
+        text: str,
+        source: proto.HistorySource,
+        *,
+        interrupted: bool = False,
+    ) -> None:
         assert self._conv is not None
-        item = HistoryItem(role, text, source, self.record.index, interrupted)  # type: ignore[arg-type]
+        item = HistoryItem(role, text, source, self.record.index, interrupted)
         self._conv.items.append(item)
         self._on_change()
 
@@ -280,7 +292,8 @@ class LiveConnection:
             # reply with it), which must end the loop rather than be taken for a barge-in
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reply_task
-            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
                 raise asyncio.CancelledError
 
     async def _reply(self, history: tuple[HistoryItem, ...]) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "Drop",
     "Fault",
     "FaultRecord",
+    "FaultSite",
     "GoAway",
     "NoSetupComplete",
     "RefuseHandle",
@@ -83,6 +84,8 @@ class NoSetupComplete:
 
 
 Fault = Drop | GoAway | RefuseHandle | ResumableFalse | SlowSetup | NoSetupComplete
+FaultSite = Literal["setup", "reply", "update", "now"]
+"""Where a fault was applied: at setup, during a reply, at a resumption update, or at once."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class FaultRecord:
 
     connection: int
     fault: Fault
-    where: Literal["setup", "reply", "update", "now"]
+    where: FaultSite
     at: float
 
 

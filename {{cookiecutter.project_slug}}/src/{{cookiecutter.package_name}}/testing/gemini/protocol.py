@@ -23,6 +23,8 @@ __all__ = [
     "ClientEvent",
     "FunctionCall",
     "HistoryItem",
+    "HistoryRole",
+    "HistorySource",
     "ProtocolError",
     "RealtimeAudio",
     "RealtimeText",
@@ -265,15 +267,19 @@ def _parse_realtime(realtime: dict[str, Any]) -> list[ClientEvent]:
 # -- conversation items and scripted replies -----------------------------------------------
 
 
+HistoryRole = Literal["user", "model", "tool"]
+HistorySource = Literal[
+    "client_content", "realtime_text", "audio", "tool_response", "reply", "tool_call"
+]
+
+
 @dataclass(frozen=True)
 class HistoryItem:
     """One entry of the server-side conversation, in the order the server took it in."""
 
-    role: Literal["user", "model", "tool"]
+    role: HistoryRole
     text: str
-    source: Literal[
-        "client_content", "realtime_text", "audio", "tool_response", "reply", "tool_call"
-    ]
+    source: HistorySource
     connection: int
     """Index of the connection (``server.connections[i]``) that added it."""
     interrupted: bool = False

@@ -269,7 +269,11 @@ class LocalGeminiLiveServer:
         return []
 
     async def wait_for(
-        self, predicate: Callable[[], bool], *, give_up_after: float = 10.0, what: str = "condition"
+        self,
+        predicate: Callable[[], object],
+        *,
+        give_up_after: float = 10.0,
+        what: str = "condition",
     ) -> None:
         """Wait until ``predicate()`` holds; it is checked after every server event.
 

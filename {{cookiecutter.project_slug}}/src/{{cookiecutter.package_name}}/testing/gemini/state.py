@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .faults import Fault, FaultRecord
+from .faults import Fault, FaultRecord, FaultSite
 from .protocol import HistoryItem
 
 __all__ = ["Conversation", "ConversationStore", "FaultPlan", "UnknownHandleError"]
@@ -119,7 +119,7 @@ class FaultPlan:
         """The first armed fault that ``match`` accepts, left armed."""
         return next((f for f in self._armed if match(f)), None)
 
-    def record(self, connection: int, fault: Fault, where: str) -> None:
+    def record(self, connection: int, fault: Fault, where: FaultSite) -> None:
         """Log that a fault was applied."""
-        self.log.append(FaultRecord(connection, fault, where, time.monotonic()))  # type: ignore[arg-type]
+        self.log.append(FaultRecord(connection, fault, where, time.monotonic()))
         self._on_change()

@@ -76,4 +76,6 @@ if __name__ == "__main__":
     # run under the package's name, so job processes import the same module
     from importlib import import_module
 
-    import_module(__spec__.parent + ".kit_worker").main()  # type: ignore[union-attr]
+    if not __package__:
+        sys.exit("run it as a module: python -m <package>.testing.livekit_server.kit_worker")
+    import_module(__package__ + ".kit_worker").main()

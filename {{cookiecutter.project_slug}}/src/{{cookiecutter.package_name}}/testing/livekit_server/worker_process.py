@@ -64,6 +64,13 @@ class KitWorkerProcess:
             )
         return self
 
+    @property
+    def pid(self) -> int:
+        """The worker's main process id (RuntimeError before :meth:`start`)."""
+        if self.process is None:
+            raise RuntimeError("the kit worker has not been started")
+        return self.process.pid
+
     async def registered(self, within: float = 90.0) -> str:
         """Wait until it registered with the server; its worker id."""
 

@@ -441,4 +441,4 @@ def intercept_shutdown(ctx: JobContext, on_shutdown: Callable[..., None]) -> Non
     """Call ``on_shutdown(reason)`` instead of ``ctx.shutdown(reason)``: a fake job context
     ignores the call a real worker would end the job on (an instance attribute shadows it)."""
     _require(ctx, "shutdown", "JobContext.shutdown()")
-    ctx.shutdown = on_shutdown  # type: ignore[method-assign]
+    ctx.shutdown = on_shutdown  # type: ignore[method-assign]  # shadows it, on purpose

@@ -70,7 +70,9 @@ class BridgedRoom(SimulatedRoom):
             asyncio.create_task(self._write(), name="bridged_room_write"),
         ]
 
-    async def disconnect(self, *, reason: int = rtc.DisconnectReason.CLIENT_INITIATED) -> None:
+    async def disconnect(
+        self, *, reason: rtc.DisconnectReason.ValueType = rtc.DisconnectReason.CLIENT_INITIATED
+    ) -> None:
         """Leave: the server removes the agent at once (a crash leaves it listed a while)."""
         if self._ws is not None and not self._ws.closed:
             with contextlib.suppress(ConnectionError):

@@ -177,7 +177,7 @@ class TimelineEvent:
     record: Any
 
 
-Observer = Callable[[TimelineEvent], None]
+Observer = Callable[[TimelineEvent], object]  # what it returns is ignored
 
 
 class RoomRecorder:

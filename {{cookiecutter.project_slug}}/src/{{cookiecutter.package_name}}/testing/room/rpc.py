@@ -11,6 +11,7 @@ raise ``rtc.RpcError`` with the SDK's built-in codes and are recorded in ``rpc_c
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
@@ -154,9 +155,11 @@ class RpcMixin(rtc.Room):
                 method=call.method,
             )
             try:
-                result = handler(invocation)
-                if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-                    result = await asyncio.wait_for(result, timeout)
+                reply = handler(invocation)
+                if inspect.isawaitable(reply):
+                    result = await asyncio.wait_for(reply, timeout)
+                else:
+                    result = reply
             except TimeoutError:
                 raise _sdk.rpc_error(Code.RESPONSE_TIMEOUT) from None
             except rtc.RpcError:

@@ -30,7 +30,7 @@ def participant_info(
     name: str = "",
     metadata: str = "",
     attributes: dict[str, str] | None = None,
-    kind: int = rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
+    kind: rtc.ParticipantKind.ValueType = rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
     client_protocol: int = 0,
 ) -> _sdk.OwnedParticipant:
     """The protobuf a participant joining now is built from, with a fresh ``PA_`` sid."""
@@ -49,7 +49,12 @@ def participant_info(
 
 
 def track_publication_info(
-    *, name: str, kind: int, source: int, remote: bool, muted: bool = False
+    *,
+    name: str,
+    kind: rtc.TrackKind.ValueType,
+    source: rtc.TrackSource.ValueType,
+    remote: bool,
+    muted: bool = False,
 ) -> _sdk.OwnedTrackPublication:
     """The protobuf a track publication is built from, with a fresh ``TR_`` sid."""
     info = _sdk.TrackPublicationInfo(

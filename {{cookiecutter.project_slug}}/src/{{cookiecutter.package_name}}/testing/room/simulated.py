@@ -115,7 +115,9 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
         """Refused: a simulated room is connected from construction and has no server."""
         raise RuntimeError("SimulatedRoom is connected at construction; it has no server")
 
-    async def disconnect(self, *, reason: int = rtc.DisconnectReason.CLIENT_INITIATED) -> None:
+    async def disconnect(
+        self, *, reason: rtc.DisconnectReason.ValueType = rtc.DisconnectReason.CLIENT_INITIATED
+    ) -> None:
         """Leave the room: the SDK's clean-up (pending RPCs, open readers), then the events."""
         if not self.isconnected():
             return
@@ -241,7 +243,7 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
         name: str = "",
         metadata: str = "",
         attributes: dict[str, str] | None = None,
-        kind: int = rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
+        kind: rtc.ParticipantKind.ValueType = rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
         subscribe: bool = True,
         publish_microphone: bool = False,
     ) -> rtc.RemoteParticipant:
@@ -285,7 +287,9 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
         return participant
 
     def remove_participant(
-        self, identity: str, reason: int = rtc.DisconnectReason.CLIENT_INITIATED
+        self,
+        identity: str,
+        reason: rtc.DisconnectReason.ValueType = rtc.DisconnectReason.CLIENT_INITIATED,
     ) -> None:
         """A participant leaves: its tracks are unpublished, then ``participant_disconnected``."""
         participant = require_participant(self, identity)
@@ -306,7 +310,7 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
         identity: str,
         *,
         name: str = "microphone",
-        source: int = rtc.TrackSource.SOURCE_MICROPHONE,
+        source: rtc.TrackSource.ValueType = rtc.TrackSource.SOURCE_MICROPHONE,
     ) -> rtc.RemoteTrackPublication:
         """The participant publishes an audio track: ``track_published`` (no media flows)."""
         participant = require_participant(self, identity)

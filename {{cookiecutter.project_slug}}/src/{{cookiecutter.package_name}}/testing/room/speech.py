@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from livekit import rtc
-from livekit.agents import APIConnectOptions, stt
+from livekit.agents import APIConnectOptions, LanguageCode, stt
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 
 from . import _sdk
@@ -99,7 +99,8 @@ class ToneSTT(stt.STT):
 
 class _ToneStream(stt.RecognizeStream):
     async def _run(self) -> None:
-        owner: ToneSTT = self._stt  # type: ignore[assignment]
+        owner = self._stt
+        assert isinstance(owner, ToneSTT)  # the only STT that opens this stream
         pitches: list[float] = []  # one per loud frame; the median ignores the edge frames
         quiet = 0.0
         async for data in self._input_ch:
@@ -130,7 +131,7 @@ class _ToneStream(stt.RecognizeStream):
         self._event_ch.send_nowait(
             stt.SpeechEvent(
                 type=stt.SpeechEventType.FINAL_TRANSCRIPT,
-                alternatives=[stt.SpeechData(language="en", text=text)],
+                alternatives=[stt.SpeechData(language=LanguageCode("en"), text=text)],
             )
         )
         if pitches:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
@@ -19,6 +20,7 @@ from livekit.agents.voice.events import CloseEvent
 
 from {{ cookiecutter.package_name }}.resilience.gemini import gemini_realtime_model
 from {{ cookiecutter.package_name }}.resilience.gemini.connection_loop import (
+    DropLoopError,
     SetupTimeoutError,
 )
 from {{ cookiecutter.package_name }}.resilience.gemini.resume import (
@@ -229,6 +231,31 @@ async def test_quick_repeated_drops_do_not_end_the_call(srv: LocalGeminiLiveServ
         assert await ask(session, "still there?") == "reply to: still there?"
         assert_in_sync(srv, agent)
     assert resume.metrics.reconnects == 6 and resume.metrics.exhausted == 0
+
+
+async def test_a_server_that_accepts_and_then_always_drops_spends_the_drop_budget(
+    srv: LocalGeminiLiveServer,
+) -> None:
+    """Each connect gets its setupComplete and is dropped at once: no connect ever fails, so
+    only the windowed drop budget ends the loop, handing over to the fallback hook."""
+    events: list[ExhaustedEvent] = []
+    gave_up = asyncio.Event()
+
+    def fall_back(event: ExhaustedEvent) -> None:
+        events.append(event)
+        gave_up.set()
+
+    policy = dataclasses.replace(FAST, max_drops=3)
+    resume = GeminiResume(policy=policy, on_exhausted=fall_back)
+    async with talking(srv, resume) as (session, _, _):
+        await ask(session, "first")
+        srv.arm(*[Drop(at="setup")] * 20)
+        await srv.inject(Drop())
+        await asyncio.wait_for(gave_up.wait(), 10)
+    # the first connection, then one reconnect per drop the budget allowed; no retry after
+    assert len(srv.connections) == 4
+    assert isinstance(events[0].error, DropLoopError) and events[0].attempts == 4
+    assert resume.metrics.exhausted == 1 and resume.metrics.reconnects == 3
 
 
 async def test_a_missing_setup_complete_times_out_and_counts_as_a_failed_connect(

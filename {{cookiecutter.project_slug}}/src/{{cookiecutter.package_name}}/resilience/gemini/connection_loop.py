@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from google.genai import errors, types
 
 from ...log import get_logger
+from ..backoff import RestartBudget, RestartPolicy
 from ..store import GeminiHandle
 from .resume import ExhaustedEvent, GeminiResume, ReconnectedEvent
 
@@ -44,6 +45,10 @@ class HandleRefusedError(Exception):
 
 class SetupTimeoutError(Exception):
     """No setupComplete within the policy's setup timeout."""
+
+
+class DropLoopError(Exception):
+    """The server keeps dropping connections it accepted (the drop budget is spent)."""
 
 
 class SessionPort(Protocol):
@@ -119,6 +124,10 @@ class ConnectionLoop:
     async def run(self) -> None:
         """Connect, serve, and reconnect until the session closes or the budget is spent."""
         policy = self.resume.policy
+        # drops after setupComplete in a sliding window; reconnecting after one stays immediate
+        drops = RestartBudget(
+            RestartPolicy(policy.max_drops, policy.drop_window, base_delay=0, max_delay=0)
+        )
         failures, attempts = 0, 0
         reason, lost_at = "start", time.monotonic()
         while not self._port.closed:
@@ -161,6 +170,11 @@ class ConnectionLoop:
                 lost_at = time.monotonic()
                 await self._port.detach()
             if reason == "closed":
+                return
+            if reason == "drop" and drops.acquire() is None:
+                window = f"{policy.drop_window:g}"
+                error = DropLoopError(f"more than {policy.max_drops} drops in {window} s")
+                self._give_up(policy.max_drops + 1, error)
                 return
 
     async def _connect(

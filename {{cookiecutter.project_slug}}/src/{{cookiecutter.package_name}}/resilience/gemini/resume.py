@@ -11,7 +11,9 @@ server holds equals the worker's chat context, nothing missing and nothing twice
 - goAway lets the reply in progress finish, then reconnects at the next idle point, or
   when ``time_left`` minus a margin runs out, whichever comes first.
 - Reconnects: the first at once, then jittered backoff; a missing setupComplete counts as a
-  failed connect; the budget resets after each setupComplete. A spent budget calls
+  failed connect; that count resets after each setupComplete. Connections dropped after
+  their setupComplete count in a sliding window (``max_drops`` per ``drop_window``), so a
+  server that accepts and then always drops spends the budget too. A spent budget calls
   ``on_exhausted`` (wire it to ``SessionSupervisor.restart``), or, without one, closes the
   AgentSession with an unrecoverable error (the supervisor restarts on an error close).
 - Every resumable handle, with the chat item ids it covers, is written to the store; a
@@ -76,6 +78,10 @@ class ReconnectPolicy:
     setup_timeout: seconds to wait for setupComplete before the attempt counts as failed.
     go_away_margin: seconds before goAway's ``time_left`` runs out at which the handler
         reconnects even if no idle point came.
+    max_drops / drop_window: connections lost after their setupComplete (a drop, not a
+        goAway or a config change) that the handler reconnects within any ``drop_window``
+        seconds; the next one spends the budget, so a server that accepts and then always
+        drops ends in ``exhausted`` (the fallback) instead of being retried forever.
     """
 
     max_attempts: int = 5
@@ -84,10 +90,14 @@ class ReconnectPolicy:
     jitter: float = 0.3
     setup_timeout: float = 10.0
     go_away_margin: float = 2.0
+    max_drops: int = 8
+    drop_window: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+        if self.max_attempts < 1 or self.max_drops < 1:
+            raise ValueError("max_attempts and max_drops must be at least 1")
+        if self.drop_window <= 0:
+            raise ValueError("drop_window must be positive seconds")
         Backoff(self.backoff_base, self.backoff_max, self.jitter)  # validates the three
         if self.setup_timeout <= 0 or self.go_away_margin < 0:
             raise ValueError("setup_timeout must be positive and go_away_margin not negative")

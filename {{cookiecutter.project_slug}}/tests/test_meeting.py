@@ -22,6 +22,8 @@ from {{ cookiecutter.package_name }}.resilience.store import open_store
 from {{ cookiecutter.package_name }}.resilience.transcribers import (
     MAX_LINES,
     MEETING_IDENTITY,
+    MeetingTranscript,
+    TranscribedLine,
     Transcriber,
 )
 from {{ cookiecutter.package_name }}.settings import load_settings
@@ -33,6 +35,7 @@ from {{ cookiecutter.package_name }}.testing import (
     SimulatedJob,
     SimulatedRoom,
 )
+from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
 from {{ cookiecutter.package_name }}.testing.room.speech import (
     SpeechCodebook,
     ToneSTT,
@@ -173,3 +176,26 @@ async def test_a_conversation_that_gave_up_reopens_when_its_participant_comes_ba
         finally:
             await conversation.aclose()
             await room.disconnect()
+
+
+async def test_the_rooms_transcript_survives_redis_restarting_empty_between_two_lines() -> None:
+    """The job joins the room's record like a participant's, so a Redis that lost its data
+    (restarted without persistence, unseen by the client) gets the earlier lines back first."""
+    with RedisServer() as server:
+        store = open_store(redis_url=server.url)
+        meeting = await MeetingTranscript.load(store, ROOM, session_id="meeting/job-1")
+        for n in range(3):
+            meeting.add_line(TranscribedLine(f"L{n}", "alice", f"line {n}", at=float(n)))
+        await meeting.flush()
+        with server.client() as admin:  # what a restart without persistence leaves
+            admin.flushall()
+        meeting.add_line(TranscribedLine("L3", "bob", "line 3", at=3.0))
+        await meeting.aclose()
+        await store.aclose()
+        fresh = open_store(redis_url=server.url)
+        try:
+            record = await fresh.load(ROOM, MEETING_IDENTITY)
+        finally:
+            await fresh.aclose()
+    assert record is not None
+    assert [s["text"] for s in record.transcript] == [f"line {n}" for n in range(4)]

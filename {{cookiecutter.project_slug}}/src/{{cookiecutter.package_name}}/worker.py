@@ -260,7 +260,9 @@ def assemble(
 
 async def open_meeting(ctx: JobContext, conversation: Conversation) -> None:
     """The room's transcript so far, served to everyone in the room by transcript.history."""
-    meeting = await MeetingTranscript.load(conversation.parts.writer, ctx.room.name)
+    meeting = await MeetingTranscript.load(
+        conversation.parts.writer, ctx.room.name, session_id=f"meeting/{ctx.job.id}"
+    )
     conversation.meeting = meeting
     conversation.parts.routes.share_history(
         meeting.log, may_read=lambda who: may_read(ctx.room, who)

@@ -384,23 +384,31 @@ class MeetingTranscript:
     """The room's transcript for ``transcript.history`` and the store; see the module docstring."""
 
     def __init__(
-        self, store: SessionStore, room: str, initial: list[TranscriptSegment] | None = None
+        self,
+        store: SessionStore,
+        room: str,
+        initial: list[TranscriptSegment] | None = None,
+        *,
+        session_id: str | None = None,
     ) -> None:
         self.log = TranscriptLog(initial=initial or ())
         self._recorder = ConversationRecorder(store, room, MEETING_IDENTITY)
+        self._store, self._room, self._session_id = store, room, session_id
 
     @classmethod
-    async def load(cls, store: SessionStore, room: str) -> MeetingTranscript:
-        """The room's transcript so far from the store (empty when it cannot answer)."""
+    async def load(cls, store: SessionStore, room: str, session_id: str) -> MeetingTranscript:
+        """The room's transcript so far (empty when the store cannot answer). The job joins
+        the room's record as a participant's (``session_id``: the job's), so a Redis that lost
+        its data gets the transcript back from memory before the next line."""
+        record = None
         try:
-            record = await store.load(room, MEETING_IDENTITY)
+            record = (await store.join(room, MEETING_IDENTITY, session_id)).record
         except StoreError as exc:
             logger.warning("room transcript not restored; starting it empty", error=str(exc))
-            record = None
         initial = transcript_from_record(record) if record is not None else []
         if initial:
             logger.info("room transcript restored", lines=len(initial))
-        return cls(store, room, initial)
+        return cls(store, room, initial, session_id=session_id)
 
     def add_line(self, line: TranscribedLine) -> None:
         """A transcriber's final line."""
@@ -418,9 +426,18 @@ class MeetingTranscript:
             )
         )
 
+    async def flush(self) -> None:
+        """Wait until every line so far has been handed to the store."""
+        await self._recorder.flush()
+
     async def aclose(self) -> None:
-        """Hand what is queued to the store."""
+        """Hand what is queued to the store; the record's retention starts."""
         await self._recorder.aclose()
+        if self._session_id is not None:
+            try:
+                await self._store.leave(self._room, MEETING_IDENTITY, self._session_id)
+            except StoreError as exc:
+                logger.warning("room transcript's leave not recorded", error=str(exc))
 
     def _keep(self, segment: TranscriptSegment) -> None:
         self._recorder.add(transcript=[segment.to_dict()])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 from ... import metrics
 from ._keys import identity_hash
 from ._write_queue import PendingWrite, WriteQueue
-from .base import JoinOutcome
+from .base import AppendResult, JoinOutcome
 from .memory import MemoryStore
 
 __all__ = ["BufferedWrites"]
@@ -105,6 +106,17 @@ class BufferedWrites:
             return dataclasses.replace(outcome, settled=settled)
 
         return await self._write("join", room, identity, send_and_settle, local)
+
+    def _note_merged(self, room: str, identity: str, result: AppendResult) -> AppendResult:
+        """Say so when the backend merged the append of a writer whose lease was taken over
+        (turns are facts: they are kept, not refused)."""
+        if result.merged:
+            logging.getLogger(type(self).__module__).warning(
+                "merged a write from a worker that lost this participant",
+                extra={"room": room, "participant": identity_hash(identity),
+                       "items": result.items_added},
+            )  # fmt: skip
+        return result
 
     async def _mirror(self, room: str, identity: str, local: Callable[[], Awaitable[Any]]) -> None:
         """Apply a write the backend took to the copy too, if the copy holds the record."""

@@ -193,14 +193,9 @@ class SqliteStore(BufferedWrites):
             added = await self._send(
                 ops.append, room, identity, token, lists, bounds, self._ttls(), self.max_records
             )
-            result = AppendResult(added[0], added[1], merged=added[2])
             self._note_evicted(added[3])
-            if result.merged:
-                logger.warning(
-                    "merged a write from a worker that lost this participant",
-                    extra={"room": room, "participant": identity_hash(identity),
-                           "items": result.items_added},
-                )  # fmt: skip
+            appended = AppendResult(added[0], added[1], merged=added[2])
+            result = self._note_merged(room, identity, appended)
             await self._mirror(room, identity, local)
             return result
 

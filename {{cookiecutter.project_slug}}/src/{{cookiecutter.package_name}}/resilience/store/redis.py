@@ -371,13 +371,7 @@ class RedisStore(BufferedWrites):
             args[0] = await fence_arg(fence, stale_ok=True)
             added = await self._eval_write("APPEND", keys, args, room, identity)
             result = AppendResult(int(added[0]), int(added[1]), merged=added[2] == 1)
-            if result.merged:
-                logger.warning(
-                    "merged a write from a worker that lost this participant",
-                    extra={"room": room, "participant": identity_hash(identity),
-                           "items": result.items_added},
-                )  # fmt: skip
-            return result
+            return self._note_merged(room, identity, result)
 
         return send
 

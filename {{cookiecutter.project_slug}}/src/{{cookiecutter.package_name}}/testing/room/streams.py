@@ -27,8 +27,35 @@ def new_stream_id() -> str:
     return str(uuid.uuid4())
 
 
-class SimulatedTextStreamWriter(_sdk.OfflineTextStreamWriter):
+class _RecordingWriter:
+    """What both writers do with their record: refuse once the room is gone, and close it."""
+
+    kind: str  # "text" or "byte": the recorder's event names
+    record: Any
+    _recorder: RoomRecorder
+    _is_connected: Callable[[], bool]
+
+    def _check_connected(self) -> None:
+        if not self._is_connected():
+            raise rtc.StreamError(_DISCONNECTED)
+
+    def _open_record(self) -> Any:
+        assert self.record is not None
+        self._check_connected()
+        return self.record
+
+    def close_stream(self, reason: str, attributes: dict[str, str]) -> None:
+        record = self._open_record()
+        record.close_attributes = attributes
+        record.close_reason = reason
+        record.closed_at = time.time()
+        self._recorder.emit(f"{self.kind}_stream_closed", record)
+
+
+class SimulatedTextStreamWriter(_RecordingWriter, _sdk.OfflineTextStreamWriter):
     """A text stream the agent writes; recorded in ``SimulatedRoom.text_streams``."""
+
+    kind = "text"
 
     def __init__(
         self,
@@ -59,8 +86,7 @@ class SimulatedTextStreamWriter(_sdk.OfflineTextStreamWriter):
         self.record: TextStreamRecord | None = None
 
     def open_stream(self, opening: _sdk.StreamOpening) -> rtc.TextStreamInfo:
-        if not self._is_connected():
-            raise rtc.StreamError(_DISCONNECTED)
+        self._check_connected()
         now = time.time()
         stream_id = opening.stream_id or new_stream_id()
         self.record = TextStreamRecord(
@@ -85,24 +111,14 @@ class SimulatedTextStreamWriter(_sdk.OfflineTextStreamWriter):
         )
 
     def write_chunk(self, chunk: str) -> None:
-        assert self.record is not None
-        if not self._is_connected():
-            raise rtc.StreamError(_DISCONNECTED)
-        self.record.chunks.append(chunk)
+        self._open_record().chunks.append(chunk)
         self._recorder.emit("text_stream_written", self.record)
 
-    def close_stream(self, reason: str, attributes: dict[str, str]) -> None:
-        assert self.record is not None
-        if not self._is_connected():
-            raise rtc.StreamError(_DISCONNECTED)
-        self.record.close_attributes = attributes
-        self.record.close_reason = reason
-        self.record.closed_at = time.time()
-        self._recorder.emit("text_stream_closed", self.record)
 
-
-class SimulatedByteStreamWriter(_sdk.OfflineByteStreamWriter):
+class SimulatedByteStreamWriter(_RecordingWriter, _sdk.OfflineByteStreamWriter):
     """A byte stream the agent writes; recorded in ``SimulatedRoom.byte_streams``."""
+
+    kind = "byte"
 
     def __init__(
         self,
@@ -133,8 +149,7 @@ class SimulatedByteStreamWriter(_sdk.OfflineByteStreamWriter):
         self.record: ByteStreamRecord | None = None
 
     def open_stream(self, opening: _sdk.StreamOpening) -> rtc.ByteStreamInfo:
-        if not self._is_connected():
-            raise rtc.StreamError(_DISCONNECTED)
+        self._check_connected()
         now = time.time()
         stream_id = opening.stream_id or new_stream_id()
         self.record = ByteStreamRecord(
@@ -161,17 +176,5 @@ class SimulatedByteStreamWriter(_sdk.OfflineByteStreamWriter):
         )
 
     def write_chunk(self, chunk: Any) -> None:
-        assert self.record is not None
-        if not self._is_connected():
-            raise rtc.StreamError(_DISCONNECTED)
-        self.record.chunks.append(bytes(chunk))
+        self._open_record().chunks.append(bytes(chunk))
         self._recorder.emit("byte_stream_written", self.record)
-
-    def close_stream(self, reason: str, attributes: dict[str, str]) -> None:
-        assert self.record is not None
-        if not self._is_connected():
-            raise rtc.StreamError(_DISCONNECTED)
-        self.record.close_attributes = attributes
-        self.record.close_reason = reason
-        self.record.closed_at = time.time()
-        self._recorder.emit("byte_stream_closed", self.record)

@@ -356,9 +356,11 @@ async def test_bad_requests_get_clear_refusals() -> None:
         ws_url = srv.base_url.replace("https", "wss")
         with pytest.raises(websockets.InvalidStatus, match="404"):
             await websockets.connect(f"{ws_url}/not/live", ssl=srv.ssl_context())
+        # a wrong key: Gemini reads the setup, then closes with 1007 and says why
         client = genai.Client(api_key="wrong", http_options=srv.http_options())
-        with pytest.raises(websockets.InvalidStatus, match="401"):
+        with pytest.raises(errors.APIError, match="API key not valid") as refused:
             await _connect_once(client)
+        assert refused.value.code == 1007
         path = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
         headers = {"x-goog-api-key": "right"}
         async with websockets.connect(

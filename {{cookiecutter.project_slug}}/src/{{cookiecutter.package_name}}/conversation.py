@@ -114,6 +114,8 @@ class Conversation:
             before_start=self.gemini.before_start,
             routes=self.parts.routes,
         )
+        # cut Gemini replies are marked interrupted before the recorder stores them
+        supervisor.on("session_started", lambda ev: self.gemini.watch(ev.session))
         supervisor.on("session_started", lambda ev: self.recorder.attach(ev.session))
         supervisor.on(
             "transcript_segment", lambda ev: self.recorder.add(transcript=[ev.segment.to_dict()])

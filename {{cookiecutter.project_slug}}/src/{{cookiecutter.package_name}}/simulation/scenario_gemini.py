@@ -19,7 +19,7 @@ from livekit.agents import llm
 from ..assistant import GREETING, WELCOME_BACK
 from ..models import ModelStack
 from ..resilience.gemini import gemini_realtime_model
-from ..resilience.gemini.resume import GeminiResume
+from ..resilience.gemini.resume import CONTINUE_PROMPT, GeminiResume
 from ..resilience.store import GeminiHandle
 from ..settings import Settings
 from ..testing import ScriptedTTS
@@ -42,29 +42,42 @@ TURNS = [
 
 
 def server_conversation(
-    history: Sequence[HistoryItem], *, ignore: Collection[str] = ()
+    history: Sequence[HistoryItem], *, ignore: Collection[str] = (CONTINUE_PROMPT,)
 ) -> list[tuple[str, str]]:
     """What a Gemini server holds as (role, text): user and model turns, without livekit's
-    ``.`` reply placeholder and ``ignore``d texts (reply instructions sent as model turns)."""
-    return [
+    ``.`` reply placeholder and ``ignore``d texts (reply instructions sent as model turns,
+    the re-ask of a cut reply); adjacent turns of one role are one turn, as Gemini's
+    content format merges them."""
+    return _merged(
         ("assistant" if item.role == "model" else "user", item.text)
         for item in history
         if item.role in ("user", "model")
         and item.text not in ("", REPLY_PLACEHOLDER)
         and item.text not in ignore
-    ]
+    )
 
 
 def worker_conversation(
     chat_ctx: llm.ChatContext | Iterable[llm.ChatItem],
 ) -> list[tuple[str, str]]:
-    """The worker's chat context as (role, text): user and assistant messages."""
+    """The worker's chat context as (role, text): user and assistant messages, adjacent ones
+    of one role joined (a cut reply and its rest are one answer)."""
     items = chat_ctx.items if isinstance(chat_ctx, llm.ChatContext) else chat_ctx
-    return [
+    return _merged(
         (item.role, item.text_content or "")
         for item in items
         if item.type == "message" and item.role in ("user", "assistant") and item.text_content
-    ]
+    )
+
+
+def _merged(turns: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    merged: list[tuple[str, str]] = []
+    for role, text in turns:
+        if merged and merged[-1][0] == role:
+            merged[-1] = (role, merged[-1][1] + text)
+        else:
+            merged.append((role, text))
+    return merged
 
 
 _LOCAL: LocalGeminiLiveServer | None = None
@@ -198,7 +211,9 @@ async def _violations(drill: GeminiDrill, sim: Simulation) -> list[str]:
         srv = drill.server
 
         def held() -> list[tuple[str, str]]:
-            return server_conversation(srv.history(), ignore={GREETING, WELCOME_BACK})
+            return server_conversation(
+                srv.history(), ignore={GREETING, WELCOME_BACK, CONTINUE_PROMPT}
+            )
 
         def in_sync() -> bool:
             return held() == worker_conversation(supervisor.chat_ctx())

@@ -13,8 +13,10 @@ and chat-context diff (``_sync_chat_ctx``). What it relies on, all checked by
   is active), ``_unsent_item_ids``, ``_active_session``, ``_session_lock``;
 - ``_session_should_close`` (set by ``_mark_restart_needed`` when a reconnect is needed),
   ``_session_error`` (set by ``_recv_task`` when the connection fails);
-- ``_pending_generation_fut`` (a ``generate_reply`` waiting for its generation) and
-  ``_current_generation._done``;
+- ``_pending_generation_fut`` (a ``generate_reply`` waiting for its generation),
+  ``_current_generation`` (a ``_ResponseGeneration``: ``message_ch``, ``function_ch``,
+  ``text_ch``, ``audio_ch``, ``response_id``, ``output_text``, ``_done``) and
+  ``_start_new_generation()``, which the receive path calls when a model turn begins;
 - ``_build_connect_config()``, ``_client.aio.live.connect``, ``_sync_chat_ctx(ctx, known=)``,
   ``_recv_task(session)``, ``_report_connection_acquired(s)``, ``_emit_error(e, recoverable)``,
   ``RealtimeModel._sessions``.
@@ -27,6 +29,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from google.genai import types
@@ -37,7 +40,7 @@ from livekit.plugins.google.realtime import realtime_api
 
 from ...log import get_logger
 from .connection_loop import ConnectionLoop, TappedSession
-from .resume import GeminiResume
+from .resume import CONTINUE_PROMPT, GeminiResume
 
 __all__ = [
     "PLUGIN_VERSION_RANGE",
@@ -115,6 +118,33 @@ def _is_trigger(msg: Any) -> TypeGuard[types.LiveClientContent]:
     )
 
 
+REASK_TIMEOUT_S = 8.0
+"""Seconds a cut reply's speech waits, after the re-ask went out, for the rest to begin;
+then it ends with the part said."""
+
+
+@dataclass
+class _HeldReply:
+    """A reply a lost connection cut. Its speech (the AgentSession reads ``message_ch``)
+    stays open: the rest, asked for once after the reconnect, arrives as its next message."""
+
+    message_ch: utils.aio.Chan[llm.MessageGeneration]
+    function_ch: utils.aio.Chan[llm.FunctionCall]
+    response_id: str
+    expires: asyncio.TimerHandle | None = None
+
+    def close(self) -> None:
+        if self.expires is not None:
+            self.expires.cancel()
+        self.message_ch.close()
+        self.function_ch.close()
+
+
+def _reask() -> types.LiveClientContent:
+    turn = types.Content(role="user", parts=[types.Part(text=CONTINUE_PROMPT)])
+    return types.LiveClientContent(turns=[turn], turn_complete=True)
+
+
 class ResumableRealtimeModel(google.realtime.RealtimeModel):
     """The plugin's RealtimeModel whose sessions reconnect through a :class:`GeminiResume`.
 
@@ -168,6 +198,9 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
         self._carry: deque[Any] = deque()
         self._last_trigger: types.LiveClientContent | None = None
         self._link_error: BaseException | None = None
+        self._held: _HeldReply | None = None
+        self._continuation: Any = None  # the generation that continues a held reply
+        self._resume = resume
         self._link = ConnectionLoop(self, resume)
         super().__init__(model)
 
@@ -181,7 +214,76 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
         # re-orders the queue after the next connect instead
         if on_error and self._session_error is not None:
             self._link_error, self._session_error = self._session_error, None
+            self.hold_reply()  # before the receive task's teardown finishes the generation
         self._session_should_close.set()
+
+    # -- a reply cut by a lost connection ---------------------------------------------------
+
+    def hold_reply(self) -> None:
+        """The connection is ending: if a reply is mid-way, keep its speech open for the
+        rest (asked for once after the reconnect). The base then finishes the generation as
+        usual (the cut part plays out and joins the chat context) but closes stand-in
+        channels, not the ones the speech reads."""
+        gen = self._current_generation
+        if gen is None or gen._done or self.closed:
+            return
+        again = gen is self._continuation  # the rest was cut too: it is not asked for twice
+        self._resume.reply_cut(gen.response_id, asking=not again)
+        if again:
+            return
+        self._release_held()
+        self._held = _HeldReply(gen.message_ch, gen.function_ch, gen.response_id)
+        gen.message_ch, gen.function_ch = utils.aio.Chan(), utils.aio.Chan()
+
+    def _release_held(self) -> None:
+        """End a held reply's speech with the part said (no rest is coming)."""
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
+
+    def _start_new_generation(self) -> None:
+        held = self._held
+        pending = self._pending_generation_fut
+        if held is None or (pending is not None and not pending.done()):
+            self._release_held()  # a reply someone asked for since: the held one ends
+            super()._start_new_generation()
+            return
+        # the rest of a held reply: the next message of the same speech, nothing emitted
+        self._held = None
+        if held.expires is not None:
+            held.expires.cancel()
+        audio = self._realtime_model.capabilities.audio_output
+        gen = realtime_api._ResponseGeneration(
+            message_ch=held.message_ch,
+            function_ch=held.function_ch,
+            response_id=utils.shortuuid("GR_"),
+            input_id=utils.shortuuid("GI_"),
+            text_ch=utils.aio.Chan[str](),
+            audio_ch=utils.aio.Chan(),
+        )
+        if not audio:
+            gen.audio_ch.close()
+        modalities: asyncio.Future[list[Any]] = asyncio.Future()
+        modalities.set_result(["audio", "text"] if audio else ["text"])
+        held.message_ch.send_nowait(
+            llm.MessageGeneration(
+                message_id=gen.response_id,
+                text_stream=gen.text_ch,
+                audio_stream=gen.audio_ch,
+                modalities=modalities,
+            )
+        )
+        self._current_generation = gen
+        self._continuation = gen
+        self._resume.reply_continued(held.response_id)
+
+    def interrupt(self) -> None:
+        self._release_held()  # the caller barged in: the rest is not wanted
+        super().interrupt()
+
+    async def aclose(self) -> None:
+        self._release_held()
+        await super().aclose()
 
     # -- SessionPort ------------------------------------------------------------------------
 
@@ -225,11 +327,25 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
         awaited = (
             self._pending_generation_fut is not None and not self._pending_generation_fut.done()
         )
-        if awaited and self._last_trigger is not None and not any(map(_is_trigger, kept)):
-            kept.append(self._last_trigger)
+        if awaited:
+            self._release_held()  # a new reply is asked for: it follows the part said
+            if self._last_trigger is not None and not any(map(_is_trigger, kept)):
+                kept.append(self._last_trigger)
+        elif (held := self._held) is not None and not any(map(_is_trigger, kept)):
+            kept.append(_reask())  # after the cut part, which the chat context just sent
+            if held.expires is not None:
+                held.expires.cancel()
+            held.expires = asyncio.get_running_loop().call_later(
+                REASK_TIMEOUT_S, self._expire_held, held
+            )
         for msg in kept:
             self._send_client_event(msg)
         return sent
+
+    def _expire_held(self, held: _HeldReply) -> None:
+        if self._held is held:
+            logger.warning("the rest of a cut reply never came; its speech ends here")
+            self._release_held()
 
     def _replay_all(self, target: llm.ChatContext) -> int:
         turns_dict, _ = target.copy(

@@ -41,7 +41,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from livekit.agents import utils
+from livekit.agents import AgentSession, llm, utils
+from livekit.agents.voice.events import ConversationItemAddedEvent
 
 from ...log import get_logger, identity_ref
 from ..backoff import Backoff
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from ..events import SessionSpec
 
 __all__ = [
+    "CONTINUE_PROMPT",
     "ExhaustedEvent",
     "GeminiResume",
     "GeminiResumeMetrics",
@@ -61,10 +63,19 @@ __all__ = [
 
 logger = get_logger(__name__)
 
-EventTypes = Literal["reconnected", "handle_updated", "handle_refused", "go_away", "exhausted"]
+EventTypes = Literal[
+    "reconnected", "handle_updated", "handle_refused", "go_away", "exhausted", "reply_cut"
+]
 
 HANDLE_LIFETIME_S = 2 * 3600.0
 """Google documents resumption handles as valid for 2 h after a session ends."""
+
+CONTINUE_PROMPT = (
+    "(The connection dropped while you were answering. Continue your last answer from "
+    "exactly where it stopped, without repeating what you already said.)"
+)
+"""The user turn that asks, once, for the rest of a reply a lost connection cut: the cut
+part is already in the model's context as its own (interrupted) turn."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +167,8 @@ class GeminiResumeMetrics:
     go_aways: int = 0
     handles_stored: int = 0
     exhausted: int = 0
+    replies_cut: int = 0
+    replies_continued: int = 0
     last_handle_age: float | None = None
     downtimes: list[float] = field(default_factory=list)
 
@@ -174,7 +187,8 @@ class GeminiResume(utils.EventEmitter[EventTypes]):
 
     Events: ``reconnected`` (:class:`ReconnectedEvent`), ``handle_updated``
     (:class:`~.store.GeminiHandle`), ``handle_refused`` (:class:`HandleRefusedEvent`),
-    ``go_away`` (seconds left, float), ``exhausted`` (:class:`ExhaustedEvent`).
+    ``go_away`` (seconds left, float), ``exhausted`` (:class:`ExhaustedEvent`),
+    ``reply_cut`` (the id of the assistant message a lost connection cut).
     """
 
     def __init__(
@@ -203,6 +217,7 @@ class GeminiResume(utils.EventEmitter[EventTypes]):
         # on_exhausted hooks still running; made in the event loop, when one first runs (a
         # model, and this handler with it, may be built before any loop runs)
         self._hooks: utils.aio.TaskSet | None = None
+        self._cut_ids: set[str] = set()
         self.metrics = GeminiResumeMetrics()
 
     # -- state --------------------------------------------------------------------------------
@@ -259,6 +274,18 @@ class GeminiResume(utils.EventEmitter[EventTypes]):
         if bind is not None:
             bind(self)
 
+    def watch(self, session: AgentSession) -> None:
+        """Mark the messages of ``session`` that a lost connection cut as interrupted, before
+        listeners registered after this one (the store's recorder) see them."""
+
+        def on_item(ev: ConversationItemAddedEvent) -> None:
+            item = ev.item
+            if isinstance(item, llm.ChatMessage) and item.id in self._cut_ids:
+                self._cut_ids.discard(item.id)
+                item.interrupted = True
+
+        session.on("conversation_item_added", on_item)
+
     async def aclose(self) -> None:
         """Finish the pending store write and background tasks."""
         if self._writer is not None:
@@ -284,6 +311,18 @@ class GeminiResume(utils.EventEmitter[EventTypes]):
         self.metrics.handle_refusals += 1
         logger.warning("gemini handle refused; replaying the history", code=code)
         self.emit("handle_refused", HandleRefusedEvent(code, age))
+
+    def reply_cut(self, message_id: str, *, asking: bool) -> None:
+        """A lost connection cut the reply ``message_id`` (its message will be marked
+        interrupted); ``asking``: its rest is asked for (once per reply, never for a rest)."""
+        self.metrics.replies_cut += 1
+        self._cut_ids.add(message_id)
+        logger.info("gemini reply cut by a lost connection", asking_for_the_rest=asking)
+        self.emit("reply_cut", message_id)
+
+    def reply_continued(self, message_id: str) -> None:
+        """The rest of the cut reply ``message_id`` has begun."""
+        self.metrics.replies_continued += 1
 
     def connected(self, event: ReconnectedEvent) -> None:
         """A connect finished: count it and tell listeners when it was a reconnect."""

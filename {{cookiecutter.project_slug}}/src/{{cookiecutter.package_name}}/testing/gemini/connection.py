@@ -32,6 +32,7 @@ from .faults import (
     GoAway,
     NoSetupComplete,
     RefuseHandle,
+    RefuseSetup,
     ReplyRecord,
     ResumableFalse,
     SlowSetup,
@@ -79,8 +80,10 @@ class LiveConnection:
         faults: FaultPlan,
         options: ReplyOptions,
         on_change: Callable[[], None],
+        key_accepted: bool = True,
     ) -> None:
         self.ws = ws
+        self._key_accepted = key_accepted
         self.record = record
         self._store = store
         self._faults = faults
@@ -157,6 +160,13 @@ class LiveConnection:
         self._setup, self.record.setup, self.record.handle = setup, setup, setup.handle
         self._on_change()
         idx = self.record.index
+        if not self._key_accepted:
+            # Gemini reads the setup, then closes: 1007 with the reason (not an HTTP 401)
+            return await self._refuse(1007, RefuseSetup().reason)
+        if refuse_setup := self._faults.take(lambda f: isinstance(f, RefuseSetup)):
+            assert isinstance(refuse_setup, RefuseSetup)
+            self._faults.record(idx, refuse_setup, "setup")
+            return await self._refuse(refuse_setup.code, refuse_setup.reason)
         if setup.handle is not None:
             refuse = self._faults.take(lambda f: isinstance(f, RefuseHandle))
             if isinstance(refuse, RefuseHandle):

@@ -22,6 +22,7 @@ __all__ = [
     "GoAway",
     "NoSetupComplete",
     "RefuseHandle",
+    "RefuseSetup",
     "ReplyRecord",
     "ResumableFalse",
     "SlowSetup",
@@ -65,6 +66,15 @@ class RefuseHandle:
 
 
 @dataclass(frozen=True)
+class RefuseSetup:
+    """Close the next setup, with or without a handle, with ``code`` and ``reason`` before
+    any setupComplete: how Gemini refuses a key, a model or a quota it will never accept."""
+
+    code: int = 1007
+    reason: str = "API key not valid. Please pass a valid API key."
+
+
+@dataclass(frozen=True)
 class ResumableFalse:
     """The next ``count`` resumption updates say ``resumable: false`` and carry no handle."""
 
@@ -83,7 +93,7 @@ class NoSetupComplete:
     """Never answer the next setup; the connection stays open until the client leaves."""
 
 
-Fault = Drop | GoAway | RefuseHandle | ResumableFalse | SlowSetup | NoSetupComplete
+Fault = Drop | GoAway | RefuseHandle | RefuseSetup | ResumableFalse | SlowSetup | NoSetupComplete
 FaultSite = Literal["setup", "reply", "update", "now"]
 """Where a fault was applied: at setup, during a reply, at a resumption update, or at once."""
 

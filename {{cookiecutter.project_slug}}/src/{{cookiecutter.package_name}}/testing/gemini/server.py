@@ -41,6 +41,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from ...resilience.gemini.resume import CONTINUE_PROMPT
 from . import protocol as proto
 from .connection import LiveConnection, ReplyOptions, Responder, Transcriber
 from .faults import ConnectionRecord, Drop, Fault, FaultRecord, GoAway
@@ -63,11 +64,27 @@ _MODEL_PATH_RE = re.compile(r"^/v1(?:alpha|beta)?/models/(?P<model>[^/]+)$")
 
 
 def default_responder(history: Sequence[HistoryItem]) -> str:
-    """Answer ``reply to: <last user text>``, skipping livekit's "." reply placeholder."""
-    for item in reversed(history):
-        if item.role == "user" and item.text.strip() not in ("", REPLY_PLACEHOLDER):
-            return f"reply to: {item.text}"
+    """Answer ``reply to: <last user text>``, skipping livekit's "." reply placeholder.
+
+    Asked to continue a cut reply (the resume handler's ``CONTINUE_PROMPT`` after the part
+    already said), it answers with the rest of that reply, as a model picking up would.
+    """
+    for n in range(len(history) - 1, -1, -1):
+        item = history[n]
+        if item.role != "user" or item.text.strip() in ("", REPLY_PLACEHOLDER):
+            continue
+        if item.text == CONTINUE_PROMPT:
+            return _rest_of_cut_reply(history[:n])
+        return f"reply to: {item.text}"
     return "hello, how can I help?"
+
+
+def _rest_of_cut_reply(before: Sequence[HistoryItem]) -> str:
+    said_at = next((n for n in range(len(before) - 1, -1, -1) if before[n].role == "model"), None)
+    if said_at is None:
+        return default_responder(before)
+    said, whole = before[said_at].text, default_responder(before[:said_at])
+    return whole[len(said) :] if whole.startswith(said) else whole
 
 
 def default_transcriber(pcm: bytes, sample_rate: int) -> str:
@@ -85,8 +102,9 @@ class LocalGeminiLiveServer:
         chunk_delay: seconds between pieces, so a fault can land mid-reply.
         audio_chunk_ms: length of the tone sent with each piece in AUDIO modality.
         silence_ms: quiet that ends a user audio turn (automatic activity detection).
-        api_key: when set, connections must send this ``x-goog-api-key`` (else HTTP 401),
-            and ``models.get`` refuses any other key (HTTP 400, ``API_KEY_INVALID``).
+        api_key: when set, connections must send this ``x-goog-api-key``: another key's
+            setup is closed with 1007 "API key not valid. Please pass a valid API key." as
+            Gemini does, and ``models.get`` refuses it (HTTP 400, ``API_KEY_INVALID``).
     """
 
     def __init__(
@@ -298,8 +316,6 @@ class LocalGeminiLiveServer:
             if (model := _MODEL_PATH_RE.match(request.path.split("?", 1)[0])) is not None:
                 return self._get_model(connection, request, model["model"])
             return connection.respond(HTTPStatus.NOT_FOUND, "not a Gemini Live endpoint\n")
-        if self._api_key is not None and request.headers.get("x-goog-api-key") != self._api_key:
-            return connection.respond(HTTPStatus.UNAUTHORIZED, "API key not valid\n")
         return None
 
     def _get_model(self, connection: ServerConnection, request: Request, model: str) -> Response:
@@ -357,6 +373,8 @@ class LocalGeminiLiveServer:
             faults=self._faults,
             options=self._options,
             on_change=self._notify,
+            key_accepted=self._api_key is None
+            or ws.request.headers.get("x-goog-api-key") == self._api_key,
         )
         self._live[record.index] = conn
         self._notify()

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Collection
 from typing import Any, Protocol
 
 from google.genai import errors, types
+from websockets.exceptions import InvalidStatus
 
 from ...log import get_logger
 from ..backoff import RestartBudget, RestartPolicy
@@ -32,7 +34,17 @@ from .resume import ExhaustedEvent, GeminiResume, ReconnectedEvent
 logger = get_logger(__name__)
 
 REFUSAL_CODES = frozenset({1007, 1008, 1011})
-"""Close codes before setupComplete that mean "this handle is not accepted"."""
+"""Close codes before setupComplete that, on a resuming setup, mean "this handle is not
+accepted" unless the reason says the refusal is permanent."""
+
+PERMANENT_REASONS = re.compile(
+    r"api key (?:not valid|expired)|api_key_invalid|permission[ _]denied|"
+    r"location is not supported|exceeded your current quota|billing|"
+    r"is not found for api version|not supported for bidigeneratecontent",
+    re.IGNORECASE,
+)
+"""Close reasons Gemini gives for what no retry changes: a bad or expired key, a key or
+project without access, an unsupported location, a spent quota, an unknown model."""
 
 
 class HandleRefusedError(Exception):
@@ -41,6 +53,35 @@ class HandleRefusedError(Exception):
     def __init__(self, code: int | None) -> None:
         super().__init__(f"resumption handle refused (close code {code})")
         self.code = code
+
+
+class ModelRefusedError(Exception):
+    """The server refused the setup for good (key, permission, location, quota, model)."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"Gemini refused the session (close code {code}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+def refusal_kind(code: int | None, reason: str, *, resuming: bool) -> str:
+    """What a close before setupComplete means: ``permanent`` (no retry changes it: a known
+    reason, or a fresh setup closed with 1007/1008), ``handle`` (a resuming setup refused:
+    try fresh), or ``transient`` (retry with backoff)."""
+    if PERMANENT_REASONS.search(reason):
+        return "permanent"
+    if code in REFUSAL_CODES and resuming:
+        return "handle"
+    if code in (1007, 1008):
+        # the same setup with no handle is refused again; 1008 "Requested entity was not
+        # found" also comes after tool responses mid-session, but that is past setupComplete
+        return "permanent"
+    return "transient"
+
+
+def _close_reason(exc: errors.APIError) -> str:
+    details = exc.details
+    return details if isinstance(details, str) else str(exc.message or details or "")
 
 
 class SetupTimeoutError(Exception):
@@ -144,6 +185,10 @@ class ConnectionLoop:
                 self.resume.handle_refused(exc.code)
                 reason = "handle_refused"
                 continue  # at once, fresh: a refusal is an answer, not an outage
+            except ModelRefusedError as exc:
+                self.resume.refused(exc)
+                self._give_up(attempts, exc)  # no retry: the next setup is refused the same
+                return
             except Exception as exc:
                 failures += 1
                 self.resume.attempt_failed(exc, failures)
@@ -199,8 +244,18 @@ class ConnectionLoop:
             raise SetupTimeoutError("no setupComplete in time") from None
         except errors.APIError as exc:
             await stack.aclose()
-            if handle is not None and exc.code in REFUSAL_CODES:
+            reason = _close_reason(exc)
+            kind = refusal_kind(exc.code, reason, resuming=handle is not None)
+            if kind == "permanent":
+                raise ModelRefusedError(exc.code, reason) from exc
+            if kind == "handle":
                 raise HandleRefusedError(exc.code) from exc
+            raise
+        except InvalidStatus as exc:
+            await stack.aclose()
+            status = exc.response.status_code
+            if status in (401, 403):  # a proxy refusing the key at the HTTP upgrade
+                raise ModelRefusedError(status, f"HTTP {status} at connect") from exc
             raise
         except BaseException:
             await stack.aclose()

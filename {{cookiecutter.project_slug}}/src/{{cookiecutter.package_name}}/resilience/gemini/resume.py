@@ -6,8 +6,15 @@ server holds equals the worker's chat context, nothing missing and nothing twice
 - A drop (or a plugin-requested reconnect) resumes with the newest resumable handle and
   sends only the chat items the handle does not cover; a reply that was awaited is asked
   for again, after the turns it answers.
+- A reply cut by a lost connection (a drop, a goAway deadline, a refused handle after it)
+  is asked for again once after the reconnect (``CONTINUE_PROMPT``), after the cut part,
+  which stays in the chat context marked interrupted (``watch``); the rest is the next
+  message of the same speech, so ``session.run`` returns the whole reply.
 - A refused or expired handle falls back to a fresh session with the whole history
-  replayed; the call goes on.
+  replayed; the call goes on. A refusal no retry changes (a bad or expired key, no access,
+  an unsupported location, a spent quota, an unknown model: close code and reason, see
+  ``connection_loop.refusal_kind``) is not retried: the budget is spent at once and
+  ``on_exhausted`` gets a ``ModelRefusedError``.
 - goAway lets the reply in progress finish, then reconnects at the next idle point, or
   when ``time_left`` minus a margin runs out, whichever comes first.
 - Reconnects: the first at once, then jittered backoff; a missing setupComplete counts as a
@@ -164,6 +171,7 @@ class GeminiResumeMetrics:
     items_replayed: int = 0
     failed_attempts: int = 0
     handle_refusals: int = 0
+    refusals: int = 0
     go_aways: int = 0
     handles_stored: int = 0
     exhausted: int = 0
@@ -348,6 +356,12 @@ class GeminiResume(utils.EventEmitter[EventTypes]):
             attempts=event.attempts,
         )
         self.emit("reconnected", event)
+
+    def refused(self, error: BaseException) -> None:
+        """The server refused the session for good (a bad key, no access, an unknown model,
+        a spent quota): no retry; the budget is spent at once."""
+        self.metrics.refusals += 1
+        logger.error("gemini refused the session; not retrying", error=str(error)[:300])
 
     def attempt_failed(self, error: BaseException, failures: int) -> None:
         """A connect attempt failed (counted against the budget)."""

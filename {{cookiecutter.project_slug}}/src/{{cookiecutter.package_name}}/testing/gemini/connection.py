@@ -131,7 +131,8 @@ class LiveConnection:
         if code is None:
             self.ws.transport.abort()
         else:
-            await self.ws.close(code, reason)
+            # a close frame carries at most 123 bytes of reason, as Gemini's are cut
+            await self.ws.close(code, reason.encode()[:123].decode(errors="ignore"))
 
     async def apply(self, fault: Fault, where: FaultSite) -> None:
         """Apply a drop or goAway to this connection now."""

@@ -90,7 +90,7 @@ def test_bake(tmp_path: Path, answers: dict[str, object], ruff: str) -> None:
     assert (project / "LICENSE").exists() is (answer(answers, "license") != "none")
 
     for path in project.rglob("*"):
-        if path.is_file():
+        if path.is_file() and path.suffix != ".wav":  # the recorded apology is binary
             text = path.read_text(encoding="utf-8")
             assert not LEFTOVER.search(text), f"template syntax left in {path.relative_to(project)}"
 

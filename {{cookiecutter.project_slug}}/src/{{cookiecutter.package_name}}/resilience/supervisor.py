@@ -10,7 +10,7 @@ Restart triggers: an unrecoverable model error or an error close, the participan
 ``session.restart`` (see :mod:`.rpc`), ``await supervisor.restart(reason, models=...)``, and a
 watchdog when the agent thinks for longer than ``stuck_timeout`` without speaking. A
 :class:`RestartPolicy` bounds them; when its budget is spent the agent apologises and the
-conversation closes.
+conversation closes, as it does on ``end_with_apology(reason)`` (a model gone for good).
 
 Events (``supervisor.on(name, callback)``), each with a typed payload:
 ``session_started`` (:class:`SessionStartedEvent`), ``conversation_item_added`` (livekit's
@@ -249,13 +249,25 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         async with self._lock:
             await self._finish(reason)
 
+    async def end_with_apology(self, reason: str) -> None:
+        """Apologise, then end the conversation with ``reason``: for a model gone for good (an
+        invalid API key...) and no fallback stack. A session with no model replaces the current
+        one and plays the recorded apology (:mod:`.apology`), which the model cannot cut."""
+        async with self._lock:
+            if not self._closed:
+                await self._apologise_and_finish(reason, model_free=True)
+
     # -- restarts ----------------------------------------------------------------------------
 
     async def _restart_locked(self, reason: str) -> AgentSession | None:
         while True:
             delay = self._budget.acquire()
             if delay is None:
-                await self._give_up(reason)
+                logger.error("restart budget spent; ending the call", reason=reason,
+                             restarts_in_window=self._budget.used,
+                             window_s=self._budget.policy.window,
+                             participant=identity_ref(self._identity))  # fmt: skip
+                await self._apologise_and_finish(GAVE_UP)
                 return None
             if delay:
                 logger.info("restart backing off", reason=reason, delay_s=round(delay, 3))
@@ -269,15 +281,9 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
                 reason = "start_failed"
                 continue
             self._restarts += 1
-            blackout = time.monotonic() - began
-            models = self._last_models
-            logger.info(
-                "session restarted",
-                reason=reason,
-                restarts=self._restarts,
-                blackout_ms=round(blackout * 1000, 1),
-                model_stack=models,
-            )
+            blackout, models = time.monotonic() - began, self._last_models
+            logger.info("session restarted", reason=reason, restarts=self._restarts,
+                        blackout_ms=round(blackout * 1000, 1), model_stack=models)  # fmt: skip
             self.emit("restarted", RestartedEvent(reason, self._restarts, blackout, models))
             if self._carried.ends_with_user_turn():
                 # the turn the old session never answered: answer it, so nobody waits
@@ -298,32 +304,32 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         except Exception:
             logger.exception("automatic restart failed", reason=reason)
 
-    async def _give_up(self, reason: str) -> None:
-        budget = self._budget
-        logger.error("restart budget spent; ending the call", reason=reason,
-                     restarts_in_window=budget.used, window_s=budget.policy.window,
-                     participant=identity_ref(self._identity))  # fmt: skip
-        session = self._session if self._running else None
+    async def _apologise_and_finish(self, reason: str, *, model_free: bool = False) -> None:
+        session = self._session if self._running and not model_free else None
         if session is None:
             await self._retire(self._session)
-            try:  # a session only to apologise: the last one is gone
-                session = await self._open(restart=True, reason="apology")
+            try:  # a session only to apologise: the last one is gone (or its model is)
+                session = await self._open(restart=True, reason="apology", model_free=model_free)
             except Exception as exc:
                 logger.warning("no session to apologise with", error=repr(exc))
         if session is not None:
             await say_apology(session, self._apology)
-        await self._finish(GAVE_UP)
+        await self._finish(reason)
 
     # -- sessions ----------------------------------------------------------------------------
 
-    async def _open(self, *, restart: bool, reason: str) -> AgentSession:
+    async def _open(self, *, restart: bool, reason: str, model_free: bool = False) -> AgentSession:
         spec = SessionSpec(self._models(), self._seed(restart), restart, reason, self._previous)
-        if self._before_start is not None:
+        if self._before_start is not None and not model_free:
             result = self._before_start(spec)
             if inspect.isawaitable(result):
                 await result
-        stack = spec.models
-        kwargs = {**self._session_options, **stack.session_options()}
+        if model_free:  # only to play the recorded apology: no model to fail, no TTS
+            options, agent, name = {}, Agent(instructions="", chat_ctx=spec.chat_ctx), "none"
+        else:
+            options = spec.models.session_options()
+            agent, name = self._agent_factory(spec.chat_ctx), spec.models.name
+        kwargs = {**self._session_options, **options}
         if self._userdata is not None:
             kwargs["userdata"] = self._userdata
         session: AgentSession = AgentSession(**kwargs)
@@ -331,18 +337,16 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
             _livekit.hand_over_primary(self._job_ctx, self._previous, session)
         self._watch(session)
         try:
-            await self._output.start_session(
-                session, self._agent_factory(spec.chat_ctx), room_options=self._room_options
-            )
+            await self._output.start_session(session, agent, room_options=self._room_options)
         except BaseException:
             self._own_close.add(id(session))
             await session.aclose()
             self._unwatch(session)
             await self._output.release(session)
             raise
-        self._session, self._running, self._last_models = session, True, stack.name
-        logger.info("session started", restart=restart, reason=reason, model_stack=stack.name)
-        self.emit("session_started", SessionStartedEvent(session, restart, reason, stack.name))
+        self._session, self._running, self._last_models = session, True, name
+        logger.info("session started", restart=restart, reason=reason, model_stack=name)
+        self.emit("session_started", SessionStartedEvent(session, restart, reason, name))
         return session
 
     def _seed(self, restart: bool) -> llm.ChatContext:

@@ -7,12 +7,12 @@ Real AgentSession, the plugin with the handler's connection loop, the local Live
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from gemini_helpers import connected
 from google.genai import types
-from livekit.agents import Agent, AgentSession, RunResult, llm
+from livekit.agents import Agent, AgentSession, RunResult, function_tool, llm
 
 from {{ cookiecutter.package_name }}.resilience.gemini import gemini_realtime_model
 from {{ cookiecutter.package_name }}.resilience.gemini.resume import (
@@ -29,6 +29,11 @@ from {{ cookiecutter.package_name }}.testing.gemini.faults import (
     GoAway,
     RefuseHandle,
 )
+from {{ cookiecutter.package_name }}.testing.gemini.protocol import (
+    FunctionCall,
+    HistoryItem,
+    Reply,
+)
 from {{ cookiecutter.package_name }}.testing.gemini.server import (
     LocalGeminiLiveServer,
 )
@@ -43,17 +48,19 @@ async def srv() -> AsyncIterator[LocalGeminiLiveServer]:
         yield server
 
 
-async def start(srv: LocalGeminiLiveServer) -> tuple[AgentSession, Agent, GeminiResume]:
+async def start(
+    srv: LocalGeminiLiveServer, *, modality: str = "TEXT", agent: Agent | None = None
+) -> tuple[AgentSession, Agent, GeminiResume]:
     resume = GeminiResume(policy=FAST)
     model = gemini_realtime_model(
         resume,
         api_key="local-test-key",
         http_options=srv.http_options(),
-        modalities=[types.Modality.TEXT],
+        modalities=[types.Modality(modality)],
     )
     session: AgentSession = AgentSession(llm=model)
     resume.watch(session)
-    agent = Agent(instructions="You are a test agent.")
+    agent = agent or Agent(instructions="You are a test agent.")
     await session.start(agent)
     return session, agent, resume
 
@@ -76,6 +83,7 @@ async def in_sync(srv: LocalGeminiLiveServer, agent: Agent) -> None:
     )
 
 
+@pytest.mark.parametrize("modality", ["TEXT", "AUDIO"])
 @pytest.mark.parametrize(
     "fault",
     [
@@ -84,9 +92,10 @@ async def in_sync(srv: LocalGeminiLiveServer, agent: Agent) -> None:
     ],
 )
 async def test_a_reply_cut_by_a_drop_is_finished_after_the_reconnect(
-    srv: LocalGeminiLiveServer, fault: Drop
+    srv: LocalGeminiLiveServer, fault: Drop, modality: str
 ) -> None:
-    session, agent, resume = await start(srv)
+    # AUDIO: the cut reply's audio stream ends with its transcript; the rest has its own
+    session, agent, resume = await start(srv, modality=modality)
     try:
         srv.arm(fault)
         result = await session.run(user_input=LONG)
@@ -173,3 +182,42 @@ async def test_the_recorder_sees_the_cut_part_as_interrupted(srv: LocalGeminiLiv
         assert [flag for _, flag in stored] == [True, False]
     finally:
         await session.aclose()
+
+
+async def test_a_tool_call_in_flight_during_a_drop_reaches_the_model_once() -> None:
+    def responder(history: Sequence[HistoryItem]) -> str | Reply:
+        if history[-1].role == "tool":
+            return f"it is sunny, {history[-1].text}"
+        return Reply(function_calls=(FunctionCall("get_weather", {"city": "Paris"}, id="c1"),))
+
+    calls: list[str] = []
+    dropped = asyncio.Event()
+
+    class Weather(Agent):
+        @function_tool
+        async def get_weather(self, city: str) -> str:
+            """The weather in a city."""
+            calls.append(city)
+            await dropped.wait()  # the connection drops while the tool runs
+            return "sun"
+
+    async with LocalGeminiLiveServer(responder=responder, chunk_delay=0.005) as srv:
+        agent = Weather(instructions="You are a test agent.")
+        session, agent, resume = await start(srv, agent=agent)
+        try:
+            running = session.run(user_input="weather in Paris?")
+            async with asyncio.timeout(10):
+                while not calls:
+                    await asyncio.sleep(0.01)
+            await srv.inject(Drop())
+            await connected(srv, 2)
+            dropped.set()
+            said = replies(await asyncio.wait_for(running, 10))
+            assert "".join(m.text_content or "" for m in said).startswith("it is sunny")
+        finally:
+            dropped.set()
+            await session.aclose()
+    assert calls == ["Paris"], "the tool ran once"
+    responses = [i for i in srv.history() if i.source == "tool_response"]
+    assert len(responses) == 1, [(i.role, i.source) for i in srv.history()]
+    assert resume.metrics.reconnects == 1

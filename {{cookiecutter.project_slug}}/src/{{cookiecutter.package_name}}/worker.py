@@ -8,6 +8,8 @@ model stack, so they exercise exactly this wiring.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from livekit import api, rtc
 from livekit.agents import AgentServer, JobContext, JobProcess
 
@@ -23,7 +25,7 @@ from .log import (
     setup_structlog,
 )
 from .models import build_models, modules_to_preload
-from .resilience.gemini.resume import GeminiResume
+from .resilience.gemini.resume import ExhaustedEvent, GeminiResume, ModelRefusedError
 from .resilience.primary.election import SessionElection
 from .resilience.primary.recovery import RoomWatcher, is_redispatch
 from .resilience.primary.room_lease import MAX_POLL_S, RoomPrimacy
@@ -48,6 +50,8 @@ logger = get_logger(__name__)
 
 # a store that has not answered a join by then does not keep the participant waiting
 JOIN_ANSWER_S = 1.0
+MODEL_REFUSED = "model_refused"
+"""The ``closed`` reason when the model refused the session for good and no fallback is set."""
 
 
 def prewarm(proc: JobProcess) -> None:
@@ -242,16 +246,17 @@ def assemble(
     presence = ParticipantPresence(
         ctx.room, writer, identity, job_id=ctx.job.id, wait_s=settings.session_retention_s
     )
+
     # Gemini Live sessions resume by handle (kept in the store); when its reconnect budget
-    # is spent the conversation restarts, on the fallback stack when there is one
-    gemini = GeminiResume(
-        writer,
-        room,
-        identity,
-        on_exhausted=lambda _ev: conversation.supervisor.restart(
-            "gemini_unavailable", models=fallback
-        ),
-    )
+    # is spent the conversation restarts, on the fallback stack when there is one. Refused
+    # for good (a bad key, no access, a spent quota) with no fallback: the caller hears the
+    # shipped apology clip and the call ends, with no retries in silence.
+    def on_gemini_exhausted(ev: ExhaustedEvent) -> Awaitable[object]:
+        if fallback is None and isinstance(ev.error, ModelRefusedError):
+            return conversation.supervisor.end_with_apology(MODEL_REFUSED)
+        return conversation.supervisor.restart("gemini_unavailable", models=fallback)
+
+    gemini = GeminiResume(writer, room, identity, on_exhausted=on_gemini_exhausted)
     metrics.watch_gemini(gemini)
     recorder = ConversationRecorder(writer, room, identity)
     conversation = Conversation(ctx, settings, identity, models, parts, recorder, presence, gemini)

@@ -29,7 +29,7 @@ from websockets.exceptions import InvalidStatus
 from ...log import get_logger
 from ..backoff import RestartBudget, RestartPolicy
 from ..store import GeminiHandle
-from .resume import ExhaustedEvent, GeminiResume, ReconnectedEvent
+from .resume import ExhaustedEvent, GeminiResume, ModelRefusedError, ReconnectedEvent
 
 logger = get_logger(__name__)
 
@@ -53,15 +53,6 @@ class HandleRefusedError(Exception):
     def __init__(self, code: int | None) -> None:
         super().__init__(f"resumption handle refused (close code {code})")
         self.code = code
-
-
-class ModelRefusedError(Exception):
-    """The server refused the setup for good (key, permission, location, quota, model)."""
-
-    def __init__(self, code: int | None, reason: str) -> None:
-        super().__init__(f"Gemini refused the session (close code {code}): {reason}")
-        self.code = code
-        self.reason = reason
 
 
 def refusal_kind(code: int | None, reason: str, *, resuming: bool) -> str:

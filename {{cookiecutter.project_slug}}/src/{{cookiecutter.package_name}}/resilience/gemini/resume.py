@@ -64,6 +64,7 @@ __all__ = [
     "GeminiResume",
     "GeminiResumeMetrics",
     "HandleRefusedEvent",
+    "ModelRefusedError",
     "ReconnectPolicy",
     "ReconnectedEvent",
 ]
@@ -150,6 +151,16 @@ class HandleRefusedEvent:
 
     code: int | None
     handle_age: float | None
+
+
+class ModelRefusedError(Exception):
+    """Gemini refused the session for good (a bad or expired key, no access, an unsupported
+    location, a spent quota, an unknown model): retrying changes nothing."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"Gemini refused the session (close code {code}): {reason}")
+        self.code = code
+        self.reason = reason
 
 
 @dataclass(frozen=True)

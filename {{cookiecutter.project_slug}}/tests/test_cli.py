@@ -220,6 +220,9 @@ COMMANDS = {
     "sessions-purge": ["sessions", "purge", "--room", "r", "--yes"],
     "sessions-quarantine": ["sessions", "quarantine"],
     "sessions-restore": ["sessions", "restore", "a-key"],
+    "sessions-export": ["sessions", "export", "ada", "--room", "r"],
+    "sessions-import": ["sessions", "import", "f.json"],
+    "sessions-stats": ["sessions", "stats"],
     "transcript": ["transcript", "ada", "--room", "r"],
 }
 # a value outside a choice; a LiveKit URL with no scheme

@@ -166,6 +166,8 @@ def test_a_corrupt_record_is_reported_not_moved(server: RedisServer) -> None:
         ["sessions", "quarantine"],
         ["sessions", "restore", "{lkagent:" + "0" * 32 + "}:q0123"],
         ["transcript", "ann", "--room", "r1"],
+        ["sessions", "export", "ann", "--room", "r1"],
+        ["sessions", "stats"],
     ],
     ids=lambda c: " ".join(c[:2]),
 )

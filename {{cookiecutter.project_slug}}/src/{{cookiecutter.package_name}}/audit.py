@@ -1,5 +1,5 @@
 """The audit trail: one structured event each time a participant's stored conversation is
-read, exported, listed, restored or purged, on a logger of its own.
+read, exported, imported, listed, counted, restored or purged, on a logger of its own.
 
 Every such path calls :func:`audit` once per request, whatever its outcome: the RPC
 ``transcript.history`` (``resilience/rpc.py``) and the `sessions` / `transcript` operator
@@ -37,6 +37,9 @@ SESSION_TRANSCRIPT: Final = "session.transcript"  # one record's transcript, pri
 SESSION_PURGE: Final = "session.purge"  # a participant's, or a room's, records deleted
 QUARANTINE_LIST: Final = "quarantine.list"  # records set aside as corrupt
 QUARANTINE_RESTORE: Final = "quarantine.restore"  # a quarantined record moved back
+SESSION_EXPORT: Final = "session.export"  # one record written to a file to move it
+SESSION_IMPORT: Final = "session.import"  # a record from such a file written to the store
+SESSIONS_STATS: Final = "sessions.stats"  # every stored session read to count them
 ACTIONS: Final = frozenset(
     {
         TRANSCRIPT_READ,
@@ -46,6 +49,9 @@ ACTIONS: Final = frozenset(
         SESSION_PURGE,
         QUARANTINE_LIST,
         QUARANTINE_RESTORE,
+        SESSION_EXPORT,
+        SESSION_IMPORT,
+        SESSIONS_STATS,
     }
 )
 
@@ -67,6 +73,8 @@ DETAILS: Final = (
     "unreadable",  # records that could not be read, left as they are
     "code",  # the RPC error code of a refusal
     "error",  # the kind of store error, e.g. StoreUnavailableError
+    "decrypted",  # session.export: 1 when sealed data left the store readable (--decrypt)
+    "replaced",  # session.import: 1 when it overwrote a record (--replace)
 )
 
 _logger = logging.getLogger(AUDIT_LOGGER)

@@ -1,11 +1,14 @@
-"""Operator commands on stored sessions: `sessions list | show | purge | quarantine | restore`
-and `transcript`.
+"""Operator commands on stored sessions: `sessions list | show | purge | quarantine | restore`,
+`sessions export | import` (move a conversation), `sessions stats` and `transcript`.
 
 They talk to the store directly (Redis when REDIS_URL is set, else the SQLite file
 SESSION_DB_PATH), never through a worker's cache: when it cannot be reached they say so in one
 line and exit 1. Reads never write: a record they cannot read (a key missing from
 SESSION_ENCRYPTION_KEYS, corruption) is reported, left as it is, and the command exits 1.
 With SESSION_DB_PATH=:memory: records live inside each worker process: nothing to see here.
+
+Export, import and stats keep their logic in the store package (resilience/store/transfer.py,
+stats.py); what is here parses, reads or writes the file and prints.
 
 Every command that reaches the store logs one audit event (``audit.py``): the operator (OS
 user and host), what the command did, to which conversation (keyed hashes), its outcome and
@@ -18,6 +21,10 @@ import asyncio
 import contextlib
 import datetime
 import json
+import os
+import pathlib
+import sys
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
@@ -28,14 +35,17 @@ from .. import audit
 from ._common import fail, settings_or_exit
 
 if TYPE_CHECKING:
-    from ..resilience.store import RedisAdmin, SqliteAdmin, Unreadable
+    from ..resilience.store import RedisAdmin, SqliteAdmin, StoredRecord, Unreadable
     from ..settings import Settings
 
-sessions_app = typer.Typer(help="Inspect, purge and restore stored participant sessions.")
+sessions_app = typer.Typer(help="Inspect, purge, restore, move and count stored sessions.")
 
 Room = Annotated[str | None, typer.Option(help="Only this room.")]
 RequiredRoom = Annotated[str, typer.Option(help="The room the participant was in.")]
 Identity = Annotated[str, typer.Argument(help="The participant identity.")]
+Meeting = Annotated[bool, typer.Option("--meeting", help="The room's meeting transcript instead.")]
+Decrypt = Annotated[bool, typer.Option("--decrypt", help="Write sealed data readable (audited).")]
+Replace = Annotated[bool, typer.Option("--replace", help="Overwrite a record found there.")]
 
 MEMORY_NOTE = (
     "REDIS_URL is not set and SESSION_DB_PATH is :memory:; records live inside each worker "
@@ -170,11 +180,16 @@ def list_sessions(room: Room = None) -> None:
             raise fail(describe_unreadable(inventory.unreadable))
 
 
-def _read_one(settings: Settings, identity: str, room: str, event: dict[str, Any]) -> Any:
+def _read_one(
+    settings: Settings, identity: str, room: str, event: dict[str, Any], *, stored: bool = False
+) -> Any:
+    """The record (``stored``: with its stored form); not there or unreadable: exit 1."""
     from ..resilience.store import CorruptRecordError, MissingKeyError
 
     async def read(admin: RedisAdmin | SqliteAdmin) -> Any:
         try:
+            if stored:
+                return await admin.read_stored(room, identity)
             return await admin.read(room, identity)
         except (MissingKeyError, CorruptRecordError) as exc:
             event.update(outcome=audit.ERROR, error=type(exc).__name__, unreadable=1)
@@ -290,3 +305,135 @@ def transcript(identity: Identity, room: RequiredRoom) -> None:
             typer.echo(f"[{segment.get('speaker', '?')}] {segment.get('text', '')}")
     if not record.transcript:
         typer.echo("(no transcript segments stored)", err=True)
+
+
+@sessions_app.command("export")
+def export_session(
+    room: RequiredRoom,
+    identity: Annotated[str | None, typer.Argument(help="The participant identity.")] = None,
+    meeting: Meeting = False,
+    out: Annotated[str, typer.Option(help="The file to create ('-': stdout).")] = "-",
+    decrypt: Decrypt = False,
+) -> None:
+    """Write one conversation as a JSON document for `sessions import` (read-only). Sealed
+    records stay sealed in it unless --decrypt; the Gemini handle is never exported."""
+    from ..resilience.store.transfer import export_document
+
+    if (identity is None) != meeting:
+        raise fail("give the participant's IDENTITY, or --meeting for the room's transcript", 2)
+    if identity is None:  # livekit's import time, for this flag only
+        from ..resilience.transcribers import MEETING_IDENTITY
+
+        identity = MEETING_IDENTITY
+    settings = _settings(needs_redis=True)
+    assert settings is not None
+    sealed = settings.session_encryption_keys is not None and not decrypt
+    with (
+        _new_file(out) as target,
+        _audited(audit.SESSION_EXPORT, room=room, identity=identity) as event,
+    ):
+        record, stored = _read_one(settings, identity, room, event, stored=True)
+        document = export_document(record, stored, sealed=sealed, exported_at=time.time())
+        counts = {"items": len(record.items), "segments": len(record.transcript)}
+        event.update(
+            counts, decrypted=int(decrypt and settings.session_encryption_keys is not None)
+        )
+        target.write(json.dumps(document, ensure_ascii=False, indent=1) + "\n")
+    if out != "-":
+        what = f"{counts['items']} items and {counts['segments']} transcript lines"
+        typer.echo(f"exported {what} to {out}" + " (sealed)" * sealed, err=True)
+
+
+@contextlib.contextmanager
+def _new_file(path: str) -> Iterator[Any]:
+    """A new file only this user can read (never an existing one), or stdout for '-';
+    removed again if the command fails, so no half-written export is left."""
+    if path == "-":
+        yield sys.stdout
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise fail(f"cannot create {path}: {exc.strerror} (an export never overwrites)") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as target:
+            yield target
+    except BaseException:
+        os.unlink(path)
+        raise
+
+
+@sessions_app.command("import")
+def import_session(
+    file: Annotated[str, typer.Argument(help="A `sessions export` file ('-': stdin).")],
+    room: Annotated[str | None, typer.Option(help="Into this room, not the file's.")] = None,
+    identity: Annotated[str | None, typer.Option(help="As this participant.")] = None,
+    replace: Replace = False,
+) -> None:
+    """Write an exported conversation into this store in one step, sealed under its current
+    key when it seals; kept SESSION_RETENTION_S from now, as a participant who just left."""
+    settings = _settings(needs_redis=True)
+    assert settings is not None
+    try:
+        raw = sys.stdin.buffer.read() if file == "-" else pathlib.Path(file).read_bytes()
+    except OSError as exc:
+        raise fail(f"cannot read {file}: {exc.strerror}") from None
+    with _audited(audit.SESSION_IMPORT, room=room, identity=identity) as event:
+        stored = _import_form(settings, raw, room, identity, event)
+        counts = {"items": len(stored.items), "segments": len(stored.transcript)}
+        event.update(counts, room=stored.room, identity=stored.identity)
+        ttl = settings.session_retention_s
+        put = _with_admin(settings, lambda a: a.put(stored, ttl=ttl, replace=replace), event)
+        event["replaced"] = int(put)
+    what = f"{counts['items']} items, {counts['segments']} transcript lines"
+    typer.echo(
+        f"imported {stored.identity!r} in room {stored.room!r}: {what}" + " (replaced)" * put
+    )
+
+
+def _import_form(
+    settings: Settings, raw: bytes, room: str | None, identity: str | None, event: dict[str, Any]
+) -> StoredRecord:
+    """The file as this store keeps it; refused (one line, audited) when it cannot be."""
+    from ..resilience.store import KeyRing, StorageLimits, StoreError
+    from ..resilience.store.transfer import import_document
+
+    keys = settings.session_encryption_keys
+    limits = StorageLimits(
+        settings.session_max_entry_bytes,
+        settings.session_max_entries,
+        settings.session_max_history_bytes,
+    )
+    try:
+        keyring = KeyRing.parse(keys.get_secret_value()) if keys else None
+        return import_document(raw, keyring=keyring, limits=limits, room=room, identity=identity)
+    except StoreError as exc:
+        event.update(outcome=audit.REFUSED, error=type(exc).__name__)
+        raise fail(str(exc)) from None
+
+
+@sessions_app.command("stats")
+def show_stats(
+    room: Room = None,
+    days: Annotated[int, typer.Option(min=1, max=3660, help="UTC days back, today too.")] = 7,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+) -> None:
+    """Participants active per day, who came back, conversation lengths (read-only)."""
+    from ..resilience.store.stats import session_stats
+
+    settings = _settings(needs_redis=False)
+    if settings is None:
+        return
+    with _audited(audit.SESSIONS_STATS, room=room) as event:
+        inventory = _with_admin(settings, lambda admin: admin.inventory(room), event)
+        stats = session_stats(inventory.records, now=time.time(), days=days, room=room)
+        event.update(records=len(inventory.records), unreadable=len(inventory.unreadable))
+        if as_json:
+            found = stats.to_json() | {"unreadable": len(inventory.unreadable)}
+            typer.echo(json.dumps(found, indent=2))
+        else:
+            where = f" in room {room!r}" if room else ""
+            _print_table(f"stored sessions, last {days} day(s){where}", ("measure", "value"),
+                         stats.rows())  # fmt: skip
+        if inventory.unreadable:
+            raise fail(describe_unreadable(inventory.unreadable))

@@ -11,12 +11,13 @@ The worker calls ``open_store(...)`` once and talks to the returned ``SessionSto
 
 Welcome a participant back exactly when ``outcome.kind is JoinKind.RETURNING``.
 Operator commands use ``open_admin(...)`` (or a store's ``admin``) instead (admin.py):
-straight to the backend, read-only unless they delete.
+straight to the backend, read-only unless they delete or import.
 
 The modules: ``base`` (the protocol, its records, results and errors), ``leases`` (the lease
 rules and tables), ``fenced`` (the primary's writer), one per backend (``file``: SQLite,
-``redis``, ``memory``), ``admin`` (operator access), ``redis_url`` (``REDIS_URL``'s forms);
-the ``_``-prefixed ones are their internals.
+``redis``, ``memory``), ``admin`` (operator access), ``transfer`` (a record as a file, to
+move it: `sessions export` / `import`), ``stats`` (`sessions stats`), ``redis_url``
+(``REDIS_URL``'s forms); the ``_``-prefixed ones are their internals.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from ._crypto import KeyRing
 from ._keys import identity_hash
 from ._quarantine import QuarantinedRecord
-from .admin import Inventory, Purged, Unreadable
+from .admin import Inventory, Purged, StoredRecord, Unreadable
 from .base import (
     AppendResult,
     CorruptRecordError,
@@ -84,6 +85,7 @@ __all__ = [
     "StorageLimits",
     "StoreError",
     "StoreUnavailableError",
+    "StoredRecord",
     "Unreadable",
     "engaged_retention",
     "identity_hash",

@@ -10,14 +10,14 @@ from typing import Any
 
 import redis.exceptions as rex
 
-from ._codec import RecordCodec, ms, unframe
+from ._codec import Framed, RecordCodec, ms, unframe
 from ._crypto import KeyRing
 from ._keys import ParticipantKeys, keys_for_tag, participant_keys, room_hash
 from ._quarantine import QuarantinedRecord, QuarantineNote
 from ._redis_client import UNAVAILABLE, connect
 from ._scripts import LOAD
 from ._validate import validate_names
-from .admin import Inventory, Purged, Unreadable
+from .admin import Inventory, Purged, StoredRecord, Unreadable, put_outcome
 from .base import (
     CorruptRecordError,
     InvalidInputError,
@@ -42,6 +42,36 @@ for i = 1, 4 do
 end
 redis.call('DEL', KEYS[9])
 return 'restored'
+"""
+
+# Write a whole record (`sessions import`). KEYS 1-5 a participant's (_scripts.py). ARGV:
+# replace (0/1), ttl_ms, n_fields, field, value, ..., n_items, (id, blob) per item, then
+# (id, blob) per transcript segment. An unfenced write: refused while the lease is live.
+PUT = """
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if tonumber(redis.call('HGET', KEYS[5], 'until') or '0') > now then return 'leased' end
+local found = redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3], KEYS[4]) > 0
+if found and ARGV[1] ~= '1' then return 'exists' end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+local i = 4
+for _ = 1, tonumber(ARGV[3]) do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local items_end = i + 1 + 2 * tonumber(ARGV[i])
+i = i + 1
+while i < #ARGV do
+  local list, tag = KEYS[3], 'seg:'
+  if i < items_end then list, tag = KEYS[2], 'item:' end
+  redis.call('RPUSH', list, ARGV[i + 1])
+  redis.call('SADD', KEYS[4], tag .. ARGV[i])
+  i = i + 2
+end
+for k = 1, 4 do redis.call('PEXPIRE', KEYS[k], ARGV[2]) end
+if found then return 'replaced' end
+return 'written'
 """
 
 
@@ -85,6 +115,7 @@ class RedisAdmin:
         self._codec = RecordCodec(keyring)
         self._load = client.register_script(LOAD)
         self._restore = client.register_script(RESTORE)
+        self._put = client.register_script(PUT)
         tag = r"(\{" + re.escape(prefix) + r":[0-9a-f]{32}\})"
         self._quarantine_key = re.compile(tag + r":q[0-9a-f]{1,32}")
 
@@ -116,6 +147,42 @@ class RedisAdmin:
         (with the reason) when it cannot be read, and changes nothing either way."""
         validate_names(room, identity)
         return await self._read(participant_keys(self.prefix, room, identity), room, identity)
+
+    @_direct
+    async def read_stored(
+        self, room: str, identity: str
+    ) -> tuple[SessionRecord, StoredRecord] | None:
+        """One participant's record and its stored form (``read``'s errors; read-only)."""
+        validate_names(room, identity)
+        keys = participant_keys(self.prefix, room, identity)
+        found = await self._stored(keys)
+        if found is None:
+            return None
+        fields, items, segments = found
+        record = self._codec.decode(room, identity, fields, items, segments)
+        return record, StoredRecord(
+            room, identity, fields,
+            list(zip(record.item_ids, items, strict=True)),
+            list(zip((s["id"] for s in record.transcript), segments, strict=True)),
+        )  # fmt: skip
+
+    @_direct
+    async def put(self, stored: StoredRecord, *, ttl: float, replace: bool = False) -> bool:
+        """Write a whole record in one step, kept ``ttl`` seconds; True when it replaced one.
+
+        Refused (InvalidInputError, nothing written) when the participant has a record and
+        ``replace`` is false, and while their lease is live (a worker serves them now).
+        """
+        validate_names(stored.room, stored.identity)
+        args: list[Any] = [int(replace), ms(ttl), len(stored.fields)]
+        for name, value in stored.fields.items():
+            args += [name, value]
+        args.append(len(stored.items))
+        for entry_id, blob in [*stored.items, *stored.transcript]:
+            args += [entry_id, blob]
+        keys = participant_keys(self.prefix, stored.room, stored.identity)
+        outcome = await self._put(keys=keys.data, args=args)
+        return put_outcome(outcome.decode() if isinstance(outcome, bytes) else outcome)
 
     @_direct
     async def purge(self, room: str, identity: str | None = None) -> Purged:
@@ -211,14 +278,17 @@ class RedisAdmin:
     # -- internals ----------------------------------------------------------------------------
 
     async def _read(self, keys: ParticipantKeys, room: str, identity: str) -> SessionRecord | None:
+        found = await self._stored(keys)
+        return self._codec.decode(room, identity, *found) if found is not None else None
+
+    async def _stored(
+        self, keys: ParticipantKeys
+    ) -> tuple[dict[str, bytes], Framed, Framed] | None:
         try:
             found = await self._load(keys=keys.data, args=[])
         except rex.ResponseError as exc:
             raise CorruptRecordError(f"unreadable in redis: {exc}") from None  # WRONGTYPE
-        if not found:
-            return None
-        fields, items, segments = unframe(found)
-        return self._codec.decode(room, identity, fields, items, segments)
+        return unframe(found) if found else None
 
     async def _owner(self, keys: ParticipantKeys, key_hash: str) -> tuple[str, str] | Unreadable:
         """(room, identity) from a record's sealed ``who`` field, or why it cannot be read."""

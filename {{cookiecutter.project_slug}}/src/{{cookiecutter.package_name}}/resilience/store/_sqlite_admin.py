@@ -12,20 +12,38 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from . import _sqlite_ops as ops
-from ._codec import F_WHO, RecordCodec, ms
+from ._codec import (
+    F_ACTIVE,
+    F_ITEM_BYTES,
+    F_ITEMS_TRIMMED,
+    F_JOINED,
+    F_LEFT,
+    F_RECONNECTS,
+    F_REV,
+    F_SEEN,
+    F_SEGMENT_BYTES,
+    F_SEGMENTS_TRIMMED,
+    F_VERSION,
+    F_WHO,
+    RecordCodec,
+    ms,
+)
 from ._crypto import KeyRing
-from ._keys import participant_hash, room_hash
+from ._keys import participant_hash, room_hash, sqlite_participant_lease
 from ._quarantine import QuarantinedRecord, QuarantineNote
-from ._sqlite_db import SqliteDatabase
+from ._sqlite_db import Connection, SqliteDatabase
+from ._sqlite_leases import check_fence
 from ._validate import validate_names
-from .admin import Inventory, Purged, Unreadable
+from .admin import Inventory, Purged, StoredRecord, Unreadable, put_outcome
 from .base import (
     CorruptRecordError,
     InvalidInputError,
     MissingKeyError,
     SessionRecord,
+    StaleLeaseError,
     StoreError,
 )
 
@@ -47,6 +65,7 @@ class SqliteAdmin:
         self.retention = retention
         self._codec = RecordCodec(keyring)
         self._owns_db = not isinstance(db, SqliteDatabase)
+        self._path = db
         if isinstance(db, SqliteDatabase):
             self._db: SqliteDatabase | None = db
         else:  # opened only if it exists: a read-only command creates nothing
@@ -67,6 +86,36 @@ class SqliteAdmin:
             return None
         found = await self._db.read(ops.load, participant_hash(room, identity))
         return self._codec.decode(room, identity, *found) if found is not None else None
+
+    async def read_stored(
+        self, room: str, identity: str
+    ) -> tuple[SessionRecord, StoredRecord] | None:
+        """One participant's record and its stored form (``read``'s errors; read-only)."""
+        validate_names(room, identity)
+        if self._db is None:
+            return None
+        found = await self._db.read(ops.load, participant_hash(room, identity))
+        if found is None:
+            return None
+        fields, items, segments = found
+        record = self._codec.decode(room, identity, fields, items, segments)
+        return record, StoredRecord(
+            room, identity, fields,
+            list(zip(record.item_ids, items, strict=True)),
+            list(zip((s["id"] for s in record.transcript), segments, strict=True)),
+        )  # fmt: skip
+
+    async def put(self, stored: StoredRecord, *, ttl: float, replace: bool = False) -> bool:
+        """Write a whole record in one transaction, kept ``ttl`` seconds; True when it
+        replaced one. Refused (InvalidInputError, nothing written) when the participant has a
+        record and ``replace`` is false, and while their lease is live. Creates the file."""
+        validate_names(stored.room, stored.identity)
+        if self._db is None:
+            assert not isinstance(self._path, SqliteDatabase)
+            self._db = SqliteDatabase(self._path)  # DatabaseFileError when it cannot be
+        pkey = participant_hash(stored.room, stored.identity)
+        outcome = await self._db.write(_put, pkey, room_hash(stored.room), stored, ms(ttl), replace)
+        return put_outcome(outcome)
 
     async def purge(self, room: str, identity: str | None = None) -> Purged:
         """Delete a participant's record and quarantined copies, or a whole room's (found by
@@ -151,3 +200,45 @@ class SqliteAdmin:
             return self._codec.open_who(pkey, who)
         except (MissingKeyError, CorruptRecordError) as exc:
             return Unreadable.of(pkey, None, exc)
+
+
+# the stored fields kept as integers in their columns (_sqlite_ops.py reads them so)
+_INTEGERS = {F_VERSION, F_JOINED, F_SEEN, F_RECONNECTS, F_LEFT, F_REV, F_ITEM_BYTES,
+             F_SEGMENT_BYTES, F_ITEMS_TRIMMED, F_SEGMENTS_TRIMMED}  # fmt: skip
+
+
+def _put(
+    conn: Connection, pkey: str, room_key: str, stored: StoredRecord, ttl_ms: int, replace: bool
+) -> str:
+    """``put``'s transaction (kept beside its only user, as Redis's PUT script): 'written',
+    'replaced', or 'exists' / 'leased' with nothing changed."""
+    now = conn.now_ms()
+    try:
+        check_fence(conn, sqlite_participant_lease(pkey), None, now)
+    except StaleLeaseError:
+        return "leased"
+    row = conn.execute("SELECT expires_at FROM records WHERE pkey = ?", (pkey,)).fetchone()
+    found = row is not None and row["expires_at"] > now
+    if found and not replace:
+        return "exists"
+    conn.execute("DELETE FROM entries WHERE pkey = ?", (pkey,))
+    conn.execute("DELETE FROM records WHERE pkey = ?", (pkey,))
+    columns: dict[str, Any] = {
+        "pkey": pkey, "room_hash": room_key, "expires_at": now + ttl_ms,
+        "n_items": len(stored.items), "n_segments": len(stored.transcript),
+    }  # fmt: skip
+    for name, value in stored.fields.items():
+        column = "left_at" if name == F_LEFT else name  # LEFT is an SQL word
+        columns[column] = int(value) if name in _INTEGERS else value
+    if F_ACTIVE in stored.fields:
+        columns[F_ACTIVE] = stored.fields[F_ACTIVE].decode()
+    marks = ", ".join("?" * len(columns))
+    conn.execute(
+        f"INSERT INTO records ({', '.join(columns)}) VALUES ({marks})", [*columns.values()]
+    )
+    conn.executemany(
+        "INSERT INTO entries (pkey, list, eid, blob) VALUES (?, ?, ?, ?)",
+        [(pkey, ops.ITEMS, eid, blob) for eid, blob in stored.items]
+        + [(pkey, ops.SEGMENTS, eid, blob) for eid, blob in stored.transcript],
+    )
+    return "replaced" if found else "written"

@@ -11,15 +11,21 @@ reported as ``Unreadable`` with its reason, never quarantined or changed.
     inventory = await admin.inventory(room=None)   # records + unreadable ones
     await admin.purge(room, identity)              # live records and quarantined copies
     await admin.quarantined(); await admin.restore(key)
+
+Moving a conversation (transfer.py) is the Redis and SQLite admins' (a memory store lives in
+one process: there is nothing to move it to or from):
+
+    record, stored = await admin.read_stored(room, identity)  # `sessions export`
+    replaced = await admin.put(stored, ttl=300, replace=False)  # `sessions import`, atomic
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .base import MissingKeyError, SessionRecord, StoreError
+from .base import InvalidInputError, MissingKeyError, SessionRecord, StoreError
 
-__all__ = ["Inventory", "Purged", "Unreadable"]
+__all__ = ["Inventory", "Purged", "StoredRecord", "Unreadable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +63,31 @@ class Purged:
     sessions: int
     quarantined: int
     unreadable: list[Unreadable] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """One participant's record in the stored form of _codec.py (blobs sealed or not), with
+    the entry ids a store keeps beside them: what export reads and import writes."""
+
+    room: str
+    identity: str
+    fields: dict[str, bytes]
+    items: list[tuple[str, bytes]]  # (entry id, blob), oldest first
+    transcript: list[tuple[str, bytes]]
+
+
+def put_outcome(outcome: str) -> bool:
+    """What a backend's ``put`` answered: True (replaced), False (written), or why it wrote
+    nothing (InvalidInputError)."""
+    if outcome == "exists":
+        raise InvalidInputError(
+            "this store already has a record for that participant in that room; "
+            "pass --replace to overwrite it (nothing was written)"
+        )
+    if outcome == "leased":
+        raise InvalidInputError(
+            "that participant is in a call on this store now (their lease is held); "
+            "import once they have left (nothing was written)"
+        )
+    return outcome == "replaced"

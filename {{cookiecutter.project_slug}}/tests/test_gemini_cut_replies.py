@@ -13,6 +13,7 @@ import pytest
 from gemini_helpers import connected
 from google.genai import types
 from livekit.agents import Agent, AgentSession, RunResult, function_tool, llm
+from livekit.agents.voice.events import ConversationItemAddedEvent
 
 from {{ cookiecutter.package_name }}.resilience.gemini import gemini_realtime_model
 from {{ cookiecutter.package_name }}.resilience.gemini.resume import (
@@ -67,17 +68,13 @@ async def start(
 
 def replies(result: RunResult) -> list[llm.ChatMessage]:
     return [
-        e.item
-        for e in result.events
-        if e.type == "message" and isinstance(e.item, llm.ChatMessage)
+        e.item for e in result.events if e.type == "message" and isinstance(e.item, llm.ChatMessage)
     ]
 
 
 async def in_sync(srv: LocalGeminiLiveServer, agent: Agent) -> None:
     await srv.wait_for(
-        lambda: (
-            server_conversation(srv.history()) == worker_conversation(agent.chat_ctx)
-        ),
+        lambda: server_conversation(srv.history()) == worker_conversation(agent.chat_ctx),
         give_up_after=5,
         what="the server to hold the worker's conversation",
     )
@@ -98,7 +95,7 @@ async def test_a_reply_cut_by_a_drop_is_finished_after_the_reconnect(
     session, agent, resume = await start(srv, modality=modality)
     try:
         srv.arm(fault)
-        result = await session.run(user_input=LONG)
+        result: RunResult = await session.run(user_input=LONG)
         said = replies(result)
         # session.run returns once the whole reply is out: the cut part, then the rest
         assert "".join(m.text_content or "" for m in said) == f"reply to: {LONG}"
@@ -154,7 +151,7 @@ async def test_a_reply_cut_twice_is_asked_for_once_and_ends_with_what_was_said(
 async def test_go_away_deadline_mid_reply_is_finished_on_the_next_connection() -> None:
     # a reply slower than goAway's time_left: the handler must leave mid-reply
     async with LocalGeminiLiveServer(chunks=6, chunk_delay=0.25) as srv:
-        session, agent, resume = await start(srv)
+        session, agent, _resume = await start(srv)
         try:
             srv.arm(GoAway(time_left=0.8, at="reply", after_chunks=1))
             said = replies(await session.run(user_input=LONG))
@@ -171,7 +168,7 @@ async def test_the_recorder_sees_the_cut_part_as_interrupted(srv: LocalGeminiLiv
 
     # registered after watch(), as the job registers the store's recorder
     @session.on("conversation_item_added")
-    def _record(ev) -> None:  # type: ignore[no-untyped-def]
+    def _record(ev: ConversationItemAddedEvent) -> None:
         if isinstance(ev.item, llm.ChatMessage) and ev.item.role == "assistant":
             stored.append((ev.item.text_content or "", ev.item.interrupted))
 
@@ -191,24 +188,22 @@ async def test_a_tool_call_in_flight_during_a_drop_reaches_the_model_once() -> N
         return Reply(function_calls=(FunctionCall("get_weather", {"city": "Paris"}, id="c1"),))
 
     calls: list[str] = []
-    dropped = asyncio.Event()
+    running_tool, dropped = asyncio.Event(), asyncio.Event()
 
     class Weather(Agent):
         @function_tool
         async def get_weather(self, city: str) -> str:
             """The weather in a city."""
             calls.append(city)
+            running_tool.set()
             await dropped.wait()  # the connection drops while the tool runs
             return "sun"
 
     async with LocalGeminiLiveServer(responder=responder, chunk_delay=0.005) as srv:
-        agent = Weather(instructions="You are a test agent.")
-        session, agent, resume = await start(srv, agent=agent)
+        session, _agent, resume = await start(srv, agent=Weather(instructions="A test agent."))
         try:
-            running = session.run(user_input="weather in Paris?")
-            async with asyncio.timeout(10):
-                while not calls:
-                    await asyncio.sleep(0.01)
+            running: RunResult = session.run(user_input="weather in Paris?")
+            await asyncio.wait_for(running_tool.wait(), 10)
             await srv.inject(Drop())
             await connected(srv, 2)
             dropped.set()

@@ -33,8 +33,10 @@ if TYPE_CHECKING:
 
 # the scenario names, without importing livekit before a command needs it
 SCENARIO_NAMES = (
-    "basic", "refresh", "restart", "multi", "gemini-faults", "redis-outage", "crash",
+    "basic", "refresh", "restart", "multi", "gemini-faults", "gemini-soak", "redis-outage",
+    "crash",
 )  # fmt: skip
+SOAK = "gemini-soak"  # the scenario --turns and --seed are for
 DEFAULT_SIMULATE_LOG = Path(".data") / "simulate.log"
 
 Scenario = Annotated[
@@ -61,9 +63,17 @@ GeminiUrl = Annotated[
     str | None,
     typer.Option(
         "--gemini-url",
-        help="Live-protocol endpoint for Gemini scenarios (gemini-faults); "
+        help="Live-protocol endpoint for Gemini scenarios (gemini-faults, gemini-soak); "
         "default: a local Gemini Live server started for the run.",
     ),
+]
+Turns = Annotated[
+    int | None,
+    typer.Option(help="gemini-soak: how many turns the user says (default 100)."),
+]
+Seed = Annotated[
+    int | None,
+    typer.Option(help="gemini-soak: the seed of its random faults (default: a new one, printed)."),
 ]
 LogFile = Annotated[
     str,
@@ -77,6 +87,8 @@ def simulate(
     store: Store = None,
     allow_remote_redis: AllowRemoteRedis = False,
     gemini_url: GeminiUrl = None,
+    turns: Turns = None,
+    seed: Seed = None,
     log_level: LogLevel = "WARNING",
     log_file: LogFile = str(DEFAULT_SIMULATE_LOG),
 ) -> None:
@@ -85,10 +97,23 @@ def simulate(
     Prints the conversation as a frontend shows it on stdout (logs go to --log-file);
     exits 1 when an invariant breaks.
     """
-    fail_all(flag_problems(scenario, json_path, store, gemini_url, log_level, log_file))
+    fail_all(
+        flag_problems(
+            scenario, json_path, store, gemini_url, log_level, log_file, turns=turns, seed=seed
+        )
+    )
     settings = settings_or_exit()
     with simulate_logs(log_file, log_level.upper()):
-        run_simulation(settings, scenario, json_path, store, allow_remote_redis, gemini_url)
+        run_simulation(
+            settings,
+            scenario,
+            json_path,
+            store,
+            allow_remote_redis,
+            gemini_url,
+            turns=turns,
+            seed=seed,
+        )
 
 
 def flag_problems(
@@ -98,6 +123,9 @@ def flag_problems(
     gemini_url: str | None,
     log_level: str,
     log_file: str,
+    *,
+    turns: int | None = None,
+    seed: int | None = None,
 ) -> list[str]:
     """One line per bad flag, found before anything runs."""
     problems = []
@@ -107,12 +135,27 @@ def flag_problems(
         problems.append(f"--store must be memory or redis, not {store!r}")
     if gemini_url is not None and not gemini_url.startswith("https://"):
         problems.append(f"--gemini-url must be an https:// URL, not {gemini_url!r}")
+    problems += soak_flag_problems(scenario, turns, seed)
     problems += log_level_problem(log_level)
     if json_path is not None:
         problems += _writable_file_problem("--json", json_path)
     if log_file != "-" and Path(log_file) != DEFAULT_SIMULATE_LOG:
         problems += _writable_file_problem("--log-file", Path(log_file))
     return problems
+
+
+def soak_flag_problems(scenario: str, turns: int | None, seed: int | None) -> list[str]:
+    """--turns and --seed: for gemini-soak only, and at least one turn."""
+    given = {"--turns": turns, "--seed": seed}
+    if scenario != SOAK:
+        return [
+            f"{flag} only applies to --scenario {SOAK}, not {scenario!r}; leave it out"
+            for flag, value in given.items()
+            if value is not None
+        ]
+    if turns is not None and turns < 1:
+        return [f"--turns must be at least 1, not {turns}"]
+    return []
 
 
 def _writable_file_problem(flag: str, path: Path) -> list[str]:
@@ -186,12 +229,18 @@ def run_simulation(
     store: str | None,
     allow_remote_redis: bool,
     gemini_url: str | None,
+    *,
+    turns: int | None = None,
+    seed: int | None = None,
 ) -> None:
-    """Run the scenario (in this process, or `crash` with real worker processes) and report."""
+    """Run the scenario (in this process, or `crash` with real worker processes) and report.
+
+    ``turns`` and ``seed`` are gemini-soak's (``--turns``, ``--seed``)."""
     if scenario == "crash":
         _simulate_crash(settings, json_path, store, allow_remote_redis)
     else:
-        _simulate_in_process(settings, scenario, json_path, store, allow_remote_redis, gemini_url)
+        options = {"gemini_url": gemini_url, "turns": turns, "seed": seed}
+        _simulate_in_process(settings, scenario, json_path, store, allow_remote_redis, options)
 
 
 def _simulate_in_process(
@@ -200,8 +249,9 @@ def _simulate_in_process(
     json_path: Path | None,
     store: str | None,
     allow_remote_redis: bool,
-    gemini_url: str | None,
+    options: dict[str, Any],
 ) -> None:
+    """``options``: what the scenario's ``prepare`` takes (``gemini_url``, soak's own)."""
     from ..simulation import SCENARIOS, Observations, run_scenario
 
     chosen = SCENARIOS[scenario]
@@ -209,7 +259,7 @@ def _simulate_in_process(
 
     async def run(sim_settings: Settings) -> Observations:
         # the scenario's settings and services (a Gemini scenario: the URL, or a local server)
-        async with chosen.prepare(sim_settings, gemini_url=gemini_url) as run_settings:
+        async with chosen.prepare(sim_settings, **options) as run_settings:
             return await run_scenario(
                 chosen.name,
                 chosen.run,

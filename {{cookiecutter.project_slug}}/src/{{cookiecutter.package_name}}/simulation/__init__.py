@@ -10,6 +10,12 @@ from .harness import Observations, ScenarioFn, Simulation, run_scenario
 from .scenarios import SCENARIOS, Scenario
 
 # scenarios kept in modules of their own register themselves on import
-from . import scenario_gemini, scenario_multi, scenario_redis, scenario_restart  # noqa: F401  isort: skip
+from . import (  # noqa: F401  isort: skip
+    scenario_gemini,
+    scenario_gemini_soak,
+    scenario_multi,
+    scenario_redis,
+    scenario_restart,
+)
 
 __all__ = ["SCENARIOS", "Observations", "Scenario", "ScenarioFn", "Simulation", "run_scenario"]

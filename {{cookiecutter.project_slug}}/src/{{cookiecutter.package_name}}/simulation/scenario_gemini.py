@@ -46,12 +46,13 @@ def server_conversation(
 ) -> list[tuple[str, str]]:
     """What a Gemini server holds as (role, text): user and model turns, without livekit's
     ``.`` reply placeholder and ``ignore``d texts (reply instructions sent as model turns,
-    the re-ask of a cut reply); adjacent turns of one role are one turn, as Gemini's
-    content format merges them."""
+    the re-ask of a cut reply) and tool calls; adjacent turns of one role are one turn, as
+    Gemini's content format merges them."""
     return _merged(
         ("assistant" if item.role == "model" else "user", item.text)
         for item in history
         if item.role in ("user", "model")
+        and item.source != "tool_call"
         and item.text not in ("", REPLY_PLACEHOLDER)
         and item.text not in ignore
     )

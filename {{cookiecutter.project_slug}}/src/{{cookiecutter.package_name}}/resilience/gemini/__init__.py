@@ -1,7 +1,8 @@
 """Gemini Live resume: reconnect by handle with no history replay, survive goAway, fall back.
 
 ``resume.GeminiResume`` is one conversation's handle, reconnect policy and events;
-``connection_loop`` connects, serves and reconnects one session; ``_plugin`` is the only
+``connection_loop`` connects, serves and reconnects one session; ``_catch_up`` is what a
+reconnect sends (the missing chat items, the re-ask of a cut reply); ``_plugin`` is the only
 place that touches livekit-plugins-google's internals. :func:`gemini_realtime_model` is the
 drop-in ``google.realtime.RealtimeModel`` with these reconnects.
 """

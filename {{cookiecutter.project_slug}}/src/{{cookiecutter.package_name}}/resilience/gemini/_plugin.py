@@ -29,7 +29,6 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Collection
-from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from google.genai import types
@@ -39,8 +38,15 @@ from livekit.plugins.google import log as google_log
 from livekit.plugins.google.realtime import realtime_api
 
 from ...log import get_logger
+from ._catch_up import (
+    REASK_TIMEOUT_S,
+    HeldReply,
+    answered_or_unknown_calls,
+    paired,
+    reask,
+)
 from .connection_loop import ConnectionLoop, TappedSession
-from .resume import CONTINUE_PROMPT, GeminiResume
+from .resume import GeminiResume
 
 __all__ = [
     "PLUGIN_VERSION_RANGE",
@@ -118,33 +124,6 @@ def _is_trigger(msg: Any) -> TypeGuard[types.LiveClientContent]:
     )
 
 
-REASK_TIMEOUT_S = 8.0
-"""Seconds a cut reply's speech waits, after the re-ask went out, for the rest to begin;
-then it ends with the part said."""
-
-
-@dataclass
-class _HeldReply:
-    """A reply a lost connection cut. Its speech (the AgentSession reads ``message_ch``)
-    stays open: the rest, asked for once after the reconnect, arrives as its next message."""
-
-    message_ch: utils.aio.Chan[llm.MessageGeneration]
-    function_ch: utils.aio.Chan[llm.FunctionCall]
-    response_id: str
-    expires: asyncio.TimerHandle | None = None
-
-    def close(self) -> None:
-        if self.expires is not None:
-            self.expires.cancel()
-        self.message_ch.close()
-        self.function_ch.close()
-
-
-def _reask() -> types.LiveClientContent:
-    turn = types.Content(role="user", parts=[types.Part(text=CONTINUE_PROMPT)])
-    return types.LiveClientContent(turns=[turn], turn_complete=True)
-
-
 class ResumableRealtimeModel(google.realtime.RealtimeModel):
     """The plugin's RealtimeModel whose sessions reconnect through a :class:`GeminiResume`.
 
@@ -198,7 +177,7 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
         self._carry: deque[Any] = deque()
         self._last_trigger: types.LiveClientContent | None = None
         self._link_error: BaseException | None = None
-        self._held: _HeldReply | None = None
+        self._held: HeldReply | None = None
         self._continuation: Any = None  # the generation that continues a held reply
         self._resume = resume
         self._link = ConnectionLoop(self, resume)
@@ -232,7 +211,7 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
         if again:
             return
         self._release_held()
-        self._held = _HeldReply(gen.message_ch, gen.function_ch, gen.response_id)
+        self._held = HeldReply(gen.message_ch, gen.function_ch, gen.response_id)
         gen.message_ch, gen.function_ch = utils.aio.Chan(), utils.aio.Chan()
 
     def _release_held(self) -> None:
@@ -318,12 +297,23 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
         kept = [m for m in queued if not isinstance(m, _CHAT_CONTENT)]
         self._unsent_item_ids.clear()
         if known_ids is None:
-            sent = self._replay_all(target)
+            sent = self._send_as_content(target.items, target)
         else:
             known_set = set(known_ids)
             known = llm.ChatContext([i for i in target.items if i.id in known_set])
-            sent = len(llm.utils.compute_chat_ctx_diff(known, target).to_create)
-            self._sync_chat_ctx(target, known=known)
+            missing = [
+                item
+                for _, item_id in llm.utils.compute_chat_ctx_diff(known, target).to_create
+                if (item := target.get_by_id(item_id)) is not None
+            ]
+            if answered_or_unknown_calls(missing, target):
+                # a tool result the server would take as a toolResponse answers a call it
+                # may not hold and asks for a reply the chat context already has (or a held
+                # reply is about to continue): the catch-up goes as content, in chat order
+                sent = self._send_as_content(missing, target)
+            else:
+                sent = len(missing)
+                self._sync_chat_ctx(target, known=known)
         awaited = (
             self._pending_generation_fut is not None and not self._pending_generation_fut.done()
         )
@@ -332,7 +322,7 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
             if self._last_trigger is not None and not any(map(_is_trigger, kept)):
                 kept.append(self._last_trigger)
         elif (held := self._held) is not None and not any(map(_is_trigger, kept)):
-            kept.append(_reask())  # after the cut part, which the chat context just sent
+            kept.append(reask())  # after the cut part, which the chat context just sent
             if held.expires is not None:
                 held.expires.cancel()
             held.expires = asyncio.get_running_loop().call_later(
@@ -342,22 +332,29 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
             self._send_client_event(msg)
         return sent
 
-    def _expire_held(self, held: _HeldReply) -> None:
+    def _expire_held(self, held: HeldReply) -> None:
         if self._held is held:
             logger.warning("the rest of a cut reply never came; its speech ends here")
             self._release_held()
 
-    def _replay_all(self, target: llm.ChatContext) -> int:
-        turns_dict, _ = target.copy(
-            exclude_function_call=True,
-            exclude_handoff=True,
-            exclude_instructions=True,
-            exclude_empty_message=True,
-            exclude_config_update=True,
-        ).to_provider_format(format="google", inject_dummy_user_message=False)
+    def _send_as_content(self, items: list[llm.ChatItem], target: llm.ChatContext) -> int:
+        """Send ``items`` as one clientContent (no reply asked), in chat order, function
+        calls and their results as parts; ``target`` becomes the known state."""
+        turns_dict, _ = (
+            llm.ChatContext(paired(items))
+            .copy(
+                exclude_handoff=True,
+                exclude_instructions=True,
+                exclude_empty_message=True,
+                exclude_config_update=True,
+            )
+            .to_provider_format(format="google", inject_dummy_user_message=False)
+        )
         turns = [types.Content.model_validate(turn) for turn in turns_dict]
         self._chat_ctx = target
-        ids = {i.id for i in target.items if i.type == "message"}
+        ids = {
+            i.id for i in items if i.type in ("message", "function_call", "function_call_output")
+        }
         if turns:
             self._unsent_item_ids |= ids
             self._send_client_event(

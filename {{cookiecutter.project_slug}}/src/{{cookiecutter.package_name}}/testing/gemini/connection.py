@@ -240,7 +240,13 @@ class LiveConnection:
         if isinstance(event, proto.ClientContent):
             for turn in event.turns:
                 role: proto.HistoryRole = "model" if turn.role == "model" else "user"
-                self._append(role, turn.text, "client_content")
+                for call in turn.function_calls:
+                    self._append("model", json.dumps(call, sort_keys=True), "tool_call")
+                if turn.function_responses:
+                    results = json.dumps(list(turn.function_responses), sort_keys=True)
+                    self._append("tool", results, "tool_response")
+                if turn.text or not (turn.function_calls or turn.function_responses):
+                    self._append(role, turn.text, "client_content")
             if event.turn_complete:
                 self._trigger()
             else:

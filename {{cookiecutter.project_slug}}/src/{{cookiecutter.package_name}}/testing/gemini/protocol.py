@@ -145,10 +145,13 @@ def parse_setup(message: dict[str, Any]) -> Setup:
 
 @dataclass(frozen=True)
 class Turn:
-    """One Content of a clientContent message, reduced to its role and text."""
+    """One Content of a clientContent message: its role, text, and the function calls and
+    results it carries (history a client sends as content, ids and all)."""
 
     role: str
     text: str
+    function_calls: tuple[dict[str, Any], ...] = ()
+    function_responses: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,18 @@ def _content_text(content: dict[str, Any]) -> str:
     return "".join(p.get("text", "") for p in parts if isinstance(p, dict))
 
 
+def _turn(content: dict[str, Any]) -> Turn:
+    parts = [p for p in content.get("parts") or [] if isinstance(p, dict)]
+    return Turn(
+        role=content.get("role") or "user",
+        text=_content_text(content),
+        function_calls=tuple(p["function_call"] for p in parts if p.get("function_call")),
+        function_responses=tuple(
+            p["function_response"] for p in parts if p.get("function_response")
+        ),
+    )
+
+
 def _rate(mime_type: str) -> int:
     match = re.search(r"rate=(\d+)", mime_type or "")
     return int(match.group(1)) if match else 16000
@@ -221,10 +236,7 @@ def parse_client_message(message: dict[str, Any]) -> list[ClientEvent]:
     """Parse one client message after setup into events, in the order they take effect."""
     events: list[ClientEvent] = []
     if (content := message.get("client_content")) is not None:
-        turns = tuple(
-            Turn(role=t.get("role") or "user", text=_content_text(t))
-            for t in content.get("turns") or []
-        )
+        turns = tuple(_turn(t) for t in content.get("turns") or [])
         events.append(ClientContent(turns=turns, turn_complete=bool(content.get("turn_complete"))))
     if (realtime := message.get("realtime_input")) is not None:
         events.extend(_parse_realtime(realtime))

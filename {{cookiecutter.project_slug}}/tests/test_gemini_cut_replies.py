@@ -15,7 +15,7 @@ from google.genai import types
 from livekit.agents import Agent, AgentSession, RunResult, function_tool, llm
 from livekit.agents.voice.events import ConversationItemAddedEvent
 
-from {{ cookiecutter.package_name }}.resilience.gemini import gemini_realtime_model
+from {{ cookiecutter.package_name }}.resilience.gemini import _plugin, gemini_realtime_model
 from {{ cookiecutter.package_name }}.resilience.gemini.resume import (
     CONTINUE_PROMPT,
     GeminiResume,
@@ -129,15 +129,29 @@ async def test_a_reply_cut_when_the_handle_is_then_refused_is_finished_after_a_f
         await session.aclose()
 
 
-async def test_a_reply_cut_twice_is_asked_for_once_and_ends_with_what_was_said(
-    srv: LocalGeminiLiveServer,
-) -> None:
+async def test_a_rest_cut_in_turn_is_asked_for_again(srv: LocalGeminiLiveServer) -> None:
     session, agent, resume = await start(srv)
     try:
         srv.arm(Drop(at="reply", after_chunks=1), Drop(at="reply", after_chunks=1))
         said = replies(await session.run(user_input=LONG))
-        assert resume.metrics.replies_cut == 2 and resume.metrics.replies_continued == 1
+        assert "".join(m.text_content or "" for m in said) == f"reply to: {LONG}"
+        assert resume.metrics.replies_cut == 2 and resume.metrics.replies_continued == 2
+        assert [m.interrupted for m in said] == [True, True, False]
+        await in_sync(srv, agent)
+    finally:
+        await session.aclose()
+
+
+async def test_re_asks_for_one_reply_stop_at_the_cap(
+    srv: LocalGeminiLiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_plugin, "MAX_REASKS", 1)
+    session, agent, resume = await start(srv)
+    try:
+        srv.arm(Drop(at="reply", after_chunks=1), Drop(at="reply", after_chunks=1))
+        said = replies(await session.run(user_input=LONG))
         # the rest, cut in turn, is not asked for again; both parts are marked interrupted
+        assert resume.metrics.replies_cut == 2 and resume.metrics.replies_continued == 1
         assert len([i for i in srv.history() if i.text == CONTINUE_PROMPT]) == 1
         assert len(said) == 2 and all(m.interrupted for m in said)
         # nothing hangs: the next turn is answered

@@ -7,6 +7,7 @@ changes it, the test fails here, loudly, instead of the handler failing in a cal
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -59,6 +60,20 @@ def test_private_methods_keep_their_signatures() -> None:
     assert params(SESSION._send_client_event) == ["self", "event"]
     assert "item_ids" in realtime_api._ChatCtxContent.model_fields
     assert "item_ids" in realtime_api._ChatCtxToolResponse.model_fields
+    # a held reply: the receive path starts generations here, and the adapter builds one
+    assert params(SESSION._start_new_generation) == ["self"]
+    assert params(SESSION._mark_current_generation_done) == ["self"]
+    fields = {f.name for f in dataclasses.fields(realtime_api._ResponseGeneration)}
+    assert {
+        "message_ch",
+        "function_ch",
+        "response_id",
+        "input_id",
+        "text_ch",
+        "audio_ch",
+        "output_text",
+        "_done",
+    } <= fields
 
 
 async def test_session_state_the_adapter_reads_exists_and_our_loop_runs() -> None:

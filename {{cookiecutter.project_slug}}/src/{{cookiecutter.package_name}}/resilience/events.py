@@ -125,6 +125,10 @@ class CarriedContext:
         """Everything carried, then what the ``current`` session added since (a copy)."""
         return self._items + [i for i in conversation_items(current) if i.id not in self._ids]
 
+    def agent_spoke(self) -> bool:
+        """Whether anything the agent said is carried (its greeting, at least)."""
+        return any(i.type == "message" and i.role == "assistant" for i in self._items)
+
     def ends_with_user_turn(self) -> bool:
         """Whether the last thing carried is the user's turn (which nobody answered)."""
         last = self._items[-1] if self._items else None

@@ -147,10 +147,9 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         self._auto_restart: asyncio.Task[Any] | None = None
         self._tasks = utils.aio.TaskSet()  # background work, cancelled on close
         self._stuck_timer: asyncio.TimerHandle | None = None
-        self._restarts = 0
-        self._last_models = ""
-        self._started = False
-        self._closed = False
+        self._restarts, self._last_models = 0, ""
+        self._started = self._closed = False
+        self._greeting: str | None = None  # said again by a restart if never said
 
     # -- public surface --------------------------------------------------------------------
 
@@ -193,7 +192,7 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         """
         if self._started:
             raise RuntimeError("SessionSupervisor.start() was already called")
-        self._started = True
+        self._started, self._greeting = True, greeting
         if chat_ctx is not None:
             self._carried.absorb(chat_ctx.items)
         await self._output.start()
@@ -285,9 +284,10 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
             logger.info("session restarted", reason=reason, restarts=self._restarts,
                         blackout_ms=round(blackout * 1000, 1), model_stack=models)  # fmt: skip
             self.emit("restarted", RestartedEvent(reason, self._restarts, blackout, models))
-            if self._carried.ends_with_user_turn():
-                # the turn the old session never answered: answer it, so nobody waits
+            if self._carried.ends_with_user_turn():  # a turn nobody answered: answer it
                 session.generate_reply()
+            elif self._greeting and not self._carried.agent_spoke():  # the greeting failed
+                session.generate_reply(instructions=self._greeting)
             return session
 
     def _trigger(self, reason: str) -> None:

@@ -135,16 +135,18 @@ async def run_scenario(
     room_name: str = "sim-room",
     departure_timeout: float | None = None,
     models: Callable[[], ModelStack] | None = None,
+    fallback: Callable[[], ModelStack] | None = None,
     checks: Callable[[Observations, Simulation], list[str]] | None = None,
 ) -> Observations:
     """Run ``scenario`` against the real job wiring and return what was observed.
 
     With ``backends`` (``open_backends(settings)``) the job uses that store and its room
     leases and leaves them open, so several runs can share one: a second run in the same
-    room is a worker that picks the conversation up. ``models``
-    replaces the scripted stack built around ``llm``; ``checks`` replaces the standard
-    one-participant invariants. ``departure_timeout``: what the room reports (default: as
-    ``token`` configures it, ``SESSION_RETENTION_S``).
+    room is a worker that picks the conversation up. ``models`` replaces the scripted stack
+    built around ``llm``; ``fallback`` is the stack a job moves to when the model is gone
+    (``FALLBACK_MODEL_STACK``); ``checks`` replaces the standard one-participant invariants.
+    ``departure_timeout``: what the room reports (default: as ``token`` configures it,
+    ``SESSION_RETENTION_S``).
     """
     # a room made by `token` outlives its participant as long as their conversation is kept
     room = SimulatedRoom(
@@ -161,7 +163,13 @@ async def run_scenario(
     observations = Observations(scenario=name)
     with SimulatedJob(room, agent_identity=AGENT_IDENTITY) as simulated:
         job = asyncio.create_task(
-            run_job(simulated.ctx, settings=settings, models=models, backends=backends)
+            run_job(
+                simulated.ctx,
+                settings=settings,
+                models=models,
+                fallback=fallback,
+                backends=backends,
+            )
         )
         try:
             await scenario_with_job(sim, scenario, job)

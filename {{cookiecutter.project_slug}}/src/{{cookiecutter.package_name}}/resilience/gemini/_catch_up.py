@@ -3,7 +3,8 @@ re-ask of a reply the lost connection cut.
 
 A reply cut mid-way is *held*: the AgentSession's speech keeps reading its message channel
 while the session reconnects, the cut part goes to the server with the chat context, then
-:func:`reask` asks once for the rest, which arrives as the speech's next message. Tool
+:func:`reask` asks once for the rest, which arrives as the speech's next message (a rest
+cut in turn is asked for again, up to ``MAX_REASKS`` times a reply). Tool
 results whose reply already exists (or whose call the resumed server never held) go as
 content, in chat order, never as a toolResponse that would ask for the reply again.
 """
@@ -11,6 +12,7 @@ content, in chat order, never as a toolResponse that would ask for the reply aga
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass
 
 from google.genai import types
@@ -18,7 +20,19 @@ from livekit.agents import llm, utils
 
 from .resume import CONTINUE_PROMPT
 
-__all__ = ["REASK_TIMEOUT_S", "HeldReply", "answered_or_unknown_calls", "paired", "reask"]
+__all__ = [
+    "MAX_REASKS",
+    "REASK_TIMEOUT_S",
+    "HeldReply",
+    "UnansweredSpeech",
+    "answered_or_unknown_calls",
+    "paired",
+    "reask",
+]
+
+MAX_REASKS = 3
+"""Re-asks for one reply: a rest cut in turn is asked for again, up to this many times in
+all, so a server that cuts every reply cannot keep the handler asking."""
 
 REASK_TIMEOUT_S = 8.0
 """Seconds a cut reply's speech waits, after the re-ask went out, for the rest to begin;
@@ -70,3 +84,36 @@ def paired(items: list[llm.ChatItem]) -> list[llm.ChatItem]:
 def reask() -> types.LiveClientContent:
     turn = types.Content(role="user", parts=[types.Part(text=CONTINUE_PROMPT)])
     return types.LiveClientContent(turns=[turn], turn_complete=True)
+
+
+class UnansweredSpeech:
+    """The input audio of a user turn the server has not answered yet, from its first loud
+    chunk: a lost connection loses what was in flight, and a spoken turn, unlike a typed
+    one, is in no chat context to send again, so the new connection gets it again.
+
+    It is forgotten when the model starts answering or completes a turn, or a handle is
+    adopted (the server holds the turn); at most ``MAX_CHUNKS`` chunks (the oldest go first).
+    """
+
+    MAX_CHUNKS = 1200  # a minute of livekit's 50 ms chunks
+
+    def __init__(self) -> None:
+        self._chunks: deque[types.LiveClientRealtimeInput] = deque(maxlen=self.MAX_CHUNKS)
+        self._speaking = False
+
+    def sent(self, msg: types.LiveClientRealtimeInput, *, speech: bool) -> None:
+        """An audio chunk went out; keep it once the user has started speaking."""
+        self._speaking = self._speaking or speech
+        if self._speaking:
+            self._chunks.append(msg)
+
+    def answered(self) -> None:
+        """The server holds the turn (or answered it): nothing to send again."""
+        self._chunks.clear()
+        self._speaking = False
+
+    def take(self) -> list[types.LiveClientRealtimeInput]:
+        """The chunks to send again on a new connection (kept again as they go out)."""
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        return chunks

@@ -39,13 +39,15 @@ from livekit.plugins.google.realtime import realtime_api
 
 from ...log import get_logger
 from ._catch_up import (
+    MAX_REASKS,
     REASK_TIMEOUT_S,
     HeldReply,
+    UnansweredSpeech,
     answered_or_unknown_calls,
     paired,
     reask,
 )
-from .connection_loop import ConnectionLoop, TappedSession
+from .connection_loop import ConnectionLoop, TappedSession, is_speech
 from .resume import GeminiResume
 
 __all__ = [
@@ -179,6 +181,8 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
         self._link_error: BaseException | None = None
         self._held: HeldReply | None = None
         self._continuation: Any = None  # the generation that continues a held reply
+        self._reasks = 0  # re-asks so far for the reply _continuation continues
+        self._speech = UnansweredSpeech()
         self._resume = resume
         self._link = ConnectionLoop(self, resume)
         super().__init__(model)
@@ -200,16 +204,18 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
 
     def hold_reply(self) -> None:
         """The connection is ending: if a reply is mid-way, keep its speech open for the
-        rest (asked for once after the reconnect). The base then finishes the generation as
-        usual (the cut part plays out and joins the chat context) but closes stand-in
-        channels, not the ones the speech reads."""
+        rest (asked for once after the reconnect; at most ``MAX_REASKS`` times a reply).
+        The base then finishes the generation as usual (the cut part plays out and joins
+        the chat context) but closes stand-in channels, not the ones the speech reads."""
         gen = self._current_generation
         if gen is None or gen._done or self.closed:
             return
-        again = gen is self._continuation  # the rest was cut too: it is not asked for twice
-        self._resume.reply_cut(gen.response_id, asking=not again)
-        if again:
+        # each cut is asked for once; a rest cut in turn is asked for again, up to a cap
+        asked = self._reasks if gen is self._continuation else 0
+        self._resume.reply_cut(gen.response_id, asking=asked < MAX_REASKS)
+        if asked >= MAX_REASKS:
             return
+        self._reasks = asked + 1
         self._release_held()
         self._held = HeldReply(gen.message_ch, gen.function_ch, gen.response_id)
         gen.message_ch, gen.function_ch = utils.aio.Chan(), utils.aio.Chan()
@@ -221,6 +227,7 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
             held.close()
 
     def _start_new_generation(self) -> None:
+        self._speech.answered()  # the server took the spoken turn in: it is answering
         held = self._held
         pending = self._pending_generation_fut
         if held is None or (pending is not None and not pending.done()):
@@ -293,8 +300,9 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
         self._carry.clear()
         while not old.empty():
             queued.append(old.recv_nowait())
-        # chat content is derived again from the chat context below, so none goes twice
-        kept = [m for m in queued if not isinstance(m, _CHAT_CONTENT)]
+        # chat content is derived again from the chat context below, so none goes twice;
+        # a spoken turn in flight goes again, before what was said since
+        kept = [*self._speech.take(), *(m for m in queued if not isinstance(m, _CHAT_CONTENT))]
         self._unsent_item_ids.clear()
         if known_ids is None:
             sent = self._send_as_content(target.items, target)
@@ -390,7 +398,13 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
                     self._unsent_item_ids -= msg.item_ids
                 if _is_trigger(msg):
                     self._last_trigger = msg
-                self._link.on_sent(chat_item=isinstance(msg, _CHAT_CONTENT), trigger=trigger)
+                audio = msg.audio if isinstance(msg, types.LiveClientRealtimeInput) else None
+                speech = audio is not None and is_speech(audio.data or b"")
+                if audio is not None:
+                    self._speech.sent(msg, speech=speech)
+                self._link.on_sent(
+                    chat_item=isinstance(msg, _CHAT_CONTENT), trigger=trigger, speech=speech
+                )
 
     @staticmethod
     async def _send_one(session: Any, msg: Any) -> None:
@@ -411,6 +425,9 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
 
     async def recv_loop(self, tap: TappedSession) -> None:
         await self._recv_task(tap)  # type: ignore[arg-type]  # duck-types AsyncSession, as above
+
+    def speech_answered(self) -> None:
+        self._speech.answered()
 
     def take_error(self) -> BaseException | None:
         error, self._link_error = self._link_error, None

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Collection
 from typing import Any, Protocol
 
+import numpy as np
 from google.genai import errors, types
 from websockets.exceptions import InvalidStatus
 
@@ -96,11 +97,22 @@ class SessionPort(Protocol):
     async def send_loop(self, tap: TappedSession) -> None: ...
     async def recv_loop(self, tap: TappedSession) -> None: ...
     def take_error(self) -> BaseException | None: ...
+    def speech_answered(self) -> None: ...
     def hold_reply(self) -> None: ...
     def covered_item_ids(self) -> list[str]: ...
     def busy(self) -> bool: ...
     def report_connected(self, seconds: float) -> None: ...
     def fail(self, error: BaseException, recoverable: bool) -> None: ...
+
+
+SPEECH_RMS = 300
+"""Input audio louder than this (16-bit RMS) counts as speech for goAway's idle point."""
+
+
+def is_speech(pcm: bytes) -> bool:
+    """Whether 16-bit PCM ``pcm`` is loud enough to be someone speaking."""
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype=np.int16).astype(np.float32)
+    return bool(samples.size) and float(np.sqrt(np.mean(samples * samples))) >= SPEECH_RMS
 
 
 def _seconds(duration: str | None) -> float:
@@ -153,6 +165,7 @@ class ConnectionLoop:
         self._last_update_resumable = True
         self._settled = True
         self._written_since_trigger = False
+        self._speech_unanswered = False
 
     async def run(self) -> None:
         """Connect, serve, and reconnect until the session closes or the budget is spent."""
@@ -222,6 +235,7 @@ class ConnectionLoop:
         self._draining_until = None
         self._last_update_resumable = True
         self._settled, self._written_since_trigger = True, False
+        self._speech_unanswered = False
         stack = contextlib.AsyncExitStack()
         began = time.perf_counter()
         try:
@@ -281,19 +295,25 @@ class ConnectionLoop:
 
     # -- events from the tapped session ----------------------------------------------------
 
-    def on_sent(self, *, chat_item: bool, trigger: bool) -> None:
+    def on_sent(self, *, chat_item: bool, trigger: bool, speech: bool = False) -> None:
         """The adapter wrote a message: chat items unsettle the connection until a reply
-        trigger written after them has its model turn completed."""
+        trigger written after them has its model turn completed; speech (loud input audio)
+        keeps a goAway from leaving until a model turn completes (the server may be about
+        to answer it, and a user turn in audio cannot be sent again)."""
         if chat_item:
             self._settled = False
             self._written_since_trigger = True
         if trigger:
             self._written_since_trigger = False
+        if speech:
+            self._speech_unanswered = True
 
     def on_turn_complete(self) -> None:
         """A model turn completed: what was written before its trigger has been read."""
         if not self._written_since_trigger:
             self._settled = True
+        self._speech_unanswered = False
+        self._port.speech_answered()
 
     def on_update(self, resumable: bool, handle: str | None) -> None:
         """A sessionResumptionUpdate: keep a resumable handle and what it covers."""
@@ -301,6 +321,7 @@ class ConnectionLoop:
         if self._last_update_resumable:
             assert handle is not None
             self.resume.handle_issued(handle, self._port.covered_item_ids())
+            self._port.speech_answered()  # the handle holds the audio sent before it
         self._maybe_leave()
 
     def on_go_away(self, time_left: float) -> None:
@@ -320,6 +341,7 @@ class ConnectionLoop:
         if (
             self._draining_until is not None
             and self._last_update_resumable
+            and not self._speech_unanswered
             and not self._port.busy()
         ):
             self._leave("go_away")

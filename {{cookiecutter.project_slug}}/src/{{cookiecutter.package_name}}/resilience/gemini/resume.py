@@ -7,7 +7,8 @@ server holds equals the worker's chat context, nothing missing and nothing twice
   sends only the chat items the handle does not cover; a reply that was awaited is asked
   for again, after the turns it answers.
 - A reply cut by a lost connection (a drop, a goAway deadline, a refused handle after it)
-  is asked for again once after the reconnect (``CONTINUE_PROMPT``), after the cut part,
+  is asked for again once after the reconnect (``CONTINUE_PROMPT``; a rest cut in turn
+  again, at most three times a reply), after the cut part,
   which stays in the chat context marked interrupted (``watch``); the rest is the next
   message of the same speech, so ``session.run`` returns the whole reply.
 - A refused or expired handle falls back to a fresh session with the whole history
@@ -333,7 +334,8 @@ class GeminiResume(utils.EventEmitter[EventTypes]):
 
     def reply_cut(self, message_id: str, *, asking: bool) -> None:
         """A lost connection cut the reply ``message_id`` (its message will be marked
-        interrupted); ``asking``: its rest is asked for (once per reply, never for a rest)."""
+        interrupted); ``asking``: its rest is asked for (not when the reply's re-asks are
+        spent)."""
         self.metrics.replies_cut += 1
         self._cut_ids.add(message_id)
         logger.info("gemini reply cut by a lost connection", asking_for_the_rest=asking)

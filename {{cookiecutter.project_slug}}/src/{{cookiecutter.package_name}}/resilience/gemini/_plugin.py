@@ -398,9 +398,9 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
                     self._unsent_item_ids -= msg.item_ids
                 if _is_trigger(msg):
                     self._last_trigger = msg
-                audio = msg.audio if isinstance(msg, types.LiveClientRealtimeInput) else None
-                speech = audio is not None and is_speech(audio.data or b"")
-                if audio is not None:
+                speech = False
+                if isinstance(msg, types.LiveClientRealtimeInput) and msg.audio is not None:
+                    speech = is_speech(msg.audio.data or b"")
                     self._speech.sent(msg, speech=speech)
                 self._link.on_sent(
                     chat_item=isinstance(msg, _CHAT_CONTENT), trigger=trigger, speech=speech

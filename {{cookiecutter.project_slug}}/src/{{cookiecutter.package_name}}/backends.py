@@ -73,6 +73,7 @@ def open_session_store(settings: Settings) -> SessionStore:
         redis_cluster=settings.redis_cluster,
         prefix=settings.redis_prefix,
         retention=settings.session_retention_s,
+        retention_policy=settings.retention_tiers(),  # SESSION_RETENTION_TIERS
         encryption_keys=(
             settings.session_encryption_keys.get_secret_value()
             if settings.session_encryption_keys

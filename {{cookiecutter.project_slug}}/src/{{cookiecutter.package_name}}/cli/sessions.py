@@ -156,7 +156,8 @@ def _print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str
 
 @sessions_app.command("list")
 def list_sessions(room: Room = None) -> None:
-    """One line per stored session: room, identity, turns, reconnects, last seen.
+    """One line per stored session: room, identity, turns, reconnects, engagement score and
+    how long it keeps the record after a leave (SESSION_RETENTION_TIERS), last seen.
 
     Read-only; exits 1 when a record could not be read (it is left as it is).
     """
@@ -167,12 +168,15 @@ def list_sessions(room: Room = None) -> None:
         inventory = _with_admin(settings, lambda admin: admin.inventory(room), event)
         records = sorted(inventory.records, key=lambda r: (r.room, r.last_seen))
         event.update(records=len(records), unreadable=len(inventory.unreadable))
+        tiers = settings.retention_tiers()
         _print_table(
             f"{len(records)} sessions",
-            ("room", "identity", "items", "segments", "reconnects", "active", "last seen"),
+            ("room", "identity", "items", "segments", "reconnects", "engagement", "active",
+             "last seen"),
             [
                 (r.room, r.identity, str(len(r.items)), str(len(r.transcript)),
-                 str(r.reconnect_count), "yes" if r.active_session else "no", _when(r.last_seen))
+                 str(r.reconnect_count), tiers.describe(r), "yes" if r.active_session else "no",
+                 _when(r.last_seen))
                 for r in records
             ],
         )  # fmt: skip

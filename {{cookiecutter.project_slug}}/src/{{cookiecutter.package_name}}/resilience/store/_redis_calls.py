@@ -24,10 +24,14 @@ from .base import (
     CorruptRecordError,
     Fence,
     InvalidInputError,
+    LeaveInfo,
+    RetentionPolicy,
     SessionRecord,
     StaleLeaseError,
     resolve_fence,
+    retention_for,
 )
+from .retention import kept_after_write
 
 __all__ = ["RecordLostError", "RedisCalls", "fence_arg"]
 
@@ -54,7 +58,8 @@ async def fence_arg(fence: Fence, *, stale_ok: bool = False) -> str:
 
 class RedisCalls:
     """The participant scripts on ``client``. ``forget(room, identity)`` is called when a
-    record is quarantined (the store drops its cached copy)."""
+    record is quarantined (the store drops its cached copy); ``retention`` and ``policy``
+    are the store's (see ``keep_engaged``)."""
 
     def __init__(
         self,
@@ -63,10 +68,13 @@ class RedisCalls:
         *,
         quarantine_ttl: float,
         forget: Callable[[str, str], None],
+        retention: float,
+        policy: RetentionPolicy | None,
     ) -> None:
         self._codec = codec
         self._quarantine_ttl = quarantine_ttl
         self._forget = forget
+        self._retention, self._policy = retention, policy
         self._scripts = {n: client.register_script(getattr(_scripts, n)) for n in _SCRIPTS}
 
     async def eval(self, name: str, keys: ParticipantKeys, args: list[Any]) -> Any:
@@ -90,9 +98,32 @@ class RedisCalls:
             # out of memory, a busy script, no replicas...: retried like an outage
             raise RedisRefusedError(message) from None
 
-    async def extend(self, keys: ParticipantKeys, rev: bytes, seconds: float) -> None:
-        """Give a left record another retention, unless it changed since revision ``rev``."""
-        await self._scripts["EXTEND"](keys=keys.data[:4], args=[rev, ms(seconds)])
+    async def keep_engaged(
+        self, keys: ParticipantKeys, room: str, identity: str, away: list[Any], *, leaving: bool
+    ) -> None:
+        """Keep a left record as long as the retention policy says for its engagement.
+
+        ``away`` is what a script read of it (``away_info`` in _scripts.py; empty while the
+        participant is here). At the leave the script set ``retention``: the policy's answer
+        replaces it. After a write while away the script kept the longer of what the record
+        had left and ``retention``: the policy may only lengthen that (``kept_after_write``).
+        A record written or re-joined since is left alone (its own write does this again).
+        """
+        if self._policy is None or not away:
+            return
+        reconnects, items, segments, joined, left, rev, pttl = away
+        info = LeaveInfo(
+            room, identity, int(items), int(segments), int(reconnects), int(joined) / 1000,
+            int(left) / 1000,
+        )  # fmt: skip
+        if leaving:
+            seconds = retention_for(self._policy, self._retention, info)
+            needed = seconds != self._retention
+        else:
+            seconds = kept_after_write(int(pttl) / 1000, self._retention, self._policy, info)
+            needed = ms(seconds) > int(pttl)
+        if needed:
+            await self._scripts["EXTEND"](keys=keys.data[:4], args=[rev, ms(seconds)])
 
     async def load(self, keys: ParticipantKeys, room: str, identity: str) -> Stored | None:
         """The record and its stored form, or None (absent, or quarantined just now)."""

@@ -75,15 +75,25 @@ local function record_reply(kind)
   local sa, sl = frame(redis.call('LRANGE', KEYS[3], 0, -1))
   return {kind, redis.call('HGETALL', KEYS[1]), ia, il, sa, sl}
 end
+-- what the store's retention rule (retention.py) reads of a left record: reconnects, items
+-- and segments ever stored (trimmed ones too), joined, left, rev, and its TTL now (ms)
+local function away_info(now)
+  local f = redis.call('HMGET', KEYS[1], 'reconnects', 'it', 'st', 'joined', 'left', 'rev')
+  return {tonumber(f[1]) or 0, redis.call('LLEN', KEYS[2]) + (tonumber(f[2]) or 0),
+          redis.call('LLEN', KEYS[3]) + (tonumber(f[3]) or 0), f[4] or now, f[5] or now, f[6],
+          redis.call('PTTL', KEYS[1])}
+end
+-- active records live active_ttl past their last write; a left one keeps its retention, and
+-- the store may lengthen it for the record's engagement: the reply is away_info, {} if active
 local function refresh(now, active_ttl, retention)
   redis.call('HSET', KEYS[1], 'seen', now)
   redis.call('HINCRBY', KEYS[1], 'rev', 1)
-  -- active records live active_ttl past their last write; a left one keeps its retention
   if (redis.call('HGET', KEYS[1], 'active') or '') ~= '' then
     expire_all(active_ttl)
-  else
-    expire_all(math.max(redis.call('PTTL', KEYS[1]), retention))
+    return {}
   end
+  expire_all(math.max(redis.call('PTTL', KEYS[1]), retention))
+  return away_info(now)
 end
 """
 
@@ -127,6 +137,7 @@ return record_reply(kind)
 # max_bytes, then (id, blob) for n_items items followed by (id, blob) for each segment.
 # A stale fence does not refuse the write: entries are append-only with unique ids, so a
 # writer that lost the participant has its new entries merged (reply's third value 1).
+# Reply: items added, segments added, merged, and refresh's away_info.
 APPEND = (
     _PRELUDE
     + """
@@ -160,13 +171,13 @@ end
 local first_segment = 10 + 2 * tonumber(ARGV[7])
 local added_items = push(KEYS[2], 'item:', 10, first_segment - 1, 'ib', 'it')
 local added_segments = push(KEYS[3], 'seg:', first_segment, #ARGV - 1, 'sb', 'st')
-refresh(now, tonumber(ARGV[3]), tonumber(ARGV[4]))
-return {added_items, added_segments, merged}
+local away = refresh(now, tonumber(ARGV[3]), tonumber(ARGV[4]))
+return {added_items, added_segments, merged, away}
 """
 )
 
 # ARGV: fence, schema, active_ttl_ms, retention_ms, who, live (0/1), stamp_gemini (0/1),
-# field, value, ...
+# field, value, ... Reply: 1 and refresh's away_info.
 SET = (
     _PRELUDE
     + """
@@ -177,12 +188,12 @@ err = ensure_record(ARGV[2], '', ARGV[5], now, ARGV[6])
 if err then return err end
 for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'gem_at', now) end
-refresh(now, tonumber(ARGV[3]), tonumber(ARGV[4]))
-return 1
+return {1, refresh(now, tonumber(ARGV[3]), tonumber(ARGV[4]))}
 """
 )
 
-# ARGV: fence, session_id, retention_ms, channel, room, participant_hash
+# ARGV: fence, session_id, retention_ms, channel, room, participant_hash. Reply: 'left' and
+# away_info (for the store's retention rule), or 'ignored'.
 LEAVE = (
     _PRELUDE
     + """
@@ -192,13 +203,12 @@ if err then return redis.error_reply(err) end
 -- a repeated leave, or one for a session a newer join replaced, changes nothing
 if redis.call('HGET', KEYS[1], 'active') ~= ARGV[2] then return {'ignored'} end
 redis.call('HSET', KEYS[1], 'active', '', 'left', now, 'seen', now)
-local rev = redis.call('HINCRBY', KEYS[1], 'rev', 1)
+redis.call('HINCRBY', KEYS[1], 'rev', 1)
 expire_all(tonumber(ARGV[3]))
 local reconnects = tonumber(redis.call('HGET', KEYS[1], 'reconnects')) or 0
 redis.call('PUBLISH', ARGV[4], cjson.encode({type = 'session_ended', room = ARGV[5],
   participant = ARGV[6], reconnect_count = reconnects, at = now / 1000}))
-return {'left', redis.call('LLEN', KEYS[2]), redis.call('LLEN', KEYS[3]), reconnects,
-        redis.call('HGET', KEYS[1], 'joined'), now, rev}
+return {'left', away_info(now)}
 """
 )
 

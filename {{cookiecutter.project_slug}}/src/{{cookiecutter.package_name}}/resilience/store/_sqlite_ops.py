@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ._codec import (
@@ -53,6 +54,17 @@ _SETTABLE = {F_LANG, F_META, F_GEMINI}
 _LISTS = ((ITEMS, F_ITEM_BYTES, "n_items", F_ITEMS_TRIMMED),
           (SEGMENTS, F_SEGMENT_BYTES, "n_segments", F_SEGMENTS_TRIMMED))  # fmt: skip
 _LEASE_MEMORY_MS = int(LEASE_MEMORY_S * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Retain:
+    """How long a write keeps the record of ``names`` (room, identity): ``active_ms`` while
+    its participant is here; once they left, ``away_ms(info, remaining_ms)`` from now (the
+    store's retention rule, given the record's engagement and what it has left)."""
+
+    names: tuple[str, str]
+    active_ms: int
+    away_ms: Callable[[LeaveInfo, int], int]
 
 
 # -- records ----------------------------------------------------------------------------------
@@ -100,8 +112,7 @@ def load(conn: Connection, pkey: str) -> Stored | None:
 
 def append(
     conn: Connection, pkey: str, room_hash: str, who: bytes, fence: int | None,
-    lists: tuple[Entries, Entries], bounds: tuple[int, int], ttls: tuple[int, int],
-    max_records: int,
+    lists: tuple[Entries, Entries], bounds: tuple[int, int], retain: Retain, max_records: int,
 ) -> tuple[int, int, bool, int]:  # fmt: skip
     """Add the entries not seen before (by id), trim each list to ``bounds`` (entries, bytes)
     oldest first, as memory.py and the APPEND script do; (items added, segments added,
@@ -112,7 +123,7 @@ def append(
         merged = False
     except StaleLeaseError:
         merged = True
-    evicted = _ensure(conn, pkey, room_hash, who, now, ttls[0], max_records)
+    evicted = _ensure(conn, pkey, room_hash, who, now, retain.active_ms, max_records)
     max_n, max_bytes = bounds
     added = []
     for (slot, bytes_col, count_col, trimmed_col), entries in zip(_LISTS, lists, strict=True):
@@ -151,25 +162,25 @@ def append(
             (size, count - trimmed, pkey),
         )
         added.append(new)
-    _refresh(conn, pkey, now, *ttls)
+    _refresh(conn, pkey, now, retain)
     return added[0], added[1], merged, evicted
 
 
 def set_fields(
     conn: Connection, pkey: str, room_hash: str, who: bytes, fence: int | None,
-    updates: dict[str, bytes], stamp_gemini: bool, ttls: tuple[int, int], max_records: int,
+    updates: dict[str, bytes], stamp_gemini: bool, retain: Retain, max_records: int,
 ) -> int:  # fmt: skip
     """Replace sealed fields (language, metadata, Gemini handle); records evicted."""
     now = conn.now_ms()
     check_fence(conn, participant_lease(pkey), fence, now)
-    evicted = _ensure(conn, pkey, room_hash, who, now, ttls[0], max_records)
+    evicted = _ensure(conn, pkey, room_hash, who, now, retain.active_ms, max_records)
     for name, value in updates.items():
         if name not in _SETTABLE:
             raise ValueError(f"not a settable field: {name}")
         conn.execute(f"UPDATE records SET {name} = ? WHERE pkey = ?", (value, pkey))
     if stamp_gemini:
         conn.execute("UPDATE records SET gem_at = ? WHERE pkey = ?", (now, pkey))
-    _refresh(conn, pkey, now, *ttls)
+    _refresh(conn, pkey, now, retain)
     return evicted
 
 
@@ -187,11 +198,7 @@ def leave(
     row = _live(conn, pkey, now, drop_expired=True)
     if row is None or _text(row["active"]) != session_id:
         return None
-    info = LeaveInfo(
-        *names, item_count=row["n_items"], transcript_count=row["n_segments"],
-        reconnect_count=_int(row["reconnects"]), joined_at=_int(row["joined"]) / 1000,
-        left_at=now / 1000,
-    )  # fmt: skip
+    info = _leave_info(row, names, left=now)
     conn.execute(
         "UPDATE records SET active = '', left_at = ?, seen = ?, rev = rev + 1, expires_at = ? "
         "WHERE pkey = ?",
@@ -344,13 +351,34 @@ def _evict(conn: Connection, keep: str, max_records: int) -> int:
     return len(victims)
 
 
-def _refresh(conn: Connection, pkey: str, now: int, active_ttl: int, retention: int) -> None:
-    # an active record lives active_ttl past its last write; a left one keeps at least its
-    # retention (late transcript segments may arrive after the leave)
+def _refresh(conn: Connection, pkey: str, now: int, retain: Retain) -> None:
+    # an active record lives active_ms past its last write; a left one keeps at least the
+    # retention its engagement earns (late transcript segments may arrive after the leave)
+    row = conn.execute(
+        "SELECT active, expires_at, n_items, n_segments, it, st, reconnects, joined, left_at "
+        "FROM records WHERE pkey = ?",
+        (pkey,),
+    ).fetchone()
+    if _text(row["active"]):
+        expires = now + retain.active_ms
+    else:
+        info = _leave_info(row, retain.names, left=_int(row["left_at"]) or now)
+        expires = now + retain.away_ms(info, row["expires_at"] - now)
     conn.execute(
-        "UPDATE records SET seen = ?, rev = rev + 1, expires_at = CASE WHEN active != '' "
-        "THEN ? ELSE max(expires_at, ?) END WHERE pkey = ?",
-        (now, now + active_ttl, now + retention, pkey),
+        "UPDATE records SET seen = ?, rev = rev + 1, expires_at = ? WHERE pkey = ?",
+        (now, expires, pkey),
+    )
+
+
+def _leave_info(row: sqlite3.Row, names: tuple[str, str], *, left: int) -> LeaveInfo:
+    """What the retention policy sees of a record (counts include trimmed entries)."""
+    return LeaveInfo(
+        *names,
+        item_count=row["n_items"] + _int(row[F_ITEMS_TRIMMED]),
+        transcript_count=row["n_segments"] + _int(row[F_SEGMENTS_TRIMMED]),
+        reconnect_count=_int(row["reconnects"]),
+        joined_at=_int(row["joined"]) / 1000,
+        left_at=left / 1000,
     )
 
 

@@ -71,6 +71,7 @@ from .base import (
     retention_for,
 )
 from .memory import MemoryStore
+from .retention import kept_after_write
 
 __all__ = [
     "Connection",
@@ -191,8 +192,9 @@ class SqliteStore(BufferedWrites):
         async def send() -> AppendResult:
             token = await resolve_fence(fence, stale_ok=True)
             added = await self._send(
-                ops.append, room, identity, token, lists, bounds, self._ttls(), self.max_records
-            )
+                ops.append, room, identity, token, lists, bounds, self._retain(room, identity),
+                self.max_records,
+            )  # fmt: skip
             self._note_evicted(added[3])
             appended = AppendResult(added[0], added[1], merged=added[2])
             result = self._note_merged(room, identity, appended)
@@ -342,7 +344,7 @@ class SqliteStore(BufferedWrites):
             token = await resolve_fence(fence)
             evicted = await self._send(
                 ops.set_fields, room, identity, token, updates, F_GEMINI in updates,
-                self._ttls(), self.max_records,
+                self._retain(room, identity), self.max_records,
             )  # fmt: skip
             self._note_evicted(evicted)
             await self._mirror(room, identity, local)
@@ -399,8 +401,14 @@ class SqliteStore(BufferedWrites):
                    "quarantine_key": qkey, "moved": moved},
         )  # fmt: skip
 
-    def _ttls(self) -> tuple[int, int]:
-        return ms(self.active_ttl), ms(self.retention)
+    def _retain(self, room: str, identity: str) -> ops.Retain:
+        """How long a write keeps the record: the retention rule for a participant away."""
+
+        def away_ms(info: LeaveInfo, remaining_ms: int) -> int:
+            policy, base = self.retention_policy, self.retention
+            return ms(kept_after_write(remaining_ms / 1000, base, policy, info))
+
+        return ops.Retain((room, identity), ms(self.active_ttl), away_ms)
 
     def _note_evicted(self, count: int) -> None:
         if count:

@@ -69,6 +69,7 @@ from .base import (
     retention_for,
 )
 from .leases import LocalLeaseTable
+from .retention import kept_after_write
 
 __all__ = ["MemoryStore"]
 
@@ -176,7 +177,7 @@ class MemoryStore:
             entry.extend(sealed, new_segments, TAG_SEGMENT, entry.transcript,
                          (F_SEGMENT_BYTES, F_SEGMENTS_TRIMMED), limits),
         )  # fmt: skip
-        self._refresh(entry, now)
+        self._refresh(key, entry, now)
         return AppendResult(*added, merged=merged)
 
     async def set_gemini_handle(
@@ -195,7 +196,7 @@ class MemoryStore:
         entry = self._live(key) or self._create(key, "", now)
         entry.fields[F_GEMINI] = self._codec.seal_value(room, identity, F_GEMINI, value)
         entry.fields[F_GEMINI_AT] = str(now).encode()
-        self._refresh(entry, now)
+        self._refresh(key, entry, now)
 
     async def update_profile(
         self,
@@ -212,7 +213,7 @@ class MemoryStore:
         now = self._now_ms()
         entry = self._live(key) or self._create(key, "", now)
         entry.fields.update(updates)
-        self._refresh(entry, now)
+        self._refresh(key, entry, now)
 
     async def leave(
         self, room: str, identity: str, session_id: str, *, fence: Fence = None
@@ -227,15 +228,7 @@ class MemoryStore:
         now = self._now_ms()
         entry.fields[F_ACTIVE] = b""
         entry.fields[F_LEFT] = str(now).encode()
-        info = LeaveInfo(
-            room=room,
-            identity=identity,
-            item_count=len(entry.items),
-            transcript_count=len(entry.transcript),
-            reconnect_count=int(entry.fields[F_RECONNECTS]),
-            joined_at=int(entry.fields[F_JOINED]) / 1000,
-            left_at=now / 1000,
-        )
+        info = _leave_info(key, entry, now)
         self._touch(entry, now, retention_for(self.retention_policy, self.retention, info))
         self._emit("session_ended", room, identity, reconnect_count=info.reconnect_count)
 
@@ -358,14 +351,16 @@ class MemoryStore:
         entry.fields[F_REV] = str(int(entry.fields.get(F_REV, b"0")) + 1).encode()
         entry.expires_at = self._monotonic() + ttl
 
-    def _refresh(self, entry: MemoryEntry, now: int) -> None:
+    def _refresh(self, key: tuple[str, str], entry: MemoryEntry, now: int) -> None:
         # an active record lives active_ttl past its last write; a left one keeps at least
-        # its retention (late transcript segments may arrive after the leave)
+        # the retention its engagement earns (late transcript segments may follow the leave)
         if entry.fields.get(F_ACTIVE):
             self._touch(entry, now, self.active_ttl)
         else:
             remaining = entry.expires_at - self._monotonic()
-            self._touch(entry, now, max(remaining, self.retention))
+            info = _leave_info(key, entry, now)
+            keep = kept_after_write(remaining, self.retention, self.retention_policy, info)
+            self._touch(entry, now, keep)
 
     def _decode(self, key: tuple[str, str], entry: MemoryEntry) -> SessionRecord:
         return self._codec.decode(key[0], key[1], entry.fields, entry.items, entry.transcript)
@@ -399,6 +394,19 @@ class MemoryStore:
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+
+def _leave_info(key: tuple[str, str], entry: MemoryEntry, now: int) -> LeaveInfo:
+    """What the retention policy sees of a record (counts include trimmed entries)."""
+    fields = entry.fields
+    return LeaveInfo(
+        *key,
+        item_count=len(entry.items) + int(fields.get(F_ITEMS_TRIMMED, b"0")),
+        transcript_count=len(entry.transcript) + int(fields.get(F_SEGMENTS_TRIMMED, b"0")),
+        reconnect_count=int(fields[F_RECONNECTS]),
+        joined_at=int(fields[F_JOINED]) / 1000,
+        left_at=int(fields.get(F_LEFT) or now) / 1000,
+    )
 
 
 class MemoryAdmin:

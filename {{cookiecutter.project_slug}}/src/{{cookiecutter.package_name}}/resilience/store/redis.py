@@ -51,12 +51,10 @@ from .base import (
     InvalidInputError,
     JoinKind,
     JoinOutcome,
-    LeaveInfo,
     RetentionPolicy,
     SessionRecord,
     StaleLeaseError,
     StorageLimits,
-    retention_for,
 )
 from .memory import MemoryStore
 
@@ -132,8 +130,9 @@ class RedisStore(BufferedWrites):
             before_replay=self._rewrite_live,
         )
         self._calls = RedisCalls(
-            client, self._codec, quarantine_ttl=self.quarantine_ttl, forget=self._cache.forget
-        )
+            client, self._codec, quarantine_ttl=self.quarantine_ttl, forget=self._cache.forget,
+            retention=retention, policy=retention_policy,
+        )  # fmt: skip
 
     # -- SessionStore ------------------------------------------------------------------------
 
@@ -244,7 +243,8 @@ class RedisStore(BufferedWrites):
     async def leave(
         self, room: str, identity: str, session_id: str, *, fence: Fence = None
     ) -> None:
-        """See ``SessionStore.leave``; a retention policy costs one more call when it differs."""
+        """See ``SessionStore.leave``; a retention policy costs one more call when it differs
+        from ``retention``."""
         check_session_id(session_id)
         validate_names(room, identity)
         keys = participant_keys(self.prefix, room, identity)
@@ -260,16 +260,8 @@ class RedisStore(BufferedWrites):
         async def send() -> None:
             args[0] = await fence_arg(fence)
             result = await self._calls.eval("LEAVE", keys, args)
-            if result[0] != b"left" or self.retention_policy is None:
-                return
-            _, items, segments, reconnects, joined, left, rev = result
-            info = LeaveInfo(
-                room, identity, int(items), int(segments), int(reconnects), int(joined) / 1000,
-                int(left) / 1000,
-            )  # fmt: skip
-            seconds = retention_for(self.retention_policy, self.retention, info)
-            if seconds != self.retention:
-                await self._calls.extend(keys, rev, seconds)
+            if result[0] == b"left":
+                await self._calls.keep_engaged(keys, room, identity, result[1], leaving=True)
 
         async def send_and_mirror() -> None:
             await send()
@@ -422,14 +414,19 @@ class RedisStore(BufferedWrites):
     async def _eval_write(
         self, name: str, keys: ParticipantKeys, args: list[Any], room: str, identity: str
     ) -> Any:
-        """APPEND or SET: a corrupt record is quarantined, a lost one given back, then again."""
+        """APPEND or SET: a corrupt record is quarantined, a lost one given back, then again;
+        a record written while its participant is away kept as its engagement earns."""
+        reply = None
         try:
-            return await self._calls.eval(name, keys, args)
+            reply = await self._calls.eval(name, keys, args)
         except CorruptRecordError as exc:
             await self._calls.quarantine(keys, room, identity, "", str(exc))
         except RecordLostError:
             # Redis lost its data between two writes without this client seeing an outage
             # (restarted without persistence within a reconnect): what came before goes first
             await self._give_back(room, identity)
-        args[_LIVE_ARG] = "0"
-        return await self._calls.eval(name, keys, args)
+        if reply is None:
+            args[_LIVE_ARG] = "0"
+            reply = await self._calls.eval(name, keys, args)
+        await self._calls.keep_engaged(keys, room, identity, reply[-1], leaving=False)
+        return reply

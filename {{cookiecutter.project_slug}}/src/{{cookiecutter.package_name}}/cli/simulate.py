@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 
 # the scenario names, without importing livekit before a command needs it
 SCENARIO_NAMES = (
-    "basic", "refresh", "restart", "multi", "gemini-faults", "gemini-soak", "redis-outage",
-    "crash",
+    "basic", "refresh", "restart", "devices", "multi", "gemini-faults", "gemini-soak",
+    "redis-outage", "crash",
 )  # fmt: skip
 SOAK = "gemini-soak"  # the scenario --turns and --seed are for
 DEFAULT_SIMULATE_LOG = Path(".data") / "simulate.log"

@@ -105,6 +105,11 @@ def new_user_transcription_output(room: rtc.Room, identity: str) -> io.TextOutpu
     return cls(room=room, is_delta_stream=False, participant=identity)
 
 
+def set_transcription_participant(output: io.TextOutput, identity: str) -> None:
+    """Publish a RoomIO transcription sink's text on ``identity``'s behalf from now on."""
+    _require(output, "set_participant", "RoomIO transcription sink set_participant()")(identity)
+
+
 async def close_text_output(output: io.TextOutput) -> None:
     """Close a RoomIO transcription sink, ending any stream it holds open."""
     await _require(output, "aclose", "RoomIO transcription sink aclose()")()

@@ -1,12 +1,17 @@
-"""One participant across connections: who they are to the store, and what they said.
+"""One participant across connections and devices: who they are to the store, and what they
+said.
 
-Presence: a participant's *visit* is one connection (its participant SID) in one job, so
+Presence: a participant is known to the store by their conversation key (their identity, or
+the user key their token carries: see ``devices``); a *visit* is one connection (its
+participant SID) in one job, so
 - a repeated or racing join event for the same connection is a DUPLICATE: no second welcome;
 - a browser refresh, network drop or device switch is a new connection: RETURNING, welcome
   back once;
 - a worker restart is a new job with the same connection: RETURNING too.
-While the participant is away the job waits up to the retention period for them, then
-ends; the store keeps their record for the same period, on its own clock.
+Another device with the same key joining takes the conversation over (``on_device``); when
+the device in use leaves and another stays, the conversation moves to the one staying.
+While the participant is away (no device left) the job waits up to the retention period for
+them, then ends; the store keeps their record for the same period, on its own clock.
 
 Persistence: `chat_ctx_from_record` rebuilds what the model should see from a stored record;
 `ConversationRecorder` appends a live session's turns (messages, tool calls and their
@@ -18,14 +23,17 @@ while Redis is down.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from livekit import rtc
 from livekit.agents import AgentSession, llm, utils
 from livekit.agents.voice.events import ConversationItemAddedEvent, FunctionToolsExecutedEvent
+from pydantic import TypeAdapter
 
 from ..log import get_logger, identity_ref
+from ..summary import compact_stored
 from .events import CONVERSATION_TYPES
 from .store import JoinKind, JoinOutcome, SessionRecord, SessionStore, StoreError
 from .transcript import TranscriptSegment
@@ -39,9 +47,12 @@ def visit_id(participant: rtc.RemoteParticipant, job_id: str) -> str:
 
 
 class ParticipantPresence:
-    """Joins and leaves of one identity in a room, recorded in the store.
+    """Joins and leaves of one participant in a room, recorded in the store.
 
-    After :meth:`follow`, ``on_return`` is called once per returning connection and
+    ``identity`` is the participant's key in the store; ``key_of`` gives a participant's key
+    (default: their identity), so the devices that share it are this participant's.
+    After :meth:`follow`, ``on_return`` is called once per returning connection,
+    ``on_device`` with the identity of the device the conversation moves to, and
     ``on_gone`` when the participant stayed away longer than ``wait_s``.
     """
 
@@ -53,6 +64,7 @@ class ParticipantPresence:
         *,
         job_id: str,
         wait_s: float,
+        key_of: Callable[[rtc.RemoteParticipant], str] | None = None,
     ) -> None:
         self._room = room
         self._store = store
@@ -61,15 +73,25 @@ class ParticipantPresence:
         self._wait_s = wait_s
         self._on_return: Callable[[JoinOutcome], None] | None = None
         self._on_gone: Callable[[], None] | None = None
+        self._on_device: Callable[[str], None] | None = None
+        self._key_of = key_of or (lambda participant: participant.identity)
+        # the participant's devices in the room (identities, the latest last), the one in use
+        self._devices: dict[str, None] = {}
+        self._in_use: str | None = None
         self._absence: asyncio.TimerHandle | None = None
         self._tasks = utils.aio.TaskSet()  # returns and leaves being recorded
 
     def follow(
-        self, *, on_return: Callable[[JoinOutcome], None], on_gone: Callable[[], None]
+        self,
+        *,
+        on_return: Callable[[JoinOutcome], None],
+        on_gone: Callable[[], None],
+        on_device: Callable[[str], None] | None = None,
     ) -> None:
         """Start following leaves and returns (once the session can greet)."""
         self._on_return = on_return
         self._on_gone = on_gone
+        self._on_device = on_device
         self._room.on("participant_connected", self._on_connected)
         self._room.on("participant_disconnected", self._on_disconnected)
 
@@ -82,6 +104,7 @@ class ParticipantPresence:
         network that swallows packets) does not hold the participant up: they are served as
         new at once, and the outcome's ``settled`` brings the store's answer when it comes.
         """
+        self._register(participant.identity)
         pending = asyncio.ensure_future(
             self._store.join(self._room.name, self._identity, visit_id(participant, self._job_id))
         )
@@ -136,20 +159,50 @@ class ParticipantPresence:
                 error=str(exc),
             )
 
+    def _register(self, identity: str) -> None:
+        self._devices.pop(identity, None)
+        self._devices[identity] = None
+        if self._in_use is None:
+            self._in_use = identity
+
+    def _use(self, identity: str) -> None:
+        """The conversation moves to ``identity`` (a no-op for the device in use)."""
+        previous, self._in_use = self._in_use, identity
+        if previous != identity and self._on_device is not None:
+            self._on_device(identity)
+
     def _on_connected(self, participant: rtc.RemoteParticipant) -> None:
-        if participant.identity != self._identity:
+        if self._key_of(participant) != self._identity:
             return
         if self._absence is not None:
             self._absence.cancel()
             self._absence = None
+        self._register(participant.identity)
+        self._use(participant.identity)  # the device that joined last takes over
         self._spawn(self._returned(participant))
 
     def _on_disconnected(self, participant: rtc.RemoteParticipant) -> None:
-        if participant.identity != self._identity:
+        if participant.identity not in self._devices:
+            return
+        # still here: a newer connection of the same identity came before this leave
+        present = self._room.remote_participants
+        self._devices = dict.fromkeys(i for i in self._devices if i in present)
+        staying = next(reversed(self._devices), None)
+        if staying is not None and self._in_use == participant.identity != staying:
+            self._use(staying)
+            self._spawn(self._hand_back(present[staying], participant))
             return
         self._spawn(self.leave_now(participant))
-        if self._identity not in self._room.remote_participants and self._absence is None:
+        if staying is None and self._absence is None:
             self._absence = asyncio.get_running_loop().call_later(self._wait_s, self._gone)
+
+    async def _hand_back(
+        self, staying: rtc.RemoteParticipant, departed: rtc.RemoteParticipant
+    ) -> None:
+        """The store's visit moves to the device staying before the one in use leaves (its
+        leave is then a no-op), so retention never starts while the participant is here."""
+        await self.join(staying)
+        await self.leave_now(departed)
 
     async def _returned(self, participant: rtc.RemoteParticipant) -> None:
         outcome = await self.join(participant)
@@ -178,13 +231,16 @@ def item_to_dict(item: llm.ChatItem) -> dict[str, Any]:
 
 
 def chat_ctx_from_record(record: SessionRecord) -> llm.ChatContext:
-    """The conversation a record holds, as a chat context for a new Agent.
+    """The conversation a record holds, as a chat context for a new Agent: with a summary
+    (``summary.py``), the summary and the items after the last one it covers, so a long
+    conversation restores in bounded size; people's transcript is not part of it.
 
     An item livekit cannot read (a record written by another version, a hand-edited one)
     is skipped with a warning naming its id; the rest of the conversation is kept.
     """
+    summary, stored, covered = compact_stored(record.items)
     items: list[llm.ChatItem] = []
-    if record.items_trimmed:
+    if record.items_trimmed and not covered:
         # the store keeps a bounded history (StorageLimits): say where the rest was
         items.append(
             llm.ChatMessage(
@@ -193,19 +249,38 @@ def chat_ctx_from_record(record: SessionRecord) -> llm.ChatContext:
                 created_at=record.joined_at,
             )
         )
-    for stored in record.items:
-        if stored.get("type", "message") not in CONVERSATION_TYPES:
-            continue
+    wanted = [i for i in stored if i.get("type", "message") in CONVERSATION_TYPES]
+    items += _chat_items([summary, *wanted] if summary is not None else wanted, record.identity)
+    return llm.ChatContext(items=items)
+
+
+@functools.cache
+def _item_reader() -> TypeAdapter[list[llm.ChatItem]]:
+    """What ``ChatContext.from_dict`` validates with, built once (building it costs about as
+    much as reading 40 items)."""
+    return TypeAdapter(list[llm.ChatItem])
+
+
+def _chat_items(stored: Sequence[Mapping[str, Any]], identity: str) -> list[llm.ChatItem]:
+    """Stored items as livekit's, all in one go (item by item it is ~60x slower); when one
+    is unreadable, item by item, skipping each unreadable one with a warning."""
+    read = _item_reader().validate_python
+    try:
+        return read([dict(i) for i in stored])
+    except (ValueError, TypeError, KeyError):
+        pass
+    items: list[llm.ChatItem] = []
+    for item in stored:
         try:
-            items.extend(llm.ChatContext.from_dict({"items": [dict(stored)]}).items)
+            items += read([dict(item)])
         except (ValueError, TypeError, KeyError) as exc:
             logger.warning(
                 "skipped unreadable stored chat item",
-                item_id=stored.get("id"),
-                participant=identity_ref(record.identity),
+                item_id=item.get("id"),
+                participant=identity_ref(identity),
                 error=str(exc),
             )
-    return llm.ChatContext(items=items)
+    return items
 
 
 def transcript_from_record(record: SessionRecord) -> list[TranscriptSegment]:

@@ -126,6 +126,12 @@ class RoomOutput:
         await self._sync.barrier()
         await self._agent_text.drain()
 
+    def set_participant(self, identity: str) -> None:
+        """Transcribe ``identity``'s speech as the participant's from now on (their next
+        device): published as theirs, and logged with them as the speaker."""
+        self._identity = identity
+        _livekit.set_transcription_participant(self._user_text, identity)
+
     def add_user_turn(self, item: llm.ChatMessage) -> TranscriptSegment | None:
         """Log a committed participant turn (typed or spoken); empty turns are skipped."""
         text = item.text_content

@@ -4,9 +4,11 @@ A LiveKit participant has one handler per method name, but a room may hold sever
 supervised conversations (one per participant), so one :class:`RpcRoutes` per room registers
 the methods once and dispatches each call by ``caller_identity``. A caller with no
 conversation of its own is refused with ``RpcError(4003)``: nobody can restart, or read the
-transcript of, someone else's conversation. A malformed payload (not JSON, a number with too
-many digits, nesting too deep, ``NaN``/``Infinity``, a field of the wrong type or range) is
-refused with ``RpcError(4000)`` and a one-line message naming what is wrong.
+transcript of, someone else's conversation; another device of the same person (the same user
+key, see ``devices``) reaches the person's conversation (:meth:`RpcRoutes.add_device`). A
+malformed payload (not JSON, a number with too many digits, nesting too deep,
+``NaN``/``Infinity``, a field of the wrong type or range) is refused with ``RpcError(4000)``
+and a one-line message naming what is wrong.
 
 ``session.restart``
     Request: empty, or JSON ``{"reason": "<1-64 chars of a-z 0-9 _ . ->"}``.
@@ -126,6 +128,8 @@ class RpcRoutes:
         self._participant = local_participant
         self._room_name = room_name  # for the audit trail
         self._routes: dict[str, _Route] = {}
+        # another device of a person -> the identity their conversation's route is under
+        self._devices: dict[str, str] = {}
         self._clock = clock
         # per caller identity: when its restart in flight was requested, when its last ended
         self._restart_started: dict[str, float] = {}
@@ -146,6 +150,12 @@ class RpcRoutes:
         self._routes.pop(identity, None)
         self._update_registration()
 
+    def add_device(self, identity: str, *, of: str) -> None:
+        """Route ``identity``'s calls to ``of``'s conversation: the same person on another
+        device (their user key says so). Kept for the job, whether ``of`` has a route now."""
+        if identity != of:
+            self._devices[identity] = of
+
     def share_history(
         self, log: TranscriptLog | None, *, may_read: Callable[[str], bool] | None = None
     ) -> None:
@@ -164,8 +174,12 @@ class RpcRoutes:
             self._participant.unregister_rpc_method(METHOD_HISTORY)
         self._registered = wanted
 
+    def _owner(self, caller: str) -> str:
+        """The identity whose conversation ``caller`` reaches (itself, or its person's)."""
+        return self._devices.get(caller, caller)
+
     def _route(self, data: rtc.RpcInvocationData) -> _Route:
-        route = self._routes.get(data.caller_identity)
+        route = self._routes.get(self._owner(data.caller_identity))
         if route is None:
             logger.warning(
                 "rpc refused: caller has no conversation",
@@ -180,7 +194,8 @@ class RpcRoutes:
     async def _on_restart(self, data: rtc.RpcInvocationData) -> str:
         route = self._route(data)
         reason = parse_restart_request(data.payload)
-        identity = data.caller_identity
+        # one pace per conversation, whichever of the person's devices asks
+        identity = self._owner(data.caller_identity)
         # no await between this check and marking the restart in flight
         self._check_restart_interval(identity)
         self._restart_started[identity] = self._clock()
@@ -218,7 +233,8 @@ class RpcRoutes:
         event: dict[str, Any] = {
             "actor": identity_ref(caller),
             "room": self._room_name,
-            "identity": caller if shared is None else None,  # a meeting's is the room's
+            # whose conversation was read (a meeting's is the room's)
+            "identity": self._owner(caller) if shared is None else None,
             "scope": "participant" if shared is None else "room",
         }
         try:

@@ -4,7 +4,8 @@ It starts the session, replaces it with a fresh one when needed and closes it. A
 builds a new AgentSession (on the same or another model stack) and carries over what the
 conversation is: the chat context (tool calls with their outputs, a reply the restart cut
 kept as interrupted), userdata, the participant binding, the job's primary designation, and
-the room output (same audio track, same transcript). The new session does not greet.
+the room output (same audio track, same transcript). The new session greets only when the
+agent was never heard (the first session's model failed before it spoke).
 
 Restart triggers: an unrecoverable model error or an error close, the participant's RPC
 ``session.restart`` (see :mod:`.rpc`), ``await supervisor.restart(reason, models=...)``, and a
@@ -12,11 +13,9 @@ watchdog when the agent thinks for longer than ``stuck_timeout`` without speakin
 :class:`RestartPolicy` bounds them; when its budget is spent the agent apologises and the
 conversation closes, as it does on ``end_with_apology(reason)`` (a model gone for good).
 
-Events (``supervisor.on(name, callback)``), each with a typed payload:
-``session_started`` (:class:`SessionStartedEvent`), ``conversation_item_added`` (livekit's
-``ConversationItemAddedEvent``, from whichever session is current), ``transcript_segment``
-(:class:`TranscriptSegmentEvent`), ``restarted`` (:class:`RestartedEvent`), ``closed``
-(:class:`ClosedEvent`).
+Events (``supervisor.on(name, callback)``): ``session_started`` (:class:`SessionStartedEvent`),
+``conversation_item_added`` (livekit's, from the current session), ``transcript_segment``
+(:class:`TranscriptSegmentEvent`), ``restarted`` (:class:`RestartedEvent`), ``closed``.
 """
 
 from __future__ import annotations
@@ -131,12 +130,8 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
         self._before_start = before_start
         self._apology = apology
         self._routes = routes or RpcRoutes(room.local_participant, room_name=room.name)
-        self._output = RoomOutput(
-            room,
-            participant_identity,
-            on_segment=self._on_segment,
-            initial_transcript=initial_transcript,
-        )
+        self._output = RoomOutput(room, participant_identity, on_segment=self._on_segment,
+                                  initial_transcript=initial_transcript)  # fmt: skip
         self._carried = CarriedContext()
         self._session: AgentSession | None = None
         self._previous: AgentSession | None = None
@@ -177,6 +172,14 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
     def track_sid(self) -> str | None:
         """The SID of the agent's audio track (the same for every session)."""
         return self._output.track_sid
+
+    def set_participant(self, identity: str) -> None:
+        """Listen to ``identity`` from now on, in this session and every later one, and
+        transcribe its speech as the participant's: the same person on another device."""
+        self._room_options = dataclasses.replace(self._room_options, participant_identity=identity)
+        self._output.set_participant(identity)
+        if self._session is not None:
+            self._session.room_io.set_participant(identity)
 
     def chat_ctx(self) -> llm.ChatContext:
         """The whole conversation so far, across sessions (a copy)."""
@@ -417,12 +420,8 @@ class SessionSupervisor(utils.EventEmitter[EventTypes]):
                 loop = asyncio.get_running_loop()
                 self._stuck_timer = loop.call_later(self._stuck_timeout, self._on_stuck, session)
 
-        listeners: dict[SessionEvent, Callable[..., None]] = {
-            "conversation_item_added": on_item,
-            "error": on_error,
-            "close": on_close,
-            "agent_state_changed": on_state,
-        }
+        listeners: dict[SessionEvent, Callable[..., None]] = {"conversation_item_added": on_item,
+            "error": on_error, "close": on_close, "agent_state_changed": on_state}  # fmt: skip
         for event, callback in listeners.items():
             session.on(event, callback)
         self._listeners[id(session)] = listeners

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -267,7 +267,8 @@ class TranscriberPool:
     job_ctx: the job (for the primary designation on restarts).
     election: where each transcriber registers (None: no election, e.g. a lone tool).
     on_line: called with every final :class:`TranscribedLine`, from any participant.
-    exclude: participants not to transcribe (the conversation's: its session publishes them).
+    exclude: whether a participant is not to be transcribed (the conversation's, on any of
+        their devices: its session publishes them).
     """
 
     def __init__(
@@ -279,10 +280,10 @@ class TranscriberPool:
         job_ctx: JobContext | None = None,
         election: SessionElection | None = None,
         on_line: Callable[[TranscribedLine], None] | None = None,
-        exclude: Collection[str] = (),
+        exclude: Callable[[rtc.RemoteParticipant], bool] | None = None,
     ) -> None:
         self._room = room
-        self._exclude = frozenset(exclude)
+        self._exclude = exclude or (lambda participant: False)
         self._stt_factory = stt_factory
         self._vad = vad
         self._job_ctx = job_ctx
@@ -330,7 +331,7 @@ class TranscriberPool:
             await self._leave(identity, "pool closed")
 
     def _on_connected(self, participant: rtc.RemoteParticipant) -> None:
-        if participant.kind in TRANSCRIBED_KINDS and participant.identity not in self._exclude:
+        if participant.kind in TRANSCRIBED_KINDS and not self._exclude(participant):
             self._spawn(self._join(participant.identity))
 
     def _on_disconnected(self, participant: rtc.RemoteParticipant) -> None:

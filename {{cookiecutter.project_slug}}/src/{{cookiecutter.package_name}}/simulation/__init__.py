@@ -11,6 +11,7 @@ from .scenarios import SCENARIOS, Scenario
 
 # scenarios kept in modules of their own register themselves on import
 from . import (  # noqa: F401  isort: skip
+    scenario_devices,
     scenario_gemini,
     scenario_gemini_soak,
     scenario_multi,

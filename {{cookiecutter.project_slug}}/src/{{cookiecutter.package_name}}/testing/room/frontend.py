@@ -90,3 +90,27 @@ def build_transcript(
             )
         )
     return lines
+
+
+def received_by(
+    streams: Iterable[TextStreamRecord],
+    identity: str,
+    visits: Iterable[tuple[float, float | None]],
+) -> list[TextStreamRecord]:
+    """The streams ``identity``'s frontend got: its own, and the agent's sent to everyone or
+    to it that opened during one of its ``visits`` (joined, left or None) to the room."""
+    spans = list(visits)
+
+    def present(at: float) -> bool:
+        return any(joined <= at and (left is None or at < left) for joined, left in spans)
+
+    return [
+        record
+        for record in streams
+        if record.sender_identity == identity
+        or (
+            record.direction == "outgoing"
+            and (not record.destination_identities or identity in record.destination_identities)
+            and present(record.opened_at)
+        )
+    ]

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from livekit import rtc
 
 from . import _sdk
-from .frontend import FrontendLine, build_transcript
+from .frontend import FrontendLine, build_transcript, received_by
 from .inbound import InboundStreamsMixin
 from .local_participant import SimulatedLocalParticipant
 from .records import (
@@ -189,6 +189,15 @@ class SimulatedRoom(InboundStreamsMixin, RpcMixin, rtc.Room):
     def transcript(self) -> list[FrontendLine]:
         """The conversation as a frontend shows it (see :mod:`.frontend`)."""
         return build_transcript(self.recorder.text_streams, self.local_participant.identity)
+
+    def transcript_seen_by(self, identity: str) -> list[FrontendLine]:
+        """The conversation as ``identity``'s frontend shows it: what it sent, and what the
+        agent sent to everyone or to it while it was in the room."""
+        visits = [
+            (r.joined_at, r.left_at) for r in self.recorder.participants if r.identity == identity
+        ]
+        streams = received_by(self.recorder.text_streams, identity, visits)
+        return build_transcript(streams, self.local_participant.identity)
 
     async def wait_until(
         self,

@@ -3,7 +3,8 @@
 ``worker.run_job`` wires the parts (:class:`JobParts`, the recorder, presence, Gemini resume)
 and hands them to a :class:`Conversation`, which opens the supervised conversation (and
 reopens it when the participant comes back after it gave up), welcomes back, adopts a join
-the store answered late, and on ``aclose`` ends it all and saves what is pending.
+the store answered late, keeps the model's context within its budget (``summary.py``), and
+on ``aclose`` ends it all and saves what is pending.
 """
 
 from __future__ import annotations
@@ -17,20 +18,27 @@ from livekit.agents import AgentSession, JobContext, llm, room_io
 from . import metrics
 from .assistant import WELCOME_BACK, Assistant
 from .backends import Backends
+from .devices import DeviceFollower
 from .log import get_logger
 from .models import ModelStack
 from .resilience.apology import GAVE_UP
-from .resilience.events import ClosedEvent
+from .resilience.events import ClosedEvent, SessionSpec
 from .resilience.gemini.resume import GeminiResume
 from .resilience.primary.election import SessionElection, SupervisedConversation
 from .resilience.primary.room_lease import RoomPrimacy
-from .resilience.returning import ConversationRecorder, ParticipantPresence, chat_ctx_from_record
+from .resilience.returning import (
+    ConversationRecorder,
+    ParticipantPresence,
+    chat_ctx_from_record,
+    item_to_dict,
+)
 from .resilience.rpc import RpcRoutes
 from .resilience.store import FencedStore, JoinKind, JoinOutcome, StoreError
 from .resilience.supervisor import SessionSupervisor
 from .resilience.transcribers import MeetingTranscript, TranscriberPool
 from .resilience.transcript import TranscriptSegment
 from .settings import Settings
+from .summary import ConversationSummarizer, SummaryBudget, summary_model
 
 __all__ = ["Conversation", "JobParts", "ModelFactory"]
 
@@ -75,11 +83,19 @@ class Conversation:
             parts.election,
             parts.primacy,
         )
+        # the device the participant uses now (another one with their user key may take over)
+        self.devices = DeviceFollower(identity, parts.routes)
         self.meeting: MeetingTranscript | None = None
         self.transcribers: TranscriberPool | None = None
         self._supervisor: SessionSupervisor | None = None
         self._late_join: asyncio.Task[None] | None = None
         self._ending: asyncio.Task[None] | None = None
+        # older turns folded into a stored summary once the model's context passes its budget
+        self.summarizer = ConversationSummarizer(
+            SummaryBudget.from_settings(settings),
+            lambda: summary_model(settings, models),
+            on_summary=lambda summary: recorder.add(items=[item_to_dict(summary)]),
+        )
 
     @property
     def supervisor(self) -> SessionSupervisor:
@@ -111,12 +127,15 @@ class Conversation:
             room_options=room_io.RoomOptions(close_on_disconnect=False),
             note_restarts=self.settings.note_restarts,
             initial_transcript=transcript,
-            before_start=self.gemini.before_start,
+            before_start=self._before_start,
             routes=self.parts.routes,
         )
+        if self.devices.current != self.identity:  # a reopen after another device took over
+            supervisor.set_participant(self.devices.current)
         # cut Gemini replies are marked interrupted before the recorder stores them
         supervisor.on("session_started", lambda ev: self.gemini.watch(ev.session))
         supervisor.on("session_started", lambda ev: self.recorder.attach(ev.session))
+        supervisor.on("session_started", lambda ev: self.summarizer.attach(ev.session))
         supervisor.on(
             "transcript_segment", lambda ev: self.recorder.add(transcript=[ev.segment.to_dict()])
         )
@@ -127,8 +146,12 @@ class Conversation:
         self._supervisor = supervisor
         if greeting == WELCOME_BACK:
             metrics.WELCOME_BACKS.inc()
-        async with self.election.starting(SupervisedConversation(supervisor, self.identity)):
+        async with self.election.starting(_DeviceConversation(supervisor, self.devices)):
             await supervisor.start(greeting=greeting, chat_ctx=chat_ctx)
+
+    async def _before_start(self, spec: SessionSpec) -> None:
+        self.summarizer.before_start(spec)  # every session starts from the compact context
+        await self.gemini.before_start(spec)
 
     def welcome_back(self) -> None:
         """The participant came back: welcome them (once per return), or reopen the
@@ -140,6 +163,11 @@ class Conversation:
         elif supervisor.session is not None:
             metrics.WELCOME_BACKS.inc()
             supervisor.session.generate_reply(instructions=WELCOME_BACK)
+
+    def switch_device(self, identity: str) -> None:
+        """Listen to another of the participant's devices from now on (it joined with their
+        user key, or the one in use left): in this session and every later one."""
+        self.devices.switch(identity, self._supervisor)
 
     def _spawn_reopen(self, closed: SessionSupervisor) -> None:
         async def reopen() -> None:
@@ -194,6 +222,7 @@ class Conversation:
             await self.transcribers.aclose()
         if self._supervisor is not None:
             await self._supervisor.aclose(reason)
+        await self.summarizer.aclose()
         if self.meeting is not None:
             self.parts.routes.share_history(None)
             await self.meeting.aclose()
@@ -204,3 +233,16 @@ class Conversation:
         await self.primacy.aclose()
         if self.parts.owns_backends:
             await self.parts.backends.aclose()
+
+
+class _DeviceConversation(SupervisedConversation):
+    """The conversation as an election member, present while the device in use is."""
+
+    def __init__(self, supervisor: SessionSupervisor, devices: DeviceFollower) -> None:
+        super().__init__(supervisor, devices.owner)
+        self._devices = devices
+
+    @property
+    def identity(self) -> str:
+        """The participant's device the conversation listens to now."""
+        return self._devices.current

@@ -8,12 +8,15 @@ name the variable and say what to set; the CLI prints them and exits non-zero.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from .resilience.store.retention import RetentionTiers
 
 StackName = Literal["gemini-live", "openai-realtime", "openai-pipeline"]
 RoomMode = Literal["one-to-one", "multi-participant"]
@@ -90,6 +93,10 @@ class Settings(BaseSettings):
     # First part of every Redis key and of the events channel `<prefix>:events`.
     redis_prefix: str = Field(default="lkagent", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     session_retention_s: float = Field(default=300.0, gt=0)
+    # Longer retention for engaged participants: "score:duration,..." (e.g. 3:1d,20:30d),
+    # score = returns + turns // 10 (resilience/store/retention.py). A record is kept as long
+    # as the highest tier its score reaches, SESSION_RETENTION_S below the first (unset: all).
+    session_retention_tiers: str | None = None
     # How long a record found corrupt is kept aside for `sessions quarantine` / `restore`
     # (unset: as long as SESSION_RETENTION_S).
     session_quarantine_s: float | None = Field(default=None, gt=0)
@@ -163,6 +170,18 @@ class Settings(BaseSettings):
         KeyRing.parse(value.get_secret_value())  # raises KeyRingError (a ValueError) saying why
         return value
 
+    @field_validator("session_retention_tiers")
+    @classmethod
+    def _check_retention_tiers(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or not value.strip():
+            return None
+        base = info.data.get("session_retention_s")
+        if base is not None:  # else SESSION_RETENTION_S is invalid, and said so once
+            from .resilience.store.retention import RetentionTiers
+
+            RetentionTiers.parse(value, base=base)  # InvalidInputError (a ValueError) saying why
+        return value.strip()
+
     @field_validator("identity_hash_key")
     @classmethod
     def _check_identity_hash_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -196,6 +215,12 @@ class Settings(BaseSettings):
                 "LIVEKIT_API_SECRET is not set: copy it from your LiveKit project settings"
             )
         return problems
+
+    def retention_tiers(self) -> RetentionTiers:
+        """SESSION_RETENTION_TIERS over SESSION_RETENTION_S: the stores' retention policy."""
+        from .resilience.store.retention import RetentionTiers
+
+        return RetentionTiers.parse(self.session_retention_tiers, base=self.session_retention_s)
 
     def fallback_settings(self) -> Settings | None:
         """These settings with the fallback model stack, or None when there is none."""
@@ -241,6 +266,38 @@ class Settings(BaseSettings):
         if problems:
             raise SettingsError(problems)
         return self
+
+    # Conversation summaries (summary.py). Past SUMMARY_MAX_TURNS messages or SUMMARY_MAX_TOKENS
+    # estimated tokens in the model's context (0: no such limit; both 0: no summaries), older
+    # turns are folded into a summary in the background; the model keeps it and the last
+    # SUMMARY_KEEP_TURNS messages, people the whole transcript. SUMMARY_MODEL (openai/<model> or
+    # google/<model>, with that provider's key) writes them; unset: the stack's LLM (a realtime
+    # stack has none, so its conversations are not summarised without SUMMARY_MODEL).
+    summary_max_turns: int = Field(default=200, ge=0)
+    summary_max_tokens: int = Field(default=32_000, ge=0)
+    summary_keep_turns: int = Field(default=40, ge=2)
+    summary_model: str | None = None
+
+    @field_validator("summary_keep_turns")
+    @classmethod
+    def _check_summary_keep_turns(cls, value: int, info: ValidationInfo) -> int:
+        most = info.data.get("summary_max_turns")
+        if most and value >= most:
+            raise ValueError(f"must be less than SUMMARY_MAX_TURNS ({most})")
+        return value
+
+    @field_validator("summary_model")
+    @classmethod
+    def _check_summary_model(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        provider, _, model = value.strip().partition("/")
+        if provider not in ("openai", "google") or not model or any(c.isspace() for c in model):
+            raise ValueError(
+                "must be openai/<model> or google/<model>, e.g. openai/gpt-4.1-mini "
+                "or google/gemini-2.5-flash"
+            )
+        return value.strip()
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -17,6 +17,7 @@ from . import metrics
 from .assistant import GREETING, WELCOME_BACK
 from .backends import Backends, in_memory, open_backends, open_room_registry
 from .conversation import Conversation, JobParts, ModelFactory
+from .devices import USER_KEY_ATTRIBUTE, conversation_key
 from .log import (
     bind_job_context,
     configure_identity_hash,
@@ -192,8 +193,13 @@ async def run_job(
     ctx.log_context_fields = bind_job_context(
         job_id=ctx.job.id, room=ctx.room.name, participant=participant.identity
     )
-    logger.info("participant joined", kind=rtc.ParticipantKind.Name(participant.kind))
-    conversation = assemble(ctx, settings, participant.identity, models, fallback, parts)
+    key = conversation_key(participant)  # their user key, else their identity
+    logger.info(
+        "participant joined",
+        kind=rtc.ParticipantKind.Name(participant.kind),
+        user_key=key != participant.identity,
+    )
+    conversation = assemble(ctx, settings, participant.identity, key, models, fallback, parts)
     ctx.add_shutdown_callback(conversation.aclose)
     outcome = await conversation.presence.join(participant, answer_within=JOIN_ANSWER_S)
     # what to continue: the record of a participant the store knows (None: a new one)
@@ -203,7 +209,7 @@ async def run_job(
     await open_conversation(conversation, outcome, earlier)
     follow_participant(ctx, settings, conversation)
     if settings.room_mode == "multi-participant":
-        conversation.transcribers = start_transcribers(ctx, settings, models, conversation)
+        conversation.transcribers = start_transcribers(ctx, settings, models, conversation, key)
     return conversation
 
 
@@ -237,14 +243,21 @@ def assemble(
     ctx: JobContext,
     settings: Settings,
     identity: str,
+    key: str,
     models: ModelFactory,
     fallback: ModelFactory | None,
     parts: JobParts,
 ) -> Conversation:
-    """The participant's conversation and the parts that carry it through the store."""
+    """The participant's conversation and the parts that carry it through the store, where
+    it is kept under ``key`` (their user key, else ``identity``: see ``devices``)."""
     writer, room = parts.writer, ctx.room.name
     presence = ParticipantPresence(
-        ctx.room, writer, identity, job_id=ctx.job.id, wait_s=settings.session_retention_s
+        ctx.room,
+        writer,
+        key,
+        job_id=ctx.job.id,
+        wait_s=settings.session_retention_s,
+        key_of=conversation_key,
     )
 
     # Gemini Live sessions resume by handle (kept in the store); when its reconnect budget
@@ -256,9 +269,9 @@ def assemble(
             return conversation.supervisor.end_with_apology(MODEL_REFUSED)
         return conversation.supervisor.restart("gemini_unavailable", models=fallback)
 
-    gemini = GeminiResume(writer, room, identity, on_exhausted=on_gemini_exhausted)
+    gemini = GeminiResume(writer, room, key, on_exhausted=on_gemini_exhausted)
     metrics.watch_gemini(gemini)
-    recorder = ConversationRecorder(writer, room, identity)
+    recorder = ConversationRecorder(writer, room, key)
     conversation = Conversation(ctx, settings, identity, models, parts, recorder, presence, gemini)
     return conversation
 
@@ -292,8 +305,9 @@ async def open_conversation(
 
 
 def follow_participant(ctx: JobContext, settings: Settings, conversation: Conversation) -> None:
-    """Welcome the participant back on each return; when they stay away, end the job
-    (one-to-one) or only their conversation (multi-participant: the others are still
+    """Welcome the participant back on each return, and listen to the device they use (with
+    a user key, a second device takes the conversation over); when they stay away, end the
+    job (one-to-one) or only their conversation (multi-participant: the others are still
     transcribed)."""
 
     def gone() -> None:
@@ -303,7 +317,9 @@ def follow_participant(ctx: JobContext, settings: Settings, conversation: Conver
             ctx.shutdown(reason="participant did not return")
 
     conversation.presence.follow(
-        on_return=lambda _outcome: conversation.welcome_back(), on_gone=gone
+        on_return=lambda _outcome: conversation.welcome_back(),
+        on_gone=gone,
+        on_device=conversation.switch_device,
     )
 
 
@@ -315,11 +331,15 @@ def transcribed(meeting: MeetingTranscript | None, line: TranscribedLine) -> Non
 
 
 def start_transcribers(
-    ctx: JobContext, settings: Settings, models: ModelFactory, conversation: Conversation
+    ctx: JobContext,
+    settings: Settings,
+    models: ModelFactory,
+    conversation: Conversation,
+    person: str,
 ) -> TranscriberPool:
     """One listen-only transcription session per remote participant but the conversation's
-    (its own session publishes their lines), for the whole job; every line goes to the
-    room's transcript."""
+    (key ``person``, on any of their devices: its own session publishes their lines), for the
+    whole job; every line goes to the room's transcript."""
     stack = models()
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
     meeting = conversation.meeting
@@ -332,7 +352,9 @@ def start_transcribers(
         election=conversation.election,
         job_ctx=ctx,
         on_line=lambda line: transcribed(meeting, line),
-        exclude={conversation.identity},
+        exclude=lambda p: (
+            p.identity == conversation.identity or p.attributes.get(USER_KEY_ATTRIBUTE) == person
+        ),
     )
     pool.follow()
     return pool

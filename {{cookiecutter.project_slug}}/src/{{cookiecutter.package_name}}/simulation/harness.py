@@ -145,9 +145,7 @@ async def run_scenario(
     room is a worker that picks the conversation up. ``models`` replaces the scripted stack
     built around ``llm``; ``fallback`` is the stack a job moves to when the model is gone
     (``FALLBACK_MODEL_STACK``); ``checks`` replaces the standard one-participant invariants.
-    ``departure_timeout``: what the room reports (default: as ``token`` configures it,
-    ``SESSION_RETENTION_S``).
-    """
+    ``departure_timeout``: what the room reports (default ``SESSION_RETENTION_S``, as `token`)."""
     # a room made by `token` outlives its participant as long as their conversation is kept
     room = SimulatedRoom(
         name=room_name,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 
 from google.genai import types
 from livekit.agents import llm
@@ -148,10 +148,18 @@ class GeminiDrill:
 _DRILL: GeminiDrill | None = None
 
 
-def _models(settings: Settings):
+def drill_models(settings: Settings) -> Callable[[], ModelStack]:
+    """A Gemini scenario's ``models=``: a new :class:`GeminiDrill`, its stack per session."""
     global _DRILL
     _DRILL = GeminiDrill(settings)
     return _DRILL.stack
+
+
+def current_drill(scenario: str) -> GeminiDrill:
+    """The drill ``drill_models`` made for this run; RuntimeError outside ``simulate``."""
+    if _DRILL is None:
+        raise RuntimeError(f"{scenario} needs its model stack (run it through simulate)")
+    return _DRILL
 
 
 def _checks(obs: Observations, sim: Simulation) -> list[str]:
@@ -166,16 +174,14 @@ def _checks(obs: Observations, sim: Simulation) -> list[str]:
 @scenario(
     "gemini-faults",
     summary="a Gemini Live call through drops, goAway and a refused handle; nothing lost",
-    models=_models,
+    models=drill_models,
     checks=_checks,
     prepare=lambda settings, gemini_url=None, **_: gemini_endpoint(
         settings.model_copy(update={"room_mode": "one-to-one"}), gemini_url
     ),
 )
 async def gemini_faults(sim: Simulation) -> None:
-    if _DRILL is None:
-        raise RuntimeError("gemini-faults needs its model stack (run it through simulate)")
-    drill = _DRILL
+    drill = current_drill("gemini-faults")
     if drill.server is None and not drill.settings.gemini_base_url:
         raise RuntimeError("gemini-faults needs an endpoint: run it inside gemini_endpoint()")
     await sim.join(USER, name="Simulated User")

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..assistant import GREETING, WELCOME_BACK
-from ..models import ModelStack
 from ..resilience.gemini.resume import CONTINUE_PROMPT, ReconnectedEvent
 from ..resilience.supervisor import SessionSupervisor
 from ..settings import Settings
@@ -44,7 +43,14 @@ from ..testing.gemini.chaos import (
 from ..testing.gemini.server import LocalGeminiLiveServer
 from .harness import Observations, Simulation
 from .invariants import one_agent_audio_track, segments_finalised_once
-from .scenario_gemini import GeminiDrill, gemini_endpoint, server_conversation, worker_conversation
+from .scenario_gemini import (
+    GeminiDrill,
+    current_drill,
+    drill_models,
+    gemini_endpoint,
+    server_conversation,
+    worker_conversation,
+)
 from .scenarios import USER, scenario
 
 DEFAULT_TURNS = 100
@@ -65,7 +71,6 @@ class SoakOptions:
 
 
 _OPTIONS = SoakOptions()
-_DRILL: GeminiDrill | None = None
 
 
 def _prepare(
@@ -80,12 +85,6 @@ def _prepare(
     return gemini_endpoint(settings.model_copy(update={"room_mode": "one-to-one"}), gemini_url)
 
 
-def _models(settings: Settings) -> Callable[[], ModelStack]:
-    global _DRILL
-    _DRILL = GeminiDrill(settings)
-    return _DRILL.stack
-
-
 def _checks(obs: Observations, sim: Simulation) -> list[str]:
     return [
         *one_agent_audio_track(obs),
@@ -98,21 +97,20 @@ def _checks(obs: Observations, sim: Simulation) -> list[str]:
     "gemini-soak",
     summary="a long Gemini Live call through random faults (--turns, --seed); every turn "
     "answered in full",
-    models=_models,
+    models=drill_models,
     checks=_checks,
     prepare=_prepare,
 )
 async def gemini_soak(sim: Simulation) -> None:
-    if _DRILL is None:
-        raise RuntimeError("gemini-soak needs its model stack (run it through simulate)")
+    drill = current_drill("gemini-soak")
     options = _OPTIONS
     seed = options.seed if options.seed is not None else random.randrange(2**31)
-    where = "the local Live server" if _DRILL.server is not None else "client-side faults"
+    where = "the local Live server" if drill.server is not None else "client-side faults"
     sim.progress(f"seed {seed}, {options.turns} turns, {where} (repeat with --seed {seed})")
     await sim.join(USER, name="Simulated User")
     sim.expect_agent_turn("greeting")
     await sim.wait_for_agent_replies(1)
-    soak = Soak(sim, _DRILL, random.Random(seed))
+    soak = Soak(sim, drill, random.Random(seed))
     try:
         await soak.run(options.turns)
     finally:

@@ -15,7 +15,10 @@ from google.genai import types
 from livekit.agents import Agent, AgentSession, RunResult, function_tool, llm
 from livekit.agents.voice.events import ConversationItemAddedEvent
 
-from {{ cookiecutter.package_name }}.resilience.gemini import _plugin, gemini_realtime_model
+from {{ cookiecutter.package_name }}.resilience.gemini import (
+    _plugin,
+    gemini_realtime_model,
+)
 from {{ cookiecutter.package_name }}.resilience.gemini.resume import (
     CONTINUE_PROMPT,
     GeminiResume,

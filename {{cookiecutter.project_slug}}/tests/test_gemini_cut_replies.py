@@ -198,14 +198,25 @@ async def test_the_recorder_sees_the_cut_part_as_interrupted(srv: LocalGeminiLiv
         await session.aclose()
 
 
-async def test_a_tool_call_in_flight_during_a_drop_reaches_the_model_once() -> None:
+@pytest.mark.parametrize("fault", ["drop", "update_tools"])
+async def test_a_tool_call_in_flight_during_a_reconnect_reaches_the_model_once(
+    fault: str,
+) -> None:
+    """A drop, or a tools update (which reconnects; upstream loses the tool result then,
+    livekit/agents#7153), while a tool runs: the result reaches the model once, after."""
+
     def responder(history: Sequence[HistoryItem]) -> str | Reply:
         if history[-1].role == "tool":
             return f"it is sunny, {history[-1].text}"
         return Reply(function_calls=(FunctionCall("get_weather", {"city": "Paris"}, id="c1"),))
 
     calls: list[str] = []
-    running_tool, dropped = asyncio.Event(), asyncio.Event()
+    running_tool, reconnected = asyncio.Event(), asyncio.Event()
+
+    @function_tool
+    async def get_time() -> str:
+        """The time of day."""
+        return "noon"
 
     class Weather(Agent):
         @function_tool
@@ -213,21 +224,25 @@ async def test_a_tool_call_in_flight_during_a_drop_reaches_the_model_once() -> N
             """The weather in a city."""
             calls.append(city)
             running_tool.set()
-            await dropped.wait()  # the connection drops while the tool runs
+            await reconnected.wait()  # the connection is replaced while the tool runs
             return "sun"
 
     async with LocalGeminiLiveServer(responder=responder, chunk_delay=0.005) as srv:
-        session, _agent, resume = await start(srv, agent=Weather(instructions="A test agent."))
+        agent = Weather(instructions="A test agent.")
+        session, _agent, resume = await start(srv, agent=agent)
         try:
             running: RunResult = session.run(user_input="weather in Paris?")
             await asyncio.wait_for(running_tool.wait(), 10)
-            await srv.inject(Drop())
+            if fault == "drop":
+                await srv.inject(Drop())
+            else:
+                await agent.update_tools([*agent.tools, get_time])
             await connected(srv, 2)
-            dropped.set()
+            reconnected.set()
             said = replies(await asyncio.wait_for(running, 10))
             assert "".join(m.text_content or "" for m in said).startswith("it is sunny")
         finally:
-            dropped.set()
+            reconnected.set()
             await session.aclose()
     assert calls == ["Paris"], "the tool ran once"
     responses = [i for i in srv.history() if i.source == "tool_response"]

@@ -7,16 +7,20 @@ For 1,000 and 10,000-turn conversations (a turn: one message, with its transcrip
 real redis-server whose limits keep them whole, three records of the same conversation:
 
 - full: every item, no summary (a record written before summaries, or below the budget);
-- summarised: the same, plus the summary the summariser appends, covering all but the last
-  40 turns (what the store holds today: covered items stay in it);
-- store-compacted: the summary and the last 40 items only, with the whole transcript (a
-  projection of a store that drops covered items when a summary lands: not built).
+- summarised: the same, plus a summary covering all but the last 40 turns, appended without
+  compaction (a record whose summary landed in a store that kept the covered items);
+- store-compacted: the same conversation, its summary appended as the worker's recorder does
+  (``append(compact_through=...)``): the store dropped the covered items, the summary and the
+  last 40 items are left, with the whole transcript.
 
-1. Restore on join: the store's join (one round trip returning the record) plus building
-   the model's chat context from it (``chat_ctx_from_record``), against a raw redis-py GET +
-   orjson decode of the compact record (the summary, the 40 recent items and the whole
-   transcript, as one JSON value) in the same run. Target: the 10,000-turn restore within
-   1.5x of that GET + decode.
+1. Restore on join: the store's join as the worker makes it (one round trip returning the
+   record with the transcript's newest ``KEPT_SEGMENTS`` lines, what the conversation's
+   transcript log keeps) plus building the model's chat context from it
+   (``chat_ctx_from_record``); "(whole transcript)" rows join without that bound. Against a
+   raw redis-py GET + orjson decode of the compact record (the summary, the 40 recent items
+   and the whole transcript, as one JSON value) in the same run; the last column is the
+   same GET + decode of that record with only the newest ``KEPT_SEGMENTS`` lines. Target:
+   the 10,000-turn restore within 1.5x of the GET + decode.
 2. What the model gets: the items and bytes of the restored chat context, and the history
    bytes a Gemini session sends on its first connect (the same full replay a refused handle
    makes), against the local Live server with the real plugin.
@@ -45,6 +49,7 @@ from {{ cookiecutter.package_name }}.resilience.returning import (
 )
 from {{ cookiecutter.package_name }}.resilience.store import RedisStore, StorageLimits
 from {{ cookiecutter.package_name }}.resilience.store.redis import connect
+from {{ cookiecutter.package_name }}.resilience.transcript import KEPT_SEGMENTS
 from {{ cookiecutter.package_name }}.summary import summary_message
 from {{ cookiecutter.package_name }}.testing.gemini.server import (
     LocalGeminiLiveServer,
@@ -56,6 +61,11 @@ KEEP = 40
 SUMMARY = "The caller is planning a rail trip from Lisbon to Porto in May. " * 8
 ROOMY = StorageLimits(max_entries=50_000, max_list_bytes=64 * 2**20)
 VARIANTS = ("full", "summarised", "store-compacted")
+# (row, record, transcript lines the join asks for)
+ROWS = [(v, v, KEPT_SEGMENTS) for v in VARIANTS] + [
+    ("full (whole transcript)", "full", None),
+    ("compacted (whole transcript)", "store-compacted", None),
+]
 
 
 def turn(n: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -78,11 +88,11 @@ async def seed(store: RedisStore, identity: str, turns: int, variant: str) -> No
     for start in range(0, turns, 500):
         pairs = [turn(n) for n in range(start, min(turns, start + 500))]
         items = [p[0] for p in pairs]
-        if variant == "store-compacted":
-            items = [i for n, i in enumerate(items, start) if n >= turns - KEEP]
         await store.append(ROOM, identity, items=items, transcript=[p[1] for p in pairs])
     if variant != "full":
-        await store.append(ROOM, identity, items=[summary_item(turns)])
+        made = summary_item(turns)
+        through = made["extra"]["covers"] if variant == "store-compacted" else None
+        await store.append(ROOM, identity, items=[made], compact_through=through)
 
 
 async def timed(fn: Callable[[], Awaitable[Any]], repeat: int) -> float:
@@ -96,14 +106,19 @@ async def timed(fn: Callable[[], Awaitable[Any]], repeat: int) -> float:
     return statistics.median(samples)
 
 
-async def restore(store: RedisStore, turns: int, variant: str, runs: int) -> dict[str, Any]:
+async def restore(
+    store: RedisStore, turns: int, variant: str, tail: int | None, runs: int
+) -> dict[str, Any]:
     identity = f"{variant}-{turns}"
-    await seed(store, identity, turns, variant)
+    if tail == KEPT_SEGMENTS:  # the whole-transcript rows join the same records again
+        await seed(store, identity, turns, variant)
     sessions = iter(range(1, 10**6))
     restored: list[llm.ChatContext] = []
 
     async def join_and_build() -> None:
-        outcome = await store.join(ROOM, identity, f"s{next(sessions)}")
+        outcome = await store.join(
+            ROOM, identity, f"s{next(sessions)}-{tail}", transcript_tail=tail
+        )
         restored[:] = [chat_ctx_from_record(outcome.record)]
 
     seconds = await timed(join_and_build, runs)
@@ -112,16 +127,20 @@ async def restore(store: RedisStore, turns: int, variant: str, runs: int) -> dic
             "ctx_bytes": len(json.dumps(ctx.to_dict()))}  # fmt: skip
 
 
-async def get_and_decode(raw: Redis, turns: int, runs: int) -> tuple[float, int]:
-    """A raw GET + orjson decode of the compact record, and its size."""
+async def get_and_decode(
+    raw: Redis, turns: int, runs: int, lines: int | None = None
+) -> tuple[float, int]:
+    """A raw GET + orjson decode of the compact record (its newest ``lines`` transcript
+    lines; None: all), and its size."""
     pairs = [turn(n) for n in range(turns)]
     compact = {"items": [summary_item(turns), *(p[0] for p in pairs[-KEEP:])],
-               "transcript": [p[1] for p in pairs]}  # fmt: skip
+               "transcript": [p[1] for p in pairs[-(lines or turns):]]}  # fmt: skip
     blob = orjson.dumps(compact)
-    await raw.set(f"bench:compact:{turns}", blob)
+    key = f"bench:compact:{turns}:{lines}"
+    await raw.set(key, blob)
 
     async def get() -> None:
-        value = await raw.get(f"bench:compact:{turns}")
+        value = await raw.get(key)
         assert value is not None
         orjson.loads(value)
 
@@ -165,22 +184,26 @@ async def main(sizes: tuple[int, ...], runs: int) -> None:
         assert isinstance(raw, Redis)  # one server, not a cluster
         for turns in sizes:
             repeat = runs if turns <= 1000 else max(3, runs // 4)
-            found = {v: await restore(store, turns, v, repeat) for v in VARIANTS}
+            found = {row: await restore(store, turns, v, tail, repeat) for row, v, tail in ROWS}
             baseline, size = await get_and_decode(raw, turns, repeat)
+            newest, _ = await get_and_decode(raw, turns, repeat, KEPT_SEGMENTS)
             for variant in VARIANTS:
                 found[variant]["replay"] = await replay_bytes(found[variant]["ctx"])
-            rows.append((turns, found, baseline, size))
+            rows.append((turns, found, (baseline, newest), size))
         await store.aclose()
         await raw.aclose()
     print("1. restore on join (join + chat context; median) vs raw GET + orjson of the compact")
-    print("   record (summary + 40 recent items + the whole transcript)")
-    print(f"{'turns':>6} {'record':<16} {'restore ms':>10} {'GET+decode ms':>13} {'ratio':>6}")
-    for turns, found, baseline, size in rows:
-        for variant in VARIANTS:
-            ms = found[variant]["s"] * 1e3
-            print(f"{turns:>6} {variant:<16} {ms:>10.2f} {baseline * 1e3:>13.2f} "
-                  f"{found[variant]['s'] / baseline:>6.2f}")  # fmt: skip
-        print(f"{'':>6} (compact record: {size} bytes)")
+    print("   record (summary + 40 recent items + the whole transcript; last column: + the")
+    print(f"   newest {KEPT_SEGMENTS} lines only)")
+    print(f"{'turns':>6} {'record':<29} {'restore ms':>10} {'GET+decode ms':>13} {'ratio':>6} "
+          f"{'ratio (newest)':>14}")  # fmt: skip
+    for turns, found, (baseline, newest), size in rows:
+        for row, _, _ in ROWS:
+            seconds = found[row]["s"]
+            print(f"{turns:>6} {row:<29} {seconds * 1e3:>10.2f} {baseline * 1e3:>13.2f} "
+                  f"{seconds / baseline:>6.2f} {seconds / newest:>14.2f}")  # fmt: skip
+        print(f"{'':>6} (compact record: {size} bytes; GET+decode of the newest lines: "
+              f"{newest * 1e3:.2f} ms)")  # fmt: skip
     print("\n2. what the model gets: chat context restored, Gemini history sent on first connect")
     print(f"{'turns':>6} {'record':<16} {'items':>6} {'context B':>10} {'replay B':>10}")
     for turns, found, _, _ in rows:

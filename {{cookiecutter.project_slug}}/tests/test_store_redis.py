@@ -181,6 +181,28 @@ async def test_redis_emptied_between_two_writes_gets_the_live_conversation_back(
     await store.aclose()
 
 
+async def test_a_join_that_restores_the_newest_lines_still_gives_every_line_back(
+    redis_server: RedisServer,
+) -> None:
+    """The job restores only the newest transcript lines, but a Redis that loses its data
+    gets the whole transcript back from memory, not just those."""
+    store = build_store("redis", redis_server)
+    await store.join(ROOM, "ida", "s1")
+    await store.append(ROOM, "ida", items=[turn(0)], transcript=[segment(n) for n in range(5)])
+    await store.leave(ROOM, "ida", "s1")
+    rejoined = await store.join(ROOM, "ida", "s2", transcript_tail=2)
+    assert [s["id"] for s in rejoined.record.transcript] == ["seg_3", "seg_4"]
+    await asyncio.sleep(0.2)  # the older lines are read into memory in the background
+    with redis_server.client() as admin:  # a restart without persistence
+        admin.delete(*admin.keys("{" + store.prefix + ":*"))
+    await store.append(ROOM, "ida", transcript=[segment(5)])
+    fresh = build_store("redis", redis_server, prefix=store.prefix)
+    record = await fresh.load(ROOM, "ida")
+    assert [s["id"] for s in record.transcript] == [f"seg_{n}" for n in range(6)]
+    await fresh.aclose()
+    await store.aclose()
+
+
 async def test_kill_9_during_a_50_turn_conversation_loses_nothing() -> None:
     """Redis is SIGKILLed and restarted five times, some kills landing mid-write."""
     kills = {6: "between", 15: "mid-write", 24: "between", 33: "mid-write", 41: "mid-write"}

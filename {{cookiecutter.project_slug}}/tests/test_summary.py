@@ -272,6 +272,42 @@ async def test_ten_thousand_turns_restore_as_summary_and_recent_turns(roomy: Bac
     assert len(chat_ctx_from_record(whole).items) == 10_000 + 3, "no summary: every item"
 
 
+async def test_ten_thousand_turns_compact_in_the_store_and_restore_bounded(
+    roomy: Backends,
+) -> None:
+    await seed(roomy.store, 10_000, keep=40, summary=False)  # written before summaries
+    models = Models()
+    models.release.set()
+
+    async def comes_back(sim: Simulation) -> None:
+        await sim.join(USER)
+        sim.expect_agent_turn("welcome back")
+        await sim.wait_for_agent_replies(1)
+        conversation = sim.conversation
+        assert conversation is not None
+        await until(lambda: conversation.summarizer.summary is not None, "the summary", 60)
+        await conversation.recorder.flush()
+
+    obs = await run_scenario(
+        "comes-back", comes_back, settings=roomy.settings, llm=ScriptedLLM(),
+        backends=roomy, models=models, printer=lambda _: None, checks=turns_only,
+    )  # fmt: skip
+    assert obs.violations == []
+    record = await roomy.store.load(ROOM, USER)
+    assert record is not None
+    # the store dropped what the summary covers: the summary and the recent turns are left
+    assert len(record.items) <= 45 and record.items_trimmed >= 9_950
+    assert sum(map(len, map(str, record.items))) < 20_000, "bounded: the full is 1.3 MB"
+    # people keep everything: every line stays in the store (load), the join sends the newest
+    assert len([s for s in record.transcript if s["id"].startswith("seg_")]) == 10_000
+    token = await roomy.store.acquire_lease(ROOM, USER, "next-job", 30, force=True)
+    joined = await roomy.store.join(ROOM, USER, "s9", fence=token, transcript_tail=2000)
+    assert len(joined.record.transcript) == 2000
+    assert joined.record.transcript[-1]["seq"] == record.transcript[-1]["seq"]
+    restored = chat_ctx_from_record(joined.record).messages()
+    assert is_summary(restored[0]) and SUMMARY in (restored[0].text_content or "")
+
+
 async def test_records_without_a_summary_restore_as_before() -> None:
     store = MemoryStore(limits=StorageLimits(max_entries=30))
     await seed(store, 50, keep=4, summary=False)

@@ -9,12 +9,15 @@ instructions, the summary and the last ``SUMMARY_KEEP_TURNS`` messages. People's
 The summary is a chat message shaped like livekit's own (``ChatContext._summarize``: an
 assistant message ``<chat_history_summary>...`` marked ``extra["is_summary"]``, which
 livekit's task groups leave alone), naming the last item it covers (``extra["covers"]``).
-It is appended to the stored conversation like any turn, so no store or codec changes: every
-backend, fenced write, outage queue and ``sessions export`` carry it, sealed with the rest and
-deduplicated by id, and a record written before summaries has none and loads as before. A
-restore (``compact_stored``) and every session the supervisor starts (``before_start``) send
-the compact form: the summary and the items after the covered one. The covered items stay in
-the store (a join still reads them; they are no longer turned into chat items).
+It is appended to the stored conversation like any turn, with ``compact_through`` its
+covered item (``ConversationRecorder``, resilience/returning.py): in the same atomic step the
+store drops the items it stands for (their ids stay seen, they count as trimmed), so a long
+conversation's record stays bounded. Every backend, fenced write, outage queue and ``sessions
+export`` carry it, sealed with the rest and deduplicated by id, and a record written before
+summaries has none and loads as before. A restore (``compact_stored``) and every session the
+supervisor starts (``before_start``) send the compact form: the summary and the items after
+the covered one (all the items left, once the store dropped it). The transcript is never
+compacted.
 
 Why not livekit's ``ChatContext._summarize``: it is private (an upgrade may change or drop
 it), it rewrites a context in place (the turns said while the model summarises would have to
@@ -54,6 +57,7 @@ __all__ = [
     "compact",
     "compact_stored",
     "is_summary",
+    "stored_covers",
     "summary_message",
     "summary_model",
 ]
@@ -189,6 +193,12 @@ def compact(items: Sequence[llm.ChatItem], summary: llm.ChatMessage) -> list[llm
 def _stored_summary(item: Mapping[str, Any]) -> bool:
     extra = item.get("extra")
     return isinstance(extra, dict) and extra.get(IS_SUMMARY) is True
+
+
+def stored_covers(item: Mapping[str, Any]) -> str | None:
+    """The id a stored summary covers through (None: not a summary, or it names none)."""
+    covers = item["extra"].get(COVERS) if _stored_summary(item) else None
+    return covers if isinstance(covers, str) else None
 
 
 def compact_stored(

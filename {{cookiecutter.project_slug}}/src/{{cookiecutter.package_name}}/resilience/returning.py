@@ -33,10 +33,10 @@ from livekit.agents.voice.events import ConversationItemAddedEvent, FunctionTool
 from pydantic import TypeAdapter
 
 from ..log import get_logger, identity_ref
-from ..summary import compact_stored
+from ..summary import compact_stored, stored_covers
 from .events import CONVERSATION_TYPES
 from .store import JoinKind, JoinOutcome, SessionRecord, SessionStore, StoreError
-from .transcript import TranscriptSegment
+from .transcript import KEPT_SEGMENTS, TranscriptSegment
 
 logger = get_logger(__name__)
 
@@ -105,9 +105,13 @@ class ParticipantPresence:
         new at once, and the outcome's ``settled`` brings the store's answer when it comes.
         """
         self._register(participant.identity)
+        # the transcript's newest lines only: what the conversation's log keeps
         pending = asyncio.ensure_future(
-            self._store.join(self._room.name, self._identity, visit_id(participant, self._job_id))
-        )
+            self._store.join(
+                self._room.name, self._identity, visit_id(participant, self._job_id),
+                transcript_tail=KEPT_SEGMENTS,
+            )
+        )  # fmt: skip
         if answer_within is not None:
             await asyncio.wait({pending}, timeout=answer_within)
             if not pending.done():
@@ -240,7 +244,8 @@ def chat_ctx_from_record(record: SessionRecord) -> llm.ChatContext:
     """
     summary, stored, covered = compact_stored(record.items)
     items: list[llm.ChatItem] = []
-    if record.items_trimmed and not covered:
+    # a summary whose covered item is gone stands for what the store dropped (compaction)
+    if record.items_trimmed and not covered and summary is None:
         # the store keeps a bounded history (StorageLimits): say where the rest was
         items.append(
             llm.ChatMessage(
@@ -300,7 +305,10 @@ def transcript_from_record(record: SessionRecord) -> list[TranscriptSegment]:
 
 
 class ConversationRecorder:
-    """Appends one participant's conversation to the store, in order, in the background."""
+    """Appends one participant's conversation to the store, in order, in the background.
+
+    A summary (``summary.py``) is appended with ``compact_through`` its covered item: the
+    store drops the items it stands for in the same step (the transcript stays whole)."""
 
     def __init__(self, store: SessionStore, room: str, identity: str) -> None:
         self._store = store
@@ -353,9 +361,11 @@ class ConversationRecorder:
                 if batch is None:
                     return
                 items, transcript = batch
+                covers = next(filter(None, map(stored_covers, items)), None)
                 await self._store.append(
-                    self._room, self._identity, items=items, transcript=transcript
-                )
+                    self._room, self._identity, items=items, transcript=transcript,
+                    compact_through=covers,
+                )  # fmt: skip
             except StoreError as exc:
                 logger.error(
                     "conversation not saved",

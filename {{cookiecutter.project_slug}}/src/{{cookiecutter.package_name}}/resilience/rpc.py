@@ -27,7 +27,10 @@ and a one-line message naming what is wrong.
     ("agent" | "user"), "speaker", "text", "at" (epoch s), "track_id"}``; agent ``id``s are
     the ``lk.segment_id`` the live stream carried, so a client can drop duplicates. Pass
     ``next`` as ``after`` for the following page; ``null`` means nothing more for now.
-    ``oldest`` greater than ``after + 1`` means older lines were dropped (the log is bounded).
+    ``oldest`` greater than ``after + 1`` means older lines are not served: the log is bounded
+    to a conversation's newest ``KEPT_SEGMENTS`` (2,000) lines, and a returning participant's
+    is restored with at most those (``SessionStore.join(transcript_tail=...)``). The store
+    keeps every line (``sessions export`` reads them); this RPC serves memory only.
     A page holds at most ``limit`` segments and stays under the 15 KiB RPC payload limit; a
     single segment too long for a page has its text cut and ``"truncated": true``.
     In a multi-participant room every person in the room (any non-agent participant, whenever

@@ -16,7 +16,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["TranscriptLog", "TranscriptSegment"]
+__all__ = ["KEPT_SEGMENTS", "TranscriptLog", "TranscriptSegment"]
+
+# how many of a conversation's newest lines a TranscriptLog keeps by default, and so what a
+# join asks of the store (``SessionStore.join(transcript_tail=...)``)
+KEPT_SEGMENTS = 2000
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,9 @@ class TranscriptSegment:
 class TranscriptLog:
     """The conversation's final segments in order, keeping the newest ``max_segments``."""
 
-    def __init__(self, max_segments: int = 2000, initial: Iterable[TranscriptSegment] = ()) -> None:
+    def __init__(
+        self, max_segments: int = KEPT_SEGMENTS, initial: Iterable[TranscriptSegment] = ()
+    ) -> None:
         if max_segments < 1:
             raise ValueError("max_segments must be at least 1")
         self._segments: deque[TranscriptSegment] = deque(maxlen=max_segments)

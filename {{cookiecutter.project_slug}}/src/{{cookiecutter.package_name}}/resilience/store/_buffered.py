@@ -73,8 +73,9 @@ class BufferedWrites:
         return result
 
     async def _write_join(
-        self, room: str, identity: str, session_id: str, send: Callable[[], Awaitable[JoinOutcome]]
-    ) -> JoinOutcome:
+        self, room: str, identity: str, session_id: str,
+        send: Callable[[], Awaitable[JoinOutcome]], tail: int | None = None,
+    ) -> JoinOutcome:  # fmt: skip
         """A join through ``_write`` whose answer from memory settles later.
 
         ``send`` keeps the record the backend answered with in the copy; when it lands late,
@@ -102,7 +103,7 @@ class BufferedWrites:
         async def local() -> JoinOutcome:
             nonlocal settled
             settled = asyncio.get_running_loop().create_future()
-            outcome = await self._cache.join(room, identity, session_id)
+            outcome = await self._cache.join(room, identity, session_id, transcript_tail=tail)
             return dataclasses.replace(outcome, settled=settled)
 
         return await self._write("join", room, identity, send_and_settle, local)

@@ -13,10 +13,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import redis.exceptions as rex
 
 from . import _scripts
-from ._codec import F_REV, Framed, RecordCodec, ms, unframe
+from ._codec import F_REV, TAG_ITEM, Framed, RecordCodec, ms, unframe
 from ._keys import ParticipantKeys, identity_hash, room_hash
 from ._quarantine import QuarantineNote
 from ._redis_client import UNAVAILABLE, RedisRefusedError
@@ -28,6 +29,7 @@ from .base import (
     RetentionPolicy,
     SessionRecord,
     StaleLeaseError,
+    StoreError,
     resolve_fence,
     retention_for,
 )
@@ -38,6 +40,7 @@ __all__ = ["RecordLostError", "RedisCalls", "fence_arg"]
 logger = logging.getLogger(__name__)
 
 _SCRIPTS = ("JOIN", "APPEND", "SET", "LEAVE", "EXTEND", "LOAD", "QUARANTINE")
+_RECENT = 256  # items a compaction looks among first (what it drops through is recent)
 
 Stored = tuple[SessionRecord, dict[str, bytes], Framed, Framed]
 
@@ -71,6 +74,7 @@ class RedisCalls:
         retention: float,
         policy: RetentionPolicy | None,
     ) -> None:
+        self._client = client
         self._codec = codec
         self._quarantine_ttl = quarantine_ttl
         self._forget = forget
@@ -97,6 +101,31 @@ class RedisCalls:
                 raise CorruptRecordError(message) from None
             # out of memory, a busy script, no replicas...: retried like an outage
             raise RedisRefusedError(message) from None
+
+    async def stored_item(
+        self, keys: ParticipantKeys, room: str, identity: str, item_id: str
+    ) -> bytes:
+        """The stored blob of item ``item_id`` (what APPEND finds it by to compact through it;
+        sealed blobs hide their ids from scripts), or b"" when it is not held."""
+        try:
+            blobs = await self._client.lrange(keys.items, -_RECENT, -1)
+            found = self._find(blobs, room, identity, item_id)
+            if not found and len(blobs) == _RECENT:
+                older = await self._client.lrange(keys.items, 0, -_RECENT - 1)
+                found = self._find(older, room, identity, item_id)
+        except rex.ResponseError:  # not a list: the write's script reports it
+            return b""
+        return found
+
+    def _find(self, blobs: list[bytes], room: str, identity: str, item_id: str) -> bytes:
+        for blob in reversed(blobs):
+            try:
+                item = self._codec.open(room, identity, TAG_ITEM, blob, orjson.loads)
+            except StoreError:  # unreadable: not the one (a read of the record reports it)
+                continue
+            if isinstance(item, dict) and item.get("id") == item_id:
+                return blob
+        return b""
 
     async def keep_engaged(
         self, keys: ParticipantKeys, room: str, identity: str, away: list[Any], *, leaving: bool

@@ -69,10 +69,12 @@ local function frame(blobs)
   for i = 1, #blobs do lens[i] = #blobs[i] end
   return '[' .. table.concat(blobs, ',') .. ']', table.concat(lens, ',')
 end
--- the whole record: the hash as a flat field/value array, then items and transcript framed
-local function record_reply(kind)
+-- the record: the hash as a flat field/value array, then items and transcript framed (the
+-- newest `tail` segments when tail is a number)
+local function record_reply(kind, tail)
   local ia, il = frame(redis.call('LRANGE', KEYS[2], 0, -1))
-  local sa, sl = frame(redis.call('LRANGE', KEYS[3], 0, -1))
+  local newest = tonumber(tail or '')
+  local sa, sl = frame(redis.call('LRANGE', KEYS[3], newest and -newest or 0, -1))
   return {kind, redis.call('HGETALL', KEYS[1]), ia, il, sa, sl}
 end
 -- what the store's retention rule (retention.py) reads of a left record: reconnects, items
@@ -97,8 +99,9 @@ local function refresh(now, active_ttl, retention)
 end
 """
 
-# ARGV: fence, schema, session_id, active_ttl_ms, who, channel, event_head
-# event_head is the returned event's JSON up to its last fields: '{"type":...,"participant":"..."'
+# ARGV: fence, schema, session_id, active_ttl_ms, who, channel, event_head, transcript tail
+# ('' = all). event_head is the returned event's JSON up to its last fields:
+# '{"type":...,"participant":"..."'
 JOIN = (
     _PRELUDE
     + """
@@ -129,14 +132,16 @@ else
 end
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
 expire_all(ttl)
-return record_reply(kind)
+return record_reply(kind, ARGV[8])
 """
 )
 
 # ARGV: fence, schema, active_ttl_ms, retention_ms, who, live (0/1), n_items, max_entries,
-# max_bytes, then (id, blob) for n_items items followed by (id, blob) for each segment.
+# max_bytes, compact (the stored blob of the item to drop the items through, '' = none),
+# then (id, blob) for n_items items followed by (id, blob) for each segment.
 # A stale fence does not refuse the write: entries are append-only with unique ids, so a
-# writer that lost the participant has its new entries merged (reply's third value 1).
+# writer that lost the participant has its new entries merged (reply's third value 1), and
+# it drops nothing. Dropped items' ids stay in the seen set: a late re-append is ignored.
 # Reply: items added, segments added, merged, and refresh's away_info.
 APPEND = (
     _PRELUDE
@@ -147,8 +152,9 @@ if fence_error(ARGV[1], now) then merged = 1 end
 local err = ensure_record(ARGV[2], '', ARGV[5], now, ARGV[6])
 if err then return err end
 local max_n, max_bytes = tonumber(ARGV[8]), tonumber(ARGV[9])
--- push a list's new entries, then drop its oldest beyond the bounds (counted in the record)
-local function push(list, tag, from, to, bytes_field, trimmed_field)
+-- push a list's new entries, drop its entries through `through` (a stored blob) if held, then
+-- its oldest beyond the bounds (all counted in the record as trimmed)
+local function push(list, tag, from, to, bytes_field, trimmed_field, through)
   local added = 0
   local bytes = tonumber(redis.call('HGET', KEYS[1], bytes_field) or '0')
   for idx = from, to, 2 do
@@ -158,7 +164,14 @@ local function push(list, tag, from, to, bytes_field, trimmed_field)
       added = added + 1
     end
   end
-  local n, trimmed = redis.call('LLEN', list), 0
+  local trimmed = 0
+  local at = through ~= '' and redis.call('LPOS', list, through)
+  if at then
+    for _, blob in ipairs(redis.call('LRANGE', list, 0, at)) do bytes = bytes - #blob end
+    redis.call('LTRIM', list, at + 1, -1)
+    trimmed = at + 1
+  end
+  local n = redis.call('LLEN', list)
   while n > 1 and (n > max_n or bytes > max_bytes) do
     bytes = bytes - #redis.call('LPOP', list)
     n = n - 1
@@ -168,9 +181,10 @@ local function push(list, tag, from, to, bytes_field, trimmed_field)
   if trimmed > 0 then redis.call('HINCRBY', KEYS[1], trimmed_field, trimmed) end
   return added
 end
-local first_segment = 10 + 2 * tonumber(ARGV[7])
-local added_items = push(KEYS[2], 'item:', 10, first_segment - 1, 'ib', 'it')
-local added_segments = push(KEYS[3], 'seg:', first_segment, #ARGV - 1, 'sb', 'st')
+local first_segment = 11 + 2 * tonumber(ARGV[7])
+local through = merged == 0 and ARGV[10] or ''
+local added_items = push(KEYS[2], 'item:', 11, first_segment - 1, 'ib', 'it', through)
+local added_segments = push(KEYS[3], 'seg:', first_segment, #ARGV - 1, 'sb', 'st', '')
 local away = refresh(now, tonumber(ARGV[3]), tonumber(ARGV[4]))
 return {added_items, added_segments, merged, away}
 """

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,7 @@ class SqliteAdmin:
         """Every quarantined record (of one room), with its reason and expiry, oldest first."""
         if self._db is None:
             return []
-        rows = await self._db.read(ops.quarantined, room_hash(room) if room else None)
+        rows = await self._db.read(_quarantined, room_hash(room) if room else None)
         listed = []
         for row in rows:
             note = QuarantineNote.from_json(row["note"])
@@ -242,3 +243,11 @@ def _put(
         + [(pkey, ops.SEGMENTS, eid, blob) for eid, blob in stored.transcript],
     )
     return "replaced" if found else "written"
+
+
+def _quarantined(conn: Connection, rhash: str | None) -> list[sqlite3.Row]:
+    """Quarantined copies (of one room hash): key, note, who and expiry, oldest first."""
+    query = "SELECT pkey, note, who, expires_at FROM records WHERE note IS NOT NULL"
+    query += " AND expires_at > ?" + (" AND room_hash = ?" if rhash is not None else "")
+    args = (conn.now_ms(), rhash) if rhash is not None else (conn.now_ms(),)
+    return conn.execute(query + " ORDER BY expires_at", args).fetchall()

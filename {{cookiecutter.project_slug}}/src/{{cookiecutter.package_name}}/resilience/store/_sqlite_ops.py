@@ -72,9 +72,10 @@ class Retain:
 
 def join(
     conn: Connection, pkey: str, room_hash: str, who: bytes, session_id: str,
-    fence: int | None, active_ttl_ms: int, max_records: int,
+    fence: int | None, active_ttl_ms: int, max_records: int, tail: int | None = None,
 ) -> tuple[str, Stored, int]:  # fmt: skip
-    """Create, resume or recognise; (kind, the stored record, records evicted to make room).
+    """Create, resume or recognise; (kind, the stored record with its newest ``tail``
+    segments (None: all), records evicted to make room).
 
     CorruptRecordError (nothing changed) when the record is of another schema or malformed.
     """
@@ -100,7 +101,7 @@ def join(
             "seen = ?, rev = rev + 1, expires_at = ? WHERE pkey = ?",
             (session_id, now, now + active_ttl_ms, pkey),
         )
-    return kind, _stored(conn, pkey), evicted
+    return kind, _stored(conn, pkey, tail), evicted
 
 
 def load(conn: Connection, pkey: str) -> Stored | None:
@@ -113,10 +114,12 @@ def load(conn: Connection, pkey: str) -> Stored | None:
 def append(
     conn: Connection, pkey: str, room_hash: str, who: bytes, fence: int | None,
     lists: tuple[Entries, Entries], bounds: tuple[int, int], retain: Retain, max_records: int,
+    compact_through: str | None = None,
 ) -> tuple[int, int, bool, int]:  # fmt: skip
-    """Add the entries not seen before (by id), trim each list to ``bounds`` (entries, bytes)
-    oldest first, as memory.py and the APPEND script do; (items added, segments added,
-    merged, evicted). A stale fence merges instead of refusing: entries are facts."""
+    """Add the entries not seen before (by id), drop the items through ``compact_through``
+    (SessionStore.append), trim each list to ``bounds`` (entries, bytes) oldest first, as
+    memory.py and the APPEND script do; (items added, segments added, merged, evicted). A
+    stale fence merges instead of refusing (entries are facts) and drops nothing."""
     now = conn.now_ms()
     try:
         check_fence(conn, participant_lease(pkey), fence, now)
@@ -124,46 +127,79 @@ def append(
     except StaleLeaseError:
         merged = True
     evicted = _ensure(conn, pkey, room_hash, who, now, retain.active_ms, max_records)
-    max_n, max_bytes = bounds
-    added = []
-    for (slot, bytes_col, count_col, trimmed_col), entries in zip(_LISTS, lists, strict=True):
-        state = conn.execute(
-            f"SELECT {bytes_col}, {count_col} FROM records WHERE pkey = ?", (pkey,)
-        ).fetchone()
-        size, count, new = _int(state[0]), _int(state[1]), 0
-        for entry_id, blob in entries:
-            cursor = conn.execute(
-                "INSERT INTO entries (pkey, list, eid, blob) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
-                (pkey, slot, entry_id, blob),
-            )
-            if cursor.rowcount == 1:
-                size, count, new = size + len(blob), count + 1, new + 1
-        trimmed = 0
-        if count > 1 and (count > max_n or size > max_bytes):
-            oldest = conn.execute(
-                "SELECT seq, length(blob) FROM entries WHERE pkey = ? AND list = ? "
-                "AND blob IS NOT NULL ORDER BY seq",
-                (pkey, slot),
-            ).fetchall()
-            while count - trimmed > 1 and (count - trimmed > max_n or size > max_bytes):
-                size -= oldest[trimmed][1]
-                trimmed += 1
-            conn.execute(
-                "UPDATE entries SET blob = NULL WHERE pkey = ? AND list = ? AND seq <= ?",
-                (pkey, slot, oldest[trimmed - 1][0]),
-            )
-            conn.execute(
-                f"UPDATE records SET {trimmed_col} = coalesce({trimmed_col}, 0) + ? WHERE pkey = ?",
-                (trimmed, pkey),
-            )
-        conn.execute(
-            f"UPDATE records SET {bytes_col} = ?, {count_col} = ? WHERE pkey = ?",
-            (size, count - trimmed, pkey),
-        )
-        added.append(new)
+    through = None if merged else compact_through
+    added = [
+        _push(conn, pkey, columns, entries, bounds, through if columns[0] == ITEMS else None)
+        for columns, entries in zip(_LISTS, lists, strict=True)
+    ]
     _refresh(conn, pkey, now, retain)
     return added[0], added[1], merged, evicted
+
+
+def _push(
+    conn: Connection, pkey: str, columns: tuple[int, str, str, str], entries: Entries,
+    bounds: tuple[int, int], through: str | None,
+) -> int:  # fmt: skip
+    """One list's part of ``append``; how many entries were new."""
+    slot, bytes_col, count_col, trimmed_col = columns
+    state = conn.execute(
+        f"SELECT {bytes_col}, {count_col} FROM records WHERE pkey = ?", (pkey,)
+    ).fetchone()
+    size, count, new = _int(state[0]), _int(state[1]), 0
+    for entry_id, blob in entries:
+        cursor = conn.execute(
+            "INSERT INTO entries (pkey, list, eid, blob) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (pkey, slot, entry_id, blob),
+        )
+        if cursor.rowcount == 1:
+            size, count, new = size + len(blob), count + 1, new + 1
+    # a dropped entry keeps its row (id) with a NULL blob: it stays seen
+    dropped = _drop_through(conn, pkey, slot, through) if through is not None else (0, 0)
+    size, count, trimmed = size - dropped[1], count - dropped[0], dropped[0]
+    max_n, max_bytes = bounds
+    if count > 1 and (count > max_n or size > max_bytes):
+        oldest = conn.execute(
+            "SELECT seq, length(blob) FROM entries WHERE pkey = ? AND list = ? "
+            "AND blob IS NOT NULL ORDER BY seq",
+            (pkey, slot),
+        ).fetchall()
+        cut = 0
+        while count - cut > 1 and (count - cut > max_n or size > max_bytes):
+            size -= oldest[cut][1]
+            cut += 1
+        conn.execute(
+            "UPDATE entries SET blob = NULL WHERE pkey = ? AND list = ? AND seq <= ?",
+            (pkey, slot, oldest[cut - 1][0]),
+        )
+        count, trimmed = count - cut, trimmed + cut
+    if trimmed:
+        conn.execute(
+            f"UPDATE records SET {trimmed_col} = coalesce({trimmed_col}, 0) + ? WHERE pkey = ?",
+            (trimmed, pkey),
+        )
+    conn.execute(
+        f"UPDATE records SET {bytes_col} = ?, {count_col} = ? WHERE pkey = ?",
+        (size, count, pkey),
+    )
+    return new
+
+
+def _drop_through(conn: Connection, pkey: str, slot: int, entry_id: str) -> tuple[int, int]:
+    """Drop a list's entries from the oldest through ``entry_id`` if held; (count, bytes)."""
+    found = conn.execute(
+        "SELECT seq FROM entries WHERE pkey = ? AND list = ? AND eid = ? AND blob IS NOT NULL",
+        (pkey, slot, entry_id),
+    ).fetchone()
+    if found is None:
+        return 0, 0
+    where = "WHERE pkey = ? AND list = ? AND seq <= ? AND blob IS NOT NULL"
+    n, size = conn.execute(
+        f"SELECT count(*), coalesce(sum(length(blob)), 0) FROM entries {where}",
+        (pkey, slot, found[0]),
+    ).fetchone()
+    conn.execute(f"UPDATE entries SET blob = NULL {where}", (pkey, slot, found[0]))
+    return n, size
 
 
 def set_fields(
@@ -252,14 +288,6 @@ def quarantine(conn: Connection, pkey: str, qkey: str, rev: bytes, note: str, tt
     )
     conn.execute("UPDATE entries SET pkey = ? WHERE pkey = ?", (qkey, pkey))
     return True
-
-
-def quarantined(conn: Connection, room_hash: str | None) -> list[sqlite3.Row]:
-    """Quarantined copies (of one room hash): key, note, who and expiry, oldest first."""
-    query = "SELECT pkey, note, who, expires_at FROM records WHERE note IS NOT NULL"
-    query += " AND expires_at > ?" + (" AND room_hash = ?" if room_hash is not None else "")
-    args = (conn.now_ms(), room_hash) if room_hash is not None else (conn.now_ms(),)
-    return conn.execute(query + " ORDER BY expires_at", args).fetchall()
 
 
 def restore(conn: Connection, qkey: str, ttl_ms: int) -> str:
@@ -387,7 +415,7 @@ def _delete(conn: Connection, pkey: str) -> None:
     conn.execute("DELETE FROM records WHERE pkey = ?", (pkey,))
 
 
-def _stored(conn: Connection, pkey: str) -> Stored:
+def _stored(conn: Connection, pkey: str, tail: int | None = None) -> Stored:
     """The record's stored form: fields as records.py names them, items and transcript."""
     row = conn.execute("SELECT * FROM records WHERE pkey = ?", (pkey,)).fetchone()
     fields = {}
@@ -395,16 +423,18 @@ def _stored(conn: Connection, pkey: str) -> Stored:
         value = row[_COLUMN[name]]
         if value is not None:
             fields[name] = value if isinstance(value, bytes) else str(value).encode()
-    return fields, _framed(conn, pkey, ITEMS), _framed(conn, pkey, SEGMENTS)
+    return fields, _framed(conn, pkey, ITEMS), _framed(conn, pkey, SEGMENTS, tail)
 
 
-def _framed(conn: Connection, pkey: str, slot: int) -> Framed:
+def _framed(conn: Connection, pkey: str, slot: int, tail: int | None = None) -> Framed:
     cursor = conn.cursor()
     cursor.row_factory = None  # plain tuples: a third of the cost of a restore otherwise
-    cursor.execute(
-        "SELECT blob FROM entries WHERE pkey = ? AND list = ? AND blob IS NOT NULL ORDER BY seq",
-        (pkey, slot),
-    )
+    query = "SELECT blob FROM entries WHERE pkey = ? AND list = ? AND blob IS NOT NULL"
+    if tail is None:
+        cursor.execute(query + " ORDER BY seq", (pkey, slot))
+    else:  # the newest ``tail``, oldest first
+        query = query.replace("blob FROM", "seq, blob FROM") + " ORDER BY seq DESC LIMIT ?"
+        cursor.execute(f"SELECT blob FROM ({query}) ORDER BY seq", (pkey, slot, tail))
     blobs = [blob if isinstance(blob, bytes) else str(blob).encode() for (blob,) in cursor]
     # the Redis store's framing: plaintext entries are then decoded in one orjson call
     return Framed(b"[" + b",".join(blobs) + b"]", b",".join(b"%d" % len(b) for b in blobs))

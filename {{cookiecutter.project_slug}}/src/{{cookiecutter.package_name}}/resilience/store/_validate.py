@@ -121,7 +121,13 @@ def gemini_input(handle: str, covered_item_ids: Sequence[str]) -> dict[str, Any]
     return {"handle": handle, "covered": covered}
 
 
-def check_session_id(session_id: str) -> None:
-    """Session ids are the non-empty strings the worker makes up per AgentSession."""
+def check_session_id(session_id: str, transcript_tail: int | None = None) -> None:
+    """Session ids are the non-empty strings the worker makes up per AgentSession; a join's
+    ``transcript_tail`` is None or a positive int."""
     if not isinstance(session_id, str) or not session_id:
         raise InvalidInputError("session_id must be a non-empty str")
+    if transcript_tail is not None and (
+        not isinstance(transcript_tail, int) or isinstance(transcript_tail, bool)
+        or transcript_tail < 1
+    ):  # fmt: skip
+        raise InvalidInputError("transcript_tail must be None or an int of at least 1")

@@ -307,9 +307,19 @@ class SessionStore(Protocol):
     """
 
     async def join(
-        self, room: str, identity: str, session_id: str, *, fence: Fence = None
+        self,
+        room: str,
+        identity: str,
+        session_id: str,
+        *,
+        fence: Fence = None,
+        transcript_tail: int | None = None,
     ) -> JoinOutcome:
-        """Atomically create, resume (reconnect_count + 1) or recognise a repeated join."""
+        """Atomically create, resume (reconnect_count + 1) or recognise a repeated join.
+
+        ``transcript_tail``: the record returned holds only the newest that many transcript
+        segments (the store keeps them all; ``load`` returns them all).
+        """
         ...
 
     async def append(
@@ -320,8 +330,16 @@ class SessionStore(Protocol):
         transcript: Sequence[Mapping[str, Any]] = (),
         *,
         fence: Fence = None,
+        compact_through: str | None = None,
     ) -> AppendResult:
-        """Add conversation items / transcript segments not seen before (by ``id``), in order."""
+        """Add conversation items / transcript segments not seen before (by ``id``), in order.
+
+        ``compact_through`` (an item id; a summary's ``covers``): in the same atomic step, drop
+        the stored items from the oldest through that one, counted in ``items_trimmed`` as
+        storage limits count theirs; their ids stay seen, so a late re-append of one is
+        ignored. Nothing is dropped when that item is not stored (already dropped, trimmed,
+        never written) or the write's fence is stale. Transcript segments are never dropped.
+        """
         ...
 
     async def set_gemini_handle(

@@ -111,12 +111,14 @@ class FencedStore:
     # -- SessionStore: writes, fenced -----------------------------------------------------
 
     async def join(
-        self, room: str, identity: str, session_id: str, *, fence: Fence = None
-    ) -> JoinOutcome:
+        self, room: str, identity: str, session_id: str, *, fence: Fence = None,
+        transcript_tail: int | None = None,
+    ) -> JoinOutcome:  # fmt: skip
         """``SessionStore.join`` under this worker's fence."""
         return await self._store.join(
-            room, identity, session_id, fence=self._writer(room, identity)
-        )
+            room, identity, session_id, fence=self._writer(room, identity),
+            transcript_tail=transcript_tail,
+        )  # fmt: skip
 
     async def append(
         self,
@@ -126,10 +128,14 @@ class FencedStore:
         transcript: Sequence[Mapping[str, Any]] = (),
         *,
         fence: Fence = None,
+        compact_through: str | None = None,
     ) -> AppendResult:
-        """``SessionStore.append`` under this worker's fence (merged once it lost the room)."""
+        """``SessionStore.append`` under this worker's fence (merged once it lost the room,
+        then nothing is compacted)."""
         writer = self._writer(room, identity)
-        return await self._store.append(room, identity, items, transcript, fence=writer)
+        return await self._store.append(
+            room, identity, items, transcript, fence=writer, compact_through=compact_through
+        )
 
     async def set_gemini_handle(
         self,

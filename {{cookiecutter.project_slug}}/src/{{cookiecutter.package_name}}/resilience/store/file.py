@@ -157,14 +157,17 @@ class SqliteStore(BufferedWrites):
     # -- SessionStore ------------------------------------------------------------------------
 
     async def join(
-        self, room: str, identity: str, session_id: str, *, fence: Fence = None
-    ) -> JoinOutcome:
-        """See ``SessionStore.join``: one transaction joins and reads the whole record."""
-        check_session_id(session_id)
+        self, room: str, identity: str, session_id: str, *, fence: Fence = None,
+        transcript_tail: int | None = None,
+    ) -> JoinOutcome:  # fmt: skip
+        """See ``SessionStore.join``: one transaction joins and reads the record."""
+        check_session_id(session_id, transcript_tail)
         validate_names(room, identity)
+        tail = transcript_tail
         return await self._write_join(
-            room, identity, session_id, lambda: self._join(room, identity, session_id, fence)
-        )
+            room, identity, session_id,
+            lambda: self._join(room, identity, session_id, fence, tail), tail,
+        )  # fmt: skip
 
     async def append(
         self,
@@ -174,6 +177,7 @@ class SqliteStore(BufferedWrites):
         transcript: Sequence[Mapping[str, Any]] = (),
         *,
         fence: Fence = None,
+        compact_through: str | None = None,
     ) -> AppendResult:
         """See ``SessionStore.append``: one transaction whatever the number of entries."""
         new_items = validate_entries(items, "items", self.limits.max_entry_bytes)
@@ -187,13 +191,13 @@ class SqliteStore(BufferedWrites):
         bounds = (self.limits.max_entries, self.limits.max_list_bytes)
 
         def local() -> Awaitable[AppendResult]:
-            return self._cache.append(room, identity, *copies)
+            return self._cache.append(room, identity, *copies, compact_through=compact_through)
 
         async def send() -> AppendResult:
             token = await resolve_fence(fence, stale_ok=True)
             added = await self._send(
                 ops.append, room, identity, token, lists, bounds, self._retain(room, identity),
-                self.max_records,
+                self.max_records, compact_through,
             )  # fmt: skip
             self._note_evicted(added[3])
             appended = AppendResult(added[0], added[1], merged=added[2])
@@ -306,13 +310,15 @@ class SqliteStore(BufferedWrites):
 
     # -- internals ----------------------------------------------------------------------------
 
-    async def _join(self, room: str, identity: str, session_id: str, fence: Fence) -> JoinOutcome:
+    async def _join(
+        self, room: str, identity: str, session_id: str, fence: Fence, tail: int | None
+    ) -> JoinOutcome:
         token = await resolve_fence(fence)
         for _ in range(2):
             try:
                 kind, found, evicted = await self._send(
                     ops.join, room, identity, session_id, token, ms(self.active_ttl),
-                    self.max_records, after=self._join_decoder(room, identity),
+                    self.max_records, tail, after=self._join_decoder(room, identity),
                 )  # fmt: skip
             except _Unreadable as exc:
                 await self._quarantine(room, identity, exc.rev, str(exc))

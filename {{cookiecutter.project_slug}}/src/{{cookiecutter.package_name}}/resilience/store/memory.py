@@ -59,7 +59,6 @@ from .base import (
     InvalidInputError,
     JoinKind,
     JoinOutcome,
-    LeaveInfo,
     RetentionPolicy,
     SessionRecord,
     StaleLeaseError,
@@ -122,10 +121,11 @@ class MemoryStore:
     # -- SessionStore ----------------------------------------------------------------------
 
     async def join(
-        self, room: str, identity: str, session_id: str, *, fence: Fence = None
-    ) -> JoinOutcome:
+        self, room: str, identity: str, session_id: str, *, fence: Fence = None,
+        transcript_tail: int | None = None,
+    ) -> JoinOutcome:  # fmt: skip
         """See ``SessionStore.join``."""
-        check_session_id(session_id)
+        check_session_id(session_id, transcript_tail)
         key = self._prepare(room, identity, await resolve_fence(fence))
         now = self._now_ms()
         entry = self._live(key)
@@ -140,7 +140,7 @@ class MemoryStore:
             entry.fields.pop(F_LEFT, None)
         self._touch(entry, now, self.active_ttl)
         try:
-            record = self._decode(key, entry)
+            record = self._decode(key, entry, transcript_tail)
         except CorruptRecordError as exc:
             self._quarantine_entry(key, str(exc))
             return await self.join(room, identity, session_id, fence=fence)
@@ -158,6 +158,7 @@ class MemoryStore:
         transcript: Sequence[Mapping[str, Any]] = (),
         *,
         fence: Fence = None,
+        compact_through: str | None = None,
     ) -> AppendResult:
         """See ``SessionStore.append``."""
         new_items = validate_entries(items, "items", self.limits.max_entry_bytes)
@@ -177,6 +178,8 @@ class MemoryStore:
             entry.extend(sealed, new_segments, TAG_SEGMENT, entry.transcript,
                          (F_SEGMENT_BYTES, F_SEGMENTS_TRIMMED), limits),
         )  # fmt: skip
+        if compact_through is not None and not merged:  # a stale writer drops nothing
+            entry.compact(sealed, compact_through)
         self._refresh(key, entry, now)
         return AppendResult(*added, merged=merged)
 
@@ -228,7 +231,7 @@ class MemoryStore:
         now = self._now_ms()
         entry.fields[F_ACTIVE] = b""
         entry.fields[F_LEFT] = str(now).encode()
-        info = _leave_info(key, entry, now)
+        info = entry.leave_info(key, now)
         self._touch(entry, now, retention_for(self.retention_policy, self.retention, info))
         self._emit("session_ended", room, identity, reconnect_count=info.reconnect_count)
 
@@ -280,6 +283,11 @@ class MemoryStore:
         ttl = self.active_ttl if record.active_session else self.retention
         entry.expires_at = self._monotonic() + ttl
         self._insert((record.room, record.identity), entry)
+
+    def add_older_lines(self, room: str, identity: str, stored: Sequence[bytes]) -> None:
+        """Complete a held record's transcript with its older lines (see ``MemoryEntry``)."""
+        if (entry := self._live((room, identity))) is not None:
+            entry.add_older_lines(stored)
 
     def has_record(self, room: str, identity: str) -> bool:
         """Whether a live record is held for the participant."""
@@ -358,12 +366,17 @@ class MemoryStore:
             self._touch(entry, now, self.active_ttl)
         else:
             remaining = entry.expires_at - self._monotonic()
-            info = _leave_info(key, entry, now)
+            info = entry.leave_info(key, now)
             keep = kept_after_write(remaining, self.retention, self.retention_policy, info)
             self._touch(entry, now, keep)
 
-    def _decode(self, key: tuple[str, str], entry: MemoryEntry) -> SessionRecord:
-        return self._codec.decode(key[0], key[1], entry.fields, entry.items, entry.transcript)
+    def _decode(
+        self, key: tuple[str, str], entry: MemoryEntry, tail: int | None = None
+    ) -> SessionRecord:
+        transcript = entry.transcript
+        if tail is not None and len(transcript) > tail:
+            transcript = transcript[len(transcript) - tail :]
+        return self._codec.decode(key[0], key[1], entry.fields, entry.items, transcript)
 
     def _quarantine_entry(self, key: tuple[str, str], reason: str) -> None:
         entry = self._entries.pop(key, None)
@@ -394,19 +407,6 @@ class MemoryStore:
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
-
-
-def _leave_info(key: tuple[str, str], entry: MemoryEntry, now: int) -> LeaveInfo:
-    """What the retention policy sees of a record (counts include trimmed entries)."""
-    fields = entry.fields
-    return LeaveInfo(
-        *key,
-        item_count=len(entry.items) + int(fields.get(F_ITEMS_TRIMMED, b"0")),
-        transcript_count=len(entry.transcript) + int(fields.get(F_SEGMENTS_TRIMMED, b"0")),
-        reconnect_count=int(fields[F_RECONNECTS]),
-        joined_at=int(fields[F_JOINED]) / 1000,
-        left_at=int(fields.get(F_LEFT) or now) / 1000,
-    )
 
 
 class MemoryAdmin:

@@ -29,6 +29,7 @@ from ._codec import unframe as _unframe
 from ._crypto import KeyRing
 from ._events import RedisEvents, event_head
 from ._keys import ParticipantKeys, identity_hash, participant_keys
+from ._older_lines import OlderLines
 from ._redis_admin import RedisAdmin, open_admin
 from ._redis_calls import RecordLostError, RedisCalls, fence_arg
 from ._redis_client import UNAVAILABLE, connect, run_script
@@ -72,6 +73,7 @@ logger = logging.getLogger(__name__)
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _LIVE_ARG = 5  # where _write_args puts the live flag
+_COMPACT_ARG = 9  # where _append_sender puts the blob to compact through
 
 
 class RedisStore(BufferedWrites):
@@ -114,14 +116,11 @@ class RedisStore(BufferedWrites):
         self.records_given_back = 0  # live conversations given to Redis again from memory
         self._codec = RecordCodec(keyring)
         self._who = WhoCache(self._codec)
-        self._cache = MemoryStore(
-            retention=retention,
-            active_ttl=active_ttl,
-            max_records=cache_records,
-            keyring=keyring,  # holds Redis's stored form as is, so nothing is re-encoded
-            as_cache=True,  # no retention policy: Redis applies it when the leave lands
-            limits=self.limits,
-        )
+        # Redis's stored form as is (nothing re-encoded); no retention policy: Redis applies it
+        self._cache = MemoryStore(retention=retention, active_ttl=active_ttl, keyring=keyring,
+            max_records=cache_records, as_cache=True, limits=self.limits)  # fmt: skip
+        self._older = OlderLines(lambda k: self._calls.eval("LOAD", k, []), self._cache,
+            live=self._live, unavailable=UNAVAILABLE)  # fmt: skip
         self._unavailable = UNAVAILABLE
         self._queue = WriteQueue(
             probe=client.ping,
@@ -137,10 +136,11 @@ class RedisStore(BufferedWrites):
     # -- SessionStore ------------------------------------------------------------------------
 
     async def join(
-        self, room: str, identity: str, session_id: str, *, fence: Fence = None
-    ) -> JoinOutcome:
+        self, room: str, identity: str, session_id: str, *, fence: Fence = None,
+        transcript_tail: int | None = None,
+    ) -> JoinOutcome:  # fmt: skip
         """See ``SessionStore.join``; join and load are one script call."""
-        check_session_id(session_id)
+        check_session_id(session_id, transcript_tail)
         validate_names(room, identity)
         keys = participant_keys(self.prefix, room, identity)
         who = self._who(room, identity)
@@ -152,6 +152,7 @@ class RedisStore(BufferedWrites):
             who,
             self.channel,
             event_head("participant_returned", room, identity),
+            "" if transcript_tail is None else transcript_tail,
         ]
 
         async def send() -> JoinOutcome:
@@ -168,10 +169,12 @@ class RedisStore(BufferedWrites):
                     continue
                 self._cache.put_stored(record, fields, items, segments)
                 self._live[(room, identity)] = (session_id, fence)
+                if transcript_tail and len(segments) >= transcript_tail:  # maybe more
+                    self._older.read(room, identity, keys)
                 return JoinOutcome(JoinKind(reply[0].decode()), record)
             raise CorruptRecordError("record unreadable right after quarantine")
 
-        return await self._write_join(room, identity, session_id, send)
+        return await self._write_join(room, identity, session_id, send, transcript_tail)
 
     async def append(
         self,
@@ -181,17 +184,23 @@ class RedisStore(BufferedWrites):
         transcript: Sequence[Mapping[str, Any]] = (),
         *,
         fence: Fence = None,
+        compact_through: str | None = None,
     ) -> AppendResult:
-        """See ``SessionStore.append``; one script call whatever the number of entries."""
+        """See ``SessionStore.append``; one script call whatever the number of entries (and
+        a read of the recent items first to compact: see ``RedisCalls.stored_item``)."""
         new_items = validate_entries(items, "items", self.limits.max_entry_bytes)
         new_segments = validate_entries(transcript, "transcript", self.limits.max_entry_bytes)
         validate_names(room, identity)
-        send_append = self._append_sender(room, identity, new_items, new_segments, fence)
+        send_append = self._append_sender(
+            room, identity, new_items, new_segments, fence, through=compact_through
+        )
         local_items = [copy for _, _, copy in new_items]
         local_segments = [copy for _, _, copy in new_segments]
 
         def local() -> Awaitable[AppendResult]:
-            return self._cache.append(room, identity, local_items, local_segments)
+            return self._cache.append(
+                room, identity, local_items, local_segments, compact_through=compact_through
+            )
 
         async def send() -> AppendResult:
             result = await send_append()
@@ -307,6 +316,7 @@ class RedisStore(BufferedWrites):
     async def aclose(self) -> None:
         """Give queued writes a few seconds to land, then close the connection pool."""
         await self._queue.aclose()
+        self._older.cancel()
         await self._client.aclose()
 
     # -- internals ----------------------------------------------------------------------------
@@ -349,18 +359,22 @@ class RedisStore(BufferedWrites):
         fence: Fence,
         *,
         live: bool = True,
+        through: str | None = None,
     ) -> Callable[[], Awaitable[AppendResult]]:
-        """The APPEND call for validated entries, sealed once; the fence resolved when sent."""
+        """The APPEND call for validated entries, sealed once; the fence resolved and the
+        item to compact ``through`` found when sent."""
         keys = participant_keys(self.prefix, room, identity)
         limits = self.limits
         args: list[Any] = [*self._write_args(room, identity, live), len(items)]
-        args += [limits.max_entries, limits.max_list_bytes]
+        args += [limits.max_entries, limits.max_list_bytes, b""]
         for tag, entries in ((TAG_ITEM, items), (TAG_SEGMENT, segments)):
             for entry_id, raw, _ in entries:
                 args += [entry_id, self._codec.seal(room, identity, tag, raw)]
 
         async def send() -> AppendResult:
             args[0] = await fence_arg(fence, stale_ok=True)
+            if through is not None:
+                args[_COMPACT_ARG] = await self._calls.stored_item(keys, room, identity, through)
             added = await self._eval_write("APPEND", keys, args, room, identity)
             result = AppendResult(int(added[0]), int(added[1]), merged=added[2] == 1)
             return self._note_merged(room, identity, result)

@@ -21,7 +21,7 @@ import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Collection
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from google.genai import errors, types
@@ -56,7 +56,10 @@ class HandleRefusedError(Exception):
         self.code = code
 
 
-def refusal_kind(code: int | None, reason: str, *, resuming: bool) -> str:
+RefusalKind = Literal["permanent", "handle", "transient"]
+
+
+def refusal_kind(code: int | None, reason: str, *, resuming: bool) -> RefusalKind:
     """What a close before setupComplete means: ``permanent`` (no retry changes it: a known
     reason, or a fresh setup closed with 1007/1008), ``handle`` (a resuming setup refused:
     try fresh), or ``transient`` (retry with backoff)."""

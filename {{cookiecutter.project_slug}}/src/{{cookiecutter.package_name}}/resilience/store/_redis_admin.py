@@ -158,13 +158,7 @@ class RedisAdmin:
         found = await self._stored(keys)
         if found is None:
             return None
-        fields, items, segments = found
-        record = self._codec.decode(room, identity, fields, items, segments)
-        return record, StoredRecord(
-            room, identity, fields,
-            list(zip(record.item_ids, items, strict=True)),
-            list(zip((s["id"] for s in record.transcript), segments, strict=True)),
-        )  # fmt: skip
+        return StoredRecord.read(self._codec, room, identity, found)
 
     @_direct
     async def put(self, stored: StoredRecord, *, ttl: float, replace: bool = False) -> bool:

@@ -98,13 +98,7 @@ class SqliteAdmin:
         found = await self._db.read(ops.load, participant_hash(room, identity))
         if found is None:
             return None
-        fields, items, segments = found
-        record = self._codec.decode(room, identity, fields, items, segments)
-        return record, StoredRecord(
-            room, identity, fields,
-            list(zip(record.item_ids, items, strict=True)),
-            list(zip((s["id"] for s in record.transcript), segments, strict=True)),
-        )  # fmt: skip
+        return StoredRecord.read(self._codec, room, identity, found)
 
     async def put(self, stored: StoredRecord, *, ttl: float, replace: bool = False) -> bool:
         """Write a whole record in one transaction, kept ``ttl`` seconds; True when it

@@ -22,8 +22,12 @@ one process: there is nothing to move it to or from):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from .base import InvalidInputError, MissingKeyError, SessionRecord, StoreError
+
+if TYPE_CHECKING:
+    from ._codec import RecordCodec
 
 __all__ = ["Inventory", "Purged", "StoredRecord", "Unreadable"]
 
@@ -75,6 +79,20 @@ class StoredRecord:
     fields: dict[str, bytes]
     items: list[tuple[str, bytes]]  # (entry id, blob), oldest first
     transcript: list[tuple[str, bytes]]
+
+    @classmethod
+    def read(
+        cls, codec: RecordCodec, room: str, identity: str, found: tuple[Any, Any, Any]
+    ) -> tuple[SessionRecord, StoredRecord]:
+        """A record as a backend read it (fields, item blobs, segment blobs): decoded, and
+        its blobs beside their entry ids."""
+        fields, items, segments = found
+        record = codec.decode(room, identity, fields, items, segments)
+        return record, cls(
+            room, identity, fields,
+            list(zip(record.item_ids, items, strict=True)),
+            list(zip((s["id"] for s in record.transcript), segments, strict=True)),
+        )  # fmt: skip
 
 
 def put_outcome(outcome: str) -> bool:

@@ -183,10 +183,7 @@ async def until(predicate: Callable[[], object], give_up_after: float, what: str
 
 def in_sync(srv: LocalGeminiLiveServer, agent: Agent) -> bool:
     """The server holds the worker's conversation (tool calls and the re-ask left out)."""
-    held = [i for i in srv.history() if i.source != "tool_call"]
-    return server_conversation(held, ignore={CONTINUE_PROMPT}) == worker_conversation(
-        agent.chat_ctx
-    )
+    return server_conversation(srv.history()) == worker_conversation(agent.chat_ctx)
 
 
 @pytest.mark.parametrize("mode", MODES, ids=[m.name for m in MODES])

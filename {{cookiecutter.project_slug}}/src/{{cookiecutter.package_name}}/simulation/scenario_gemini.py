@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from google.genai import types
 from livekit.agents import llm
@@ -26,6 +27,9 @@ from ..testing import ScriptedTTS
 from ..testing.gemini.faults import Drop, GoAway, RefuseHandle, SlowSetup
 from ..testing.gemini.protocol import HistoryItem
 from ..testing.gemini.server import LocalGeminiLiveServer
+
+if TYPE_CHECKING:
+    from ..resilience.supervisor import SessionSupervisor
 from .harness import Observations, Simulation
 from .invariants import one_agent_audio_track, segments_finalised_once, turns_as_expected
 from .scenarios import USER, scenario
@@ -42,18 +46,18 @@ TURNS = [
 
 
 def server_conversation(
-    history: Sequence[HistoryItem], *, ignore: Collection[str] = (CONTINUE_PROMPT,)
+    history: Sequence[HistoryItem], *, ignore: Collection[str] = ()
 ) -> list[tuple[str, str]]:
     """What a Gemini server holds as (role, text): user and model turns, without livekit's
-    ``.`` reply placeholder and ``ignore``d texts (reply instructions sent as model turns,
-    the re-ask of a cut reply) and tool calls; adjacent turns of one role are one turn, as
+    ``.`` reply placeholder, the re-ask of a cut reply, tool calls and ``ignore``d texts
+    (reply instructions sent as model turns); adjacent turns of one role are one turn, as
     Gemini's content format merges them."""
     return _merged(
         ("assistant" if item.role == "model" else "user", item.text)
         for item in history
         if item.role in ("user", "model")
         and item.source != "tool_call"
-        and item.text not in ("", REPLY_PLACEHOLDER)
+        and item.text not in ("", REPLY_PLACEHOLDER, CONTINUE_PROMPT)
         and item.text not in ignore
     )
 
@@ -209,30 +213,28 @@ async def gemini_faults(sim: Simulation) -> None:
     sim.timings["gemini_violations"] = await _violations(drill, sim)
 
 
+async def unlike_the_worker(srv: LocalGeminiLiveServer, supervisor: SessionSupervisor) -> list[str]:
+    """Nothing once the server holds the worker's conversation (greetings aside), else how
+    they differ. The last reply reaches the chat context once its playout ends: look for 5 s."""
+
+    def held() -> list[tuple[str, str]]:
+        return server_conversation(srv.history(), ignore={GREETING, WELCOME_BACK})
+
+    for _ in range(100):
+        if held() == worker_conversation(supervisor.chat_ctx()):
+            return []
+        await asyncio.sleep(0.05)
+    worker = worker_conversation(supervisor.chat_ctx())
+    return [f"the server holds {len(held())} turns, the worker {len(worker)}"]
+
+
 async def _violations(drill: GeminiDrill, sim: Simulation) -> list[str]:
     found = []
     metrics = drill.resume.metrics
     if metrics.exhausted or metrics.reconnects < 2:
         found.append(f"expected reconnects and no spent budget, saw {metrics}")
     if drill.server is not None and (supervisor := sim.supervisor) is not None:
-        srv = drill.server
-
-        def held() -> list[tuple[str, str]]:
-            return server_conversation(
-                srv.history(), ignore={GREETING, WELCOME_BACK, CONTINUE_PROMPT}
-            )
-
-        def in_sync() -> bool:
-            return held() == worker_conversation(supervisor.chat_ctx())
-
-        # the last reply reaches the chat context once its playout ends: look a few times
-        for _ in range(100):
-            if in_sync():
-                break
-            await asyncio.sleep(0.05)
-        else:
-            wanted = worker_conversation(supervisor.chat_ctx())
-            found.append(f"the server holds {len(held())} turns, the worker {len(wanted)}")
+        found += await unlike_the_worker(drill.server, supervisor)
         cut = [
             c.index
             for c in drill.server.connections

@@ -18,18 +18,15 @@ one agent track, each transcript segment final once.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 import statistics
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from ..assistant import GREETING, WELCOME_BACK
-from ..resilience.gemini.resume import CONTINUE_PROMPT, ReconnectedEvent
-from ..resilience.supervisor import SessionSupervisor
+from ..resilience.gemini.resume import ReconnectedEvent
 from ..settings import Settings
 from ..testing.gemini.chaos import (
     ClientChaos,
@@ -40,7 +37,6 @@ from ..testing.gemini.chaos import (
     reply_settled,
     scripted_answer,
 )
-from ..testing.gemini.server import LocalGeminiLiveServer
 from .harness import Observations, Simulation
 from .invariants import one_agent_audio_track, segments_finalised_once
 from .scenario_gemini import (
@@ -48,8 +44,7 @@ from .scenario_gemini import (
     current_drill,
     drill_models,
     gemini_endpoint,
-    server_conversation,
-    worker_conversation,
+    unlike_the_worker,
 )
 from .scenarios import USER, scenario
 
@@ -193,24 +188,10 @@ class Soak:
             "no session restart, reconnect budget never spent": kept_up,
         }
         if self.drill.server is not None and supervisor is not None:
-            found["the server holds the worker's conversation"] = await self._in_sync(
+            found["the server holds the worker's conversation"] = await unlike_the_worker(
                 self.drill.server, supervisor
             )
         return found
-
-    @staticmethod
-    async def _in_sync(srv: LocalGeminiLiveServer, supervisor: SessionSupervisor) -> list[str]:
-        def held() -> list[tuple[str, str]]:
-            return server_conversation(
-                srv.history(), ignore={GREETING, WELCOME_BACK, CONTINUE_PROMPT}
-            )
-
-        # the last reply reaches the chat context once its playout ends: look a while
-        async for _ in _ticks(5.0):
-            if held() == worker_conversation(supervisor.chat_ctx()):
-                return []
-        worker = worker_conversation(supervisor.chat_ctx())
-        return [f"the server holds {len(held())} turns, the worker {len(worker)}"]
 
     def figures(self, seed: int) -> dict[str, Any]:
         """What the run measured (``simulate --json`` keeps it under timings.gemini_soak)."""
@@ -274,10 +255,3 @@ def report_lines(figures: dict[str, Any], invariants: dict[str, list[str]]) -> l
 
 def _held(broken: list[str]) -> str:
     return f"BROKEN ({len(broken)})" if broken else "held"
-
-
-async def _ticks(seconds: float, every: float = 0.05) -> AsyncIterator[None]:
-    """Yield every ``every`` seconds for ``seconds`` (for polling what has no event)."""
-    for _ in range(max(1, round(seconds / every))):
-        yield
-        await asyncio.sleep(every)

@@ -30,7 +30,10 @@ def test_generated_suite_passes(tmp_path: Path, answers: dict[str, object]) -> N
     env_python = os.environ.get("UV_PYTHON")
     sync = [uv, "sync", "--quiet"] + (["--python", env_python] if env_python else [])
     run(sync, cwd=project)
-    proc = run([uv, "run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project)
+    # each generated test has its own timeout (pytest-timeout), so a hang fails that test with
+    # its traceback; this bound is for the whole suite (about 7 min on a 2-core machine)
+    suite = [uv, "run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider", "--durations=15"]
+    proc = run(suite, cwd=project, timeout=1800)
     assert " passed" in proc.stdout
     # the README's first command: simulate on the embedded defaults
     run([uv, "run", "--no-sync", "python", "agent.py", "simulate"], cwd=project)

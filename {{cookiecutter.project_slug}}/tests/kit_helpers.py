@@ -10,8 +10,11 @@ from {{ cookiecutter.package_name }}.testing.livekit_server.kit_models import (
     GREETING_REPLY,
 )
 from {{ cookiecutter.package_name }}.testing.livekit_server.rooms import KitRoom
+from {{ cookiecutter.package_name }}.testing.livekit_server.worker_process import (
+    KitWorkerProcess,
+)
 
-__all__ = ["GREETING_REPLY", "agent_texts", "kit_server"]
+__all__ = ["GREETING_REPLY", "agent_texts", "kit_server", "stop_workers"]
 
 
 @asynccontextmanager
@@ -27,3 +30,10 @@ async def kit_server(
 
 def agent_texts(room: KitRoom) -> list[str]:
     return [line.text for line in room.agent_lines()]
+
+
+def stop_workers(*workers: KitWorkerProcess) -> None:
+    """Stop each worker; print the end of its log, which pytest shows when the test failed."""
+    for worker in workers:
+        worker.stop()
+        print(f"--- the end of a worker's log ({worker.log_path}) ---\n{worker.log_tail()}")

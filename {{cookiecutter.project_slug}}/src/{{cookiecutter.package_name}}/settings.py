@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # several workers can run on one host.
     worker_host: str | None = None
     worker_port: int | None = Field(default=None, ge=0, le=65535)
+    # The host's CPU load (0-1, averaged over 2.5 s) at which this worker takes no new job,
+    # a re-dispatched room included. Unset: livekit's 0.7 in `start`, no limit in `dev`.
+    # LiveKit Cloud ignores it (its own limit applies).
+    worker_load_threshold: float | None = Field(default=None, gt=0, le=1)
 
     # Rooms and sessions.
     room_mode: RoomMode = "{{ cookiecutter.room_mode }}"

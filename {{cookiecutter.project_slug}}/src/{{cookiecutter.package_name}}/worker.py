@@ -74,6 +74,8 @@ def build_server(settings: Settings) -> AgentServer:
         options["host"] = settings.worker_host
     if settings.worker_port is not None:
         options["port"] = settings.worker_port
+    if settings.worker_load_threshold is not None:
+        options["load_threshold"] = settings.worker_load_threshold
     if settings.metrics_port is not None:
         options["prometheus_port"] = settings.metrics_port
         options["prometheus_multiproc_dir"] = metrics.multiprocess_dir()

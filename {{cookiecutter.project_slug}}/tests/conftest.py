@@ -4,6 +4,7 @@ it changes in the process (environment, logging, the identity-hash key, caches) 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import sys
 from collections.abc import Iterator
@@ -82,3 +83,15 @@ def _clear_package_caches() -> None:
         for value in vars(module).values():
             if getattr(value, "__module__", None) == name and hasattr(value, "cache_clear"):
                 value.cache_clear()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """No process a test started may outlive the run: Python's exit would wait for it, and so
+    would whoever reads pytest's output through a pipe it holds. Any left is named and ended."""
+    children = multiprocessing.active_children()
+    if children:
+        terminalreporter.write_sep("=", "processes left running after the tests", yellow=True)
+    for child in children:
+        terminalreporter.write_line(f"process {child.pid} ({child.name}): killed")
+        child.kill()
+        child.join(5)

@@ -4,6 +4,7 @@ named by one keyed hash."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -81,9 +82,11 @@ async def test_fields_arrive_from_a_real_process_mode_job() -> None:
         await asyncio.wait_for(handler.arrived.wait(), timeout=60)
     finally:
         root.removeHandler(handler)
-        if started_worker.is_set():
-            await server.aclose()
+        if started_worker.is_set():  # its job processes end with it, so none outlives pytest
+            await asyncio.wait_for(server.aclose(), timeout=60)
         run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(run, timeout=60)
     started = vars(next(r for r in handler.records if r.getMessage() == "job started"))
     assert started["room"] == "logging-room"
     assert started["job_id"].startswith("mock-job-")

@@ -21,7 +21,7 @@ __all__ = ["OlderLines"]
 
 
 class OlderLines:
-    """Background reads of whole records into a store's in-memory copy (cancel on close).
+    """Background reads of whole records into a store's in-memory copy (stopped on close).
 
     load: the raw LOAD reply for a record's keys; cache: the copy; live: who is still in a
     call (a record read for someone who left since is not kept); unavailable: the errors a
@@ -53,7 +53,9 @@ class OlderLines:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def cancel(self) -> None:
-        """Stop the reads still running (the store is closing)."""
-        for task in list(self._tasks):
+    async def aclose(self) -> None:
+        """Stop the reads still running and wait for them to end (the store is closing)."""
+        tasks = list(self._tasks)  # the store modules do not import livekit (the CLI's reads)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -316,7 +316,7 @@ class RedisStore(BufferedWrites):
     async def aclose(self) -> None:
         """Give queued writes a few seconds to land, then close the connection pool."""
         await self._queue.aclose()
-        self._older.cancel()
+        await self._older.aclose()
         await self._client.aclose()
 
     # -- internals ----------------------------------------------------------------------------

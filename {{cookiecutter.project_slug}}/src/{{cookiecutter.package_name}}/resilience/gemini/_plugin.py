@@ -329,8 +329,10 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
             self._release_held()  # a new reply is asked for: it follows the part said
             if self._last_trigger is not None and not any(map(_is_trigger, kept)):
                 kept.append(self._last_trigger)
-        elif (held := self._held) is not None and not any(map(_is_trigger, kept)):
-            kept.append(reask())  # after the cut part, which the chat context just sent
+        elif (held := self._held) is not None:
+            if not any(map(_is_trigger, kept)):
+                kept.append(reask())  # after the cut part, which the chat context just sent
+            # whatever asks for the rest, the speech ends with the part said if none begins
             if held.expires is not None:
                 held.expires.cancel()
             held.expires = asyncio.get_running_loop().call_later(

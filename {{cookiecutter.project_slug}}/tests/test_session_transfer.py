@@ -424,6 +424,8 @@ def test_the_meeting_transcript_moves_with_meeting(redis: RedisServer, tmp_path:
     invoke("sessions", "import", str(file), "--room", "other", env=store_env(target))
     moved = asyncio.run(load(target, room="other", identity=MEETING_IDENTITY))
     assert moved is not None and moved.transcript[0]["text"] == SECRET
+    listed = invoke("sessions", "list", env=store_env(target)).stdout
+    assert "(the room's transcript)" in listed and "\x00" not in listed
     renamed = invoke(
         "sessions", "import", str(file), "--identity", "x", env=store_env(target), code=1
     )

@@ -174,7 +174,7 @@ def list_sessions(room: Room = None) -> None:
             ("room", "identity", "items", "segments", "reconnects", "engagement", "active",
              "last seen"),
             [
-                (r.room, r.identity, str(len(r.items)), str(len(r.transcript)),
+                (r.room, _shown(r.identity), str(len(r.items)), str(len(r.transcript)),
                  str(r.reconnect_count), tiers.describe(r), "yes" if r.active_session else "no",
                  _when(r.last_seen))
                 for r in records
@@ -182,6 +182,13 @@ def list_sessions(room: Room = None) -> None:
         )  # fmt: skip
         if inventory.unreadable:
             raise fail(describe_unreadable(inventory.unreadable))
+
+
+def _shown(identity: str) -> str:
+    """An identity as `sessions list` prints it: a room's own record by what it is."""
+    from ..resilience.store.stats import is_room_record
+
+    return "(the room's transcript)" if is_room_record(identity) else identity
 
 
 def _read_one(

@@ -164,6 +164,26 @@ def test_a_second_worker_on_a_busy_port_says_how_to_move_it(
     assert "WORKER_PORT=0" in result.stderr
 
 
+def test_a_busy_metrics_port_is_named_before_the_worker_starts(
+    monkeypatch: pytest.MonkeyPatch, livekit_env: None
+) -> None:
+    with socket.socket() as other_worker:
+        other_worker.bind(("127.0.0.1", 0))
+        other_worker.listen()
+        port = other_worker.getsockname()[1]
+        monkeypatch.setenv("LIVEKIT_URL", "ws://127.0.0.1:9")
+        monkeypatch.setenv("WORKER_HOST", "127.0.0.1")
+        monkeypatch.setenv("WORKER_PORT", "0")
+        monkeypatch.setenv("METRICS_PORT", str(port))
+        started = runner.invoke(app, ["start"])
+        doctor = runner.invoke(app, ["doctor"])
+    assert started.exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in started.stderr
+    assert "set another METRICS_PORT" in started.stderr
+    (row,) = [line for line in doctor.stdout.splitlines() if "metrics port free" in line]
+    assert row.startswith("FAIL") and f"127.0.0.1:{port}" in row
+
+
 def test_real_process_dev_without_settings() -> None:
     """The README path, as a user runs it: one line per problem, exit 2, no warnings."""
     env = {**os.environ, "PYTHONWARNINGS": "default"}

@@ -328,18 +328,40 @@ def check_worker_port(settings: Settings, *, dev: bool) -> CheckResult:
     host = settings.worker_host or "0.0.0.0"
     if port == 0:
         return CheckResult(name, True, "any free port")
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((host, port))
-    except OSError as exc:
+    if busy := _cannot_listen(host, port):
         return CheckResult(
             name,
             False,
-            f"cannot listen on {host}:{port} ({exc.strerror or exc}); another worker on this host?",
+            f"{busy}; another worker on this host?",
             "set WORKER_PORT=0 (any free port) or another free port, or WORKER_HOST",
         )
     chosen = "" if settings.worker_port is not None else " (`start`'s; `dev` takes any free port)"
     return CheckResult(name, True, f"{host}:{port}{chosen}")
+
+
+def check_metrics_port(settings: Settings) -> CheckResult:
+    """The metrics endpoint (METRICS_PORT) can bind its address, as the worker's does."""
+    name = "metrics port free"
+    host, port = settings.worker_host or "0.0.0.0", settings.metrics_port
+    if port is None:
+        return CheckResult(name, True, "none needed: METRICS_PORT is unset")
+    if port == 0:
+        return CheckResult(name, True, "any free port")
+    if busy := _cannot_listen(host, port):
+        return CheckResult(
+            name, False, f"{busy}; another worker on this host?", "set another METRICS_PORT"
+        )
+    return CheckResult(name, True, f"{host}:{port}")
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host:port`` now, or None when it could."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))
+    except OSError as exc:
+        return f"cannot listen on {host}:{port} ({exc.strerror or exc})"
+    return None
 
 
 def _twirp_error(body: bytes) -> bool:

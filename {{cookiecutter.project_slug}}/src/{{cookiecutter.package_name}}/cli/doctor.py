@@ -21,6 +21,7 @@ from ._checks import (
     ROOMS,
     CheckResult,
     LiveKitProbe,
+    check_metrics_port,
     check_plugins,
     check_redis,
     check_rooms_outlive_retention,
@@ -136,4 +137,5 @@ async def run_doctor(settings: Settings, invalid: Iterable[str] = ()) -> list[Ch
         redis_result,
         check_session_db(settings),
         port,
+        check_metrics_port(settings),
     ]

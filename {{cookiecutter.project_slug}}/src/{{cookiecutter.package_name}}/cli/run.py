@@ -97,7 +97,13 @@ def _run_worker(*, dev: bool, log_level: str, extra: list[str]) -> None:
 
 async def preflight(settings: Settings, *, dev: bool = False) -> list[CheckResult]:
     """The checks a worker must pass before it registers: the failed ones, and the warnings."""
-    from ._checks import check_redis, check_session_db, check_worker_port, probe_livekit
+    from ._checks import (
+        check_metrics_port,
+        check_redis,
+        check_session_db,
+        check_worker_port,
+        probe_livekit,
+    )
     from ._model_keys import check_model_keys
 
     probe, keys, redis = await asyncio.gather(
@@ -105,6 +111,7 @@ async def preflight(settings: Settings, *, dev: bool = False) -> list[CheckResul
     )
     results = [
         check_worker_port(settings, dev=dev),
+        check_metrics_port(settings),
         check_session_db(settings),
         redis,
         probe.server,

@@ -26,6 +26,7 @@ from {{ cookiecutter.package_name }}.resilience.store import (
     open_store,
 )
 from {{ cookiecutter.package_name }}.resilience.store._crypto import sealed_key_id
+from {{ cookiecutter.package_name }}.resilience.store._keys import participant_keys
 from {{ cookiecutter.package_name }}.resilience.store.transfer import FORMAT, VERSION
 from {{ cookiecutter.package_name }}.resilience.transcribers import MEETING_IDENTITY
 from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer, free_port
@@ -198,6 +199,19 @@ def test_the_next_join_after_an_import_is_a_welcome_back(
     outcome = asyncio.run(rejoin())
     assert outcome.kind is JoinKind.RETURNING
     assert outcome.record.reconnect_count == 2 and len(outcome.record.items) == 2
+
+
+def test_an_import_is_kept_as_long_as_its_engagement_tier_says(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    asyncio.run(seed(tmp_path / "a.sqlite3"))  # one return: engagement score 1
+    export(tmp_path / "a.sqlite3", ANN, out=tmp_path / "f.json")
+    tiers = {"SESSION_RETENTION_TIERS": "1:1d,5:30d"}
+    invoke("sessions", "import", str(tmp_path / "f.json"), env=store_env(redis, **tiers))
+    keys = participant_keys("lkagent", ROOM, ANN)
+    with redis.client() as client:
+        left = [client.pttl(key) for key in (keys.record, keys.items, keys.transcript)]
+    assert all(86_400_000 - 60_000 < ms <= 86_400_000 for ms in left), left
 
 
 def test_sealed_stays_sealed_and_is_resealed_under_the_target_key(

@@ -35,7 +35,8 @@ from .. import audit
 from ._common import fail, settings_or_exit
 
 if TYPE_CHECKING:
-    from ..resilience.store import RedisAdmin, SqliteAdmin, StoredRecord, Unreadable
+    from ..resilience.store import RedisAdmin, SqliteAdmin, Unreadable
+    from ..resilience.store.transfer import Imported
     from ..settings import Settings
 
 sessions_app = typer.Typer(help="Inspect, purge, restore, move and count stored sessions.")
@@ -382,7 +383,8 @@ def import_session(
     replace: Replace = False,
 ) -> None:
     """Write an exported conversation into this store in one step, sealed under its current
-    key when it seals; kept SESSION_RETENTION_S from now, as a participant who just left."""
+    key when it seals; kept from now as a participant who just left (SESSION_RETENTION_S, or
+    its tier in SESSION_RETENTION_TIERS)."""
     settings = _settings(needs_redis=True)
     assert settings is not None
     try:
@@ -390,10 +392,11 @@ def import_session(
     except OSError as exc:
         raise fail(f"cannot read {file}: {exc.strerror}") from None
     with _audited(audit.SESSION_IMPORT, room=room, identity=identity) as event:
-        stored = _import_form(settings, raw, room, identity, event)
+        imported = _import_form(settings, raw, room, identity, event)
+        stored = imported.stored
         counts = {"items": len(stored.items), "segments": len(stored.transcript)}
         event.update(counts, room=stored.room, identity=stored.identity)
-        ttl = settings.session_retention_s
+        ttl = settings.retention_tiers().seconds_for(imported.engagement)
         put = _with_admin(settings, lambda a: a.put(stored, ttl=ttl, replace=replace), event)
         event["replaced"] = int(put)
     what = f"{counts['items']} items, {counts['segments']} transcript lines"
@@ -404,7 +407,7 @@ def import_session(
 
 def _import_form(
     settings: Settings, raw: bytes, room: str | None, identity: str | None, event: dict[str, Any]
-) -> StoredRecord:
+) -> Imported:
     """The file as this store keeps it; refused (one line, audited) when it cannot be."""
     from ..resilience.store import KeyRing, StorageLimits, StoreError
     from ..resilience.store.transfer import import_document

@@ -62,8 +62,16 @@ from .base import (
     SessionRecord,
     StorageLimits,
 )
+from .retention import record_engagement
 
-__all__ = ["FORMAT", "VERSION", "ImportKeyError", "export_document", "import_document"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "ImportKeyError",
+    "Imported",
+    "export_document",
+    "import_document",
+]
 
 FORMAT = "livekit-agent-session"
 VERSION = 1  # of the document; a newer one is refused (what it adds could be lost)
@@ -126,6 +134,15 @@ def export_document(
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class Imported:
+    """A document in the target's stored form, and the record's engagement score (how long
+    the target keeps it after the leave follows from it: SESSION_RETENTION_TIERS)."""
+
+    stored: StoredRecord
+    engagement: int
+
+
 def import_document(
     raw: bytes,
     *,
@@ -133,7 +150,7 @@ def import_document(
     limits: StorageLimits,
     room: str | None = None,
     identity: str | None = None,
-) -> StoredRecord:
+) -> Imported:
     """The target's stored form of a document (``raw``: the file's bytes), renamed to
     ``room`` / ``identity`` when given, sealed under ``keyring``'s current key.
 
@@ -156,7 +173,8 @@ def import_document(
         if not value:
             raise InvalidInputError(f"the {name} must not be empty")
     validate_names(record.room, record.identity)
-    return _stored_form(record, RecordCodec(keyring), limits)
+    stored = _stored_form(record, RecordCodec(keyring), limits)
+    return Imported(stored, record_engagement(record))
 
 
 def _document(raw: bytes) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """The command line behind `python agent.py ...` and the project's console script.
 
 One module per command group: ``run`` (dev, start, console, download-files), ``doctor``,
-``token``, ``sessions`` (sessions ..., transcript) and ``simulate``; ``_common`` holds what
-they share. Each command validates the settings when it runs, and a problem the user can fix
-(a bad flag, a bad setting, a service down) is one line on stderr and a non-zero exit.
+``token``, ``sessions`` (sessions ..., transcript; ``_store_visit``: how they reach the store)
+and ``simulate``; ``_common`` holds what they share. Each command validates the settings when
+it runs, and a problem the user can fix (a bad flag, a bad setting, a service down) is one line
+on stderr and a non-zero exit.
 Importing this package (and `--help`) reads no setting and loads no livekit code.
 """
 

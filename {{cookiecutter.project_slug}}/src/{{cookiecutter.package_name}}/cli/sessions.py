@@ -17,7 +17,6 @@ counts, whether it succeeded or not.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import json
@@ -25,17 +24,16 @@ import os
 import pathlib
 import sys
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .. import audit
-from ._common import fail, settings_or_exit
+from ._common import fail
+from ._store_visit import audited, describe_unreadable, read_one, store_settings, with_admin
 
 if TYPE_CHECKING:
-    from ..resilience.store import RedisAdmin, SqliteAdmin, Unreadable
     from ..resilience.store.transfer import Imported
     from ..settings import Settings
 
@@ -48,99 +46,11 @@ Meeting = Annotated[bool, typer.Option("--meeting", help="The room's meeting tra
 Decrypt = Annotated[bool, typer.Option("--decrypt", help="Write sealed data readable (audited).")]
 Replace = Annotated[bool, typer.Option("--replace", help="Overwrite a record found there.")]
 
-MEMORY_NOTE = (
-    "REDIS_URL is not set and SESSION_DB_PATH is :memory:; records live inside each worker "
-    "process, so nothing is visible from here"
-)
-
-
-def _with_admin(
-    settings: Settings,
-    action: Callable[[RedisAdmin | SqliteAdmin], Awaitable[Any]],
-    event: dict[str, Any],
-) -> Any:
-    """Run ``action`` on the store; a store error is one line and exit 1 (and noted in the
-    audit ``event``)."""
-    from ..resilience.store import InvalidInputError, KeyRing, SqliteAdmin, StoreError, open_admin
-
-    async def run() -> Any:
-        keys = settings.session_encryption_keys
-        secret = keys.get_secret_value() if keys else None
-        retention = settings.session_retention_s
-        if settings.redis_url:
-            admin: Any = open_admin(
-                settings.redis_url,
-                redis_cluster=settings.redis_cluster,
-                prefix=settings.redis_prefix,
-                encryption_keys=secret,
-                retention=retention,
-            )
-        else:  # the SQLite file this host's workers share
-            ring = KeyRing.parse(secret) if secret else None
-            admin = SqliteAdmin(settings.session_db_path, keyring=ring, retention=retention)
-        try:
-            return await action(admin)
-        finally:
-            await admin.aclose()
-
-    try:
-        return asyncio.run(run())
-    except StoreError as exc:
-        # refused: a name or key the store does not accept; else it could not do it
-        refused = isinstance(exc, InvalidInputError)
-        event.update(outcome=audit.REFUSED if refused else audit.ERROR, error=type(exc).__name__)
-        raise fail(str(exc)) from None
-
-
-@contextlib.contextmanager
-def _audited(
-    action: str, *, room: str | None, identity: str | None = None
-) -> Iterator[dict[str, Any]]:
-    """Log one audit event for the command's visit to the store, however it ends.
-
-    The body fills in the event (counts, and ``outcome`` when it knows better); a command
-    that exits 0 is ``ok``, any other exit ``error`` unless the body said otherwise."""
-    event: dict[str, Any] = {"room": room, "identity": identity}
-    try:
-        yield event
-    except typer.Exit as exc:
-        event.setdefault("outcome", audit.OK if exc.exit_code == 0 else audit.ERROR)
-        raise
-    except BaseException:
-        event.setdefault("outcome", audit.ERROR)
-        raise
-    else:
-        event.setdefault("outcome", audit.OK)
-    finally:
-        audit.audit(action, actor=audit.operator_actor(), **event)
-
-
-def _settings(*, needs_redis: bool) -> Settings | None:
-    """The settings; None (after the note) when there is no Redis to look at and the command
-    can say so by listing nothing. Commands that must act exit 1 instead."""
-    settings = settings_or_exit()
-    if settings.redis_url or settings.session_db_path != ":memory:":
-        return settings
-    if needs_redis:
-        raise fail(MEMORY_NOTE)
-    typer.echo(f"note: {MEMORY_NOTE}", err=True)
-    return None
-
 
 def _when(epoch: float | None) -> str:
     if epoch is None:
         return "-"
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def describe_unreadable(unreadable: Sequence[Unreadable]) -> str:
-    """One line for records that could not be read, grouped by reason."""
-    counts = Counter(u.summary for u in unreadable)
-    reasons = ", ".join(f"{summary} ({n})" for summary, n in sorted(counts.items()))
-    line = f"{len(unreadable)} record(s) unreadable, left as they are: {reasons}"
-    if any(u.missing_key_id for u in unreadable):
-        line += "; add the missing keys to SESSION_ENCRYPTION_KEYS to read them"
-    return line
 
 
 def _print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -162,11 +72,11 @@ def list_sessions(room: Room = None) -> None:
 
     Read-only; exits 1 when a record could not be read (it is left as it is).
     """
-    settings = _settings(needs_redis=False)
+    settings = store_settings(needs_redis=False)
     if settings is None:
         return
-    with _audited(audit.SESSIONS_LIST, room=room) as event:
-        inventory = _with_admin(settings, lambda admin: admin.inventory(room), event)
+    with audited(audit.SESSIONS_LIST, room=room) as event:
+        inventory = with_admin(settings, lambda admin: admin.inventory(room), event)
         records = sorted(inventory.records, key=lambda r: (r.room, r.last_seen))
         event.update(records=len(records), unreadable=len(inventory.unreadable))
         tiers = settings.retention_tiers()
@@ -192,37 +102,15 @@ def _shown(identity: str) -> str:
     return "(the room's transcript)" if is_room_record(identity) else identity
 
 
-def _read_one(
-    settings: Settings, identity: str, room: str, event: dict[str, Any], *, stored: bool = False
-) -> Any:
-    """The record (``stored``: with its stored form); not there or unreadable: exit 1."""
-    from ..resilience.store import CorruptRecordError, MissingKeyError
-
-    async def read(admin: RedisAdmin | SqliteAdmin) -> Any:
-        try:
-            if stored:
-                return await admin.read_stored(room, identity)
-            return await admin.read(room, identity)
-        except (MissingKeyError, CorruptRecordError) as exc:
-            event.update(outcome=audit.ERROR, error=type(exc).__name__, unreadable=1)
-            raise fail(f"stored session unreadable, left as it is: {exc}") from None
-
-    record = _with_admin(settings, read, event)
-    if record is None:
-        event["outcome"] = audit.NOT_FOUND
-        raise fail("no stored session for that participant in that room")
-    return record
-
-
 @sessions_app.command("show")
 def show_session(identity: Identity, room: RequiredRoom) -> None:
     """The whole stored record of one participant, as JSON (read-only)."""
     from dataclasses import asdict
 
-    settings = _settings(needs_redis=True)
+    settings = store_settings(needs_redis=True)
     assert settings is not None
-    with _audited(audit.SESSION_SHOW, room=room, identity=identity) as event:
-        record = _read_one(settings, identity, room, event)
+    with audited(audit.SESSION_SHOW, room=room, identity=identity) as event:
+        record = read_one(settings, identity, room, event)
         event.update(items=len(record.items), segments=len(record.transcript))
         typer.echo(json.dumps(asdict(record), indent=2, default=str))
 
@@ -235,13 +123,13 @@ def purge_sessions(
 ) -> None:
     """Delete one participant's session, or every session of a room, with their quarantined
     copies."""
-    settings = _settings(needs_redis=True)
+    settings = store_settings(needs_redis=True)
     assert settings is not None
     what = f"the session of {identity!r}" if identity else "every session"
     if not yes:
         typer.confirm(f"Delete {what} in room {room!r}?", abort=True)
-    with _audited(audit.SESSION_PURGE, room=room, identity=identity) as event:
-        purged = _with_admin(settings, lambda admin: admin.purge(room, identity), event)
+    with audited(audit.SESSION_PURGE, room=room, identity=identity) as event:
+        purged = with_admin(settings, lambda admin: admin.purge(room, identity), event)
         event.update(
             sessions=purged.sessions,
             quarantined=purged.quarantined,
@@ -258,11 +146,11 @@ def purge_sessions(
 def list_quarantine(room: Room = None) -> None:
     """Records moved aside as corrupt: key (for `restore`), room, participant hash, reason,
     when they expire."""
-    settings = _settings(needs_redis=False)
+    settings = store_settings(needs_redis=False)
     if settings is None:
         return
-    with _audited(audit.QUARANTINE_LIST, room=room) as event:
-        quarantined = _with_admin(settings, lambda admin: admin.quarantined(room), event)
+    with audited(audit.QUARANTINE_LIST, room=room) as event:
+        quarantined = with_admin(settings, lambda admin: admin.quarantined(room), event)
         event["records"] = len(quarantined)
     _print_table(
         f"{len(quarantined)} quarantined",
@@ -282,10 +170,10 @@ def restore_session(
     """Move a quarantined record back; refused while the participant has a live record."""
     from ..resilience.store import SessionRecord
 
-    settings = _settings(needs_redis=True)
+    settings = store_settings(needs_redis=True)
     assert settings is not None
-    with _audited(audit.QUARANTINE_RESTORE, room=None) as event:
-        restored = _with_admin(settings, lambda admin: admin.restore(key), event)
+    with audited(audit.QUARANTINE_RESTORE, room=None) as event:
+        restored = with_admin(settings, lambda admin: admin.restore(key), event)
         if isinstance(restored, SessionRecord):  # else: restored, but unreadable here
             event.update(room=restored.room, identity=restored.identity)
         else:
@@ -308,10 +196,10 @@ def restore_session(
 
 def transcript(identity: Identity, room: RequiredRoom) -> None:
     """Print a participant's transcript, as the frontend showed it (read-only)."""
-    settings = _settings(needs_redis=True)
+    settings = store_settings(needs_redis=True)
     assert settings is not None
-    with _audited(audit.SESSION_TRANSCRIPT, room=room, identity=identity) as event:
-        record = _read_one(settings, identity, room, event)
+    with audited(audit.SESSION_TRANSCRIPT, room=room, identity=identity) as event:
+        record = read_one(settings, identity, room, event)
         event["segments"] = len(record.transcript)
         for segment in record.transcript:
             typer.echo(f"[{segment.get('speaker', '?')}] {segment.get('text', '')}")
@@ -337,14 +225,14 @@ def export_session(
         from ..resilience.transcribers import MEETING_IDENTITY
 
         identity = MEETING_IDENTITY
-    settings = _settings(needs_redis=True)
+    settings = store_settings(needs_redis=True)
     assert settings is not None
     sealed = settings.session_encryption_keys is not None and not decrypt
     with (
         _new_file(out) as target,
-        _audited(audit.SESSION_EXPORT, room=room, identity=identity) as event,
+        audited(audit.SESSION_EXPORT, room=room, identity=identity) as event,
     ):
-        record, stored = _read_one(settings, identity, room, event, stored=True)
+        record, stored = read_one(settings, identity, room, event, stored=True)
         document = export_document(record, stored, sealed=sealed, exported_at=time.time())
         counts = {"items": len(record.items), "segments": len(record.transcript)}
         event.update(
@@ -385,19 +273,19 @@ def import_session(
     """Write an exported conversation into this store in one step, sealed under its current
     key when it seals; kept from now as a participant who just left (SESSION_RETENTION_S, or
     its tier in SESSION_RETENTION_TIERS)."""
-    settings = _settings(needs_redis=True)
+    settings = store_settings(needs_redis=True)
     assert settings is not None
     try:
         raw = sys.stdin.buffer.read() if file == "-" else pathlib.Path(file).read_bytes()
     except OSError as exc:
         raise fail(f"cannot read {file}: {exc.strerror}") from None
-    with _audited(audit.SESSION_IMPORT, room=room, identity=identity) as event:
+    with audited(audit.SESSION_IMPORT, room=room, identity=identity) as event:
         imported = _import_form(settings, raw, room, identity, event)
         stored = imported.stored
         counts = {"items": len(stored.items), "segments": len(stored.transcript)}
         event.update(counts, room=stored.room, identity=stored.identity)
         ttl = settings.retention_tiers().seconds_for(imported.engagement)
-        put = _with_admin(settings, lambda a: a.put(stored, ttl=ttl, replace=replace), event)
+        put = with_admin(settings, lambda a: a.put(stored, ttl=ttl, replace=replace), event)
         event["replaced"] = int(put)
     what = f"{counts['items']} items, {counts['segments']} transcript lines"
     typer.echo(
@@ -435,11 +323,11 @@ def show_stats(
     """Participants active per day, who came back, conversation lengths (read-only)."""
     from ..resilience.store.stats import session_stats
 
-    settings = _settings(needs_redis=False)
+    settings = store_settings(needs_redis=False)
     if settings is None:
         return
-    with _audited(audit.SESSIONS_STATS, room=room) as event:
-        inventory = _with_admin(settings, lambda admin: admin.inventory(room), event)
+    with audited(audit.SESSIONS_STATS, room=room) as event:
+        inventory = with_admin(settings, lambda admin: admin.inventory(room), event)
         stats = session_stats(inventory.records, now=time.time(), days=days, room=room)
         event.update(records=len(inventory.records), unreadable=len(inventory.unreadable))
         if as_json:

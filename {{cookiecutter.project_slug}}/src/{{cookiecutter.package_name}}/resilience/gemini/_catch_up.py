@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from google.genai import types
@@ -48,6 +49,12 @@ class HeldReply:
     function_ch: utils.aio.Chan[llm.FunctionCall]
     response_id: str
     expires: asyncio.TimerHandle | None = None
+
+    def expire_in(self, seconds: float, expire: Callable[[HeldReply], None]) -> None:
+        """Call ``expire(self)`` in ``seconds`` (instead of any earlier such call)."""
+        if self.expires is not None:
+            self.expires.cancel()
+        self.expires = asyncio.get_running_loop().call_later(seconds, expire, self)
 
     def close(self) -> None:
         if self.expires is not None:

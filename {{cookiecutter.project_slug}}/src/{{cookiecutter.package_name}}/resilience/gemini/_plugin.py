@@ -333,11 +333,7 @@ class ResumableRealtimeSession(realtime_api.RealtimeSession):
             if not any(map(_is_trigger, kept)):
                 kept.append(reask())  # after the cut part, which the chat context just sent
             # whatever asks for the rest, the speech ends with the part said if none begins
-            if held.expires is not None:
-                held.expires.cancel()
-            held.expires = asyncio.get_running_loop().call_later(
-                REASK_TIMEOUT_S, self._expire_held, held
-            )
+            held.expire_in(REASK_TIMEOUT_S, self._expire_held)
         for msg in kept:
             self._send_client_event(msg)
         return sent

@@ -74,7 +74,8 @@ DETAILS: Final = (
     "code",  # the RPC error code of a refusal
     "error",  # the kind of store error, e.g. StoreUnavailableError
     "decrypted",  # session.export: 1 when sealed data left the store readable (--decrypt)
-    "replaced",  # session.import: 1 when it overwrote a record (--replace)
+    "replaced",  # session.import: records it overwrote (--replace)
+    "refused",  # session.import of a bundle: records the store refused (there, in a call)
 )
 
 _logger = logging.getLogger(AUDIT_LOGGER)

@@ -1,5 +1,6 @@
 """Operator commands on stored sessions: `sessions list | show | purge | quarantine | restore`,
-`sessions export | import` (move a conversation), `sessions stats` and `transcript`.
+`sessions export | import` (move conversations: ``_transfer.py``), `sessions stats` and
+`transcript`.
 
 They talk to the store directly (Redis when REDIS_URL is set, else the SQLite file
 SESSION_DB_PATH), never through a worker's cache: when it cannot be reached they say so in one
@@ -8,7 +9,7 @@ SESSION_ENCRYPTION_KEYS, corruption) is reported, left as it is, and the command
 With SESSION_DB_PATH=:memory: records live inside each worker process: nothing to see here.
 
 Export, import and stats keep their logic in the store package (resilience/store/transfer.py,
-stats.py); what is here parses, reads or writes the file and prints.
+stats.py); the commands read or write the file, visit the store (``_store_visit.py``) and print.
 
 Every command that reaches the store logs one audit event (``audit.py``): the operator (OS
 user and host), what the command did, to which conversation (keyed hashes), its outcome and
@@ -17,34 +18,24 @@ counts, whether it succeeded or not.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
-import os
-import pathlib
-import sys
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Sequence
+from typing import Annotated
 
 import typer
 
 from .. import audit
 from ._common import fail
 from ._store_visit import audited, describe_unreadable, read_one, store_settings, with_admin
-
-if TYPE_CHECKING:
-    from ..resilience.store.transfer import Imported
-    from ..settings import Settings
+from ._transfer import export_session, import_session
 
 sessions_app = typer.Typer(help="Inspect, purge, restore, move and count stored sessions.")
 
 Room = Annotated[str | None, typer.Option(help="Only this room.")]
 RequiredRoom = Annotated[str, typer.Option(help="The room the participant was in.")]
 Identity = Annotated[str, typer.Argument(help="The participant identity.")]
-Meeting = Annotated[bool, typer.Option("--meeting", help="The room's meeting transcript instead.")]
-Decrypt = Annotated[bool, typer.Option("--decrypt", help="Write sealed data readable (audited).")]
-Replace = Annotated[bool, typer.Option("--replace", help="Overwrite a record found there.")]
 
 
 def _when(epoch: float | None) -> str:
@@ -207,113 +198,6 @@ def transcript(identity: Identity, room: RequiredRoom) -> None:
         typer.echo("(no transcript segments stored)", err=True)
 
 
-@sessions_app.command("export")
-def export_session(
-    room: RequiredRoom,
-    identity: Annotated[str | None, typer.Argument(help="The participant identity.")] = None,
-    meeting: Meeting = False,
-    out: Annotated[str, typer.Option(help="The file to create ('-': stdout).")] = "-",
-    decrypt: Decrypt = False,
-) -> None:
-    """Write one conversation as a JSON document for `sessions import` (read-only). Sealed
-    records stay sealed in it unless --decrypt; the Gemini handle is never exported."""
-    from ..resilience.store.transfer import export_document
-
-    if (identity is None) != meeting:
-        raise fail("give the participant's IDENTITY, or --meeting for the room's transcript", 2)
-    if identity is None:  # livekit's import time, for this flag only
-        from ..resilience.transcribers import MEETING_IDENTITY
-
-        identity = MEETING_IDENTITY
-    settings = store_settings(needs_redis=True)
-    assert settings is not None
-    sealed = settings.session_encryption_keys is not None and not decrypt
-    with (
-        _new_file(out) as target,
-        audited(audit.SESSION_EXPORT, room=room, identity=identity) as event,
-    ):
-        record, stored = read_one(settings, identity, room, event, stored=True)
-        document = export_document(record, stored, sealed=sealed, exported_at=time.time())
-        counts = {"items": len(record.items), "segments": len(record.transcript)}
-        event.update(
-            counts, decrypted=int(decrypt and settings.session_encryption_keys is not None)
-        )
-        target.write(json.dumps(document, ensure_ascii=False, indent=1) + "\n")
-    if out != "-":
-        what = f"{counts['items']} items and {counts['segments']} transcript lines"
-        typer.echo(f"exported {what} to {out}" + " (sealed)" * sealed, err=True)
-
-
-@contextlib.contextmanager
-def _new_file(path: str) -> Iterator[Any]:
-    """A new file only this user can read (never an existing one), or stdout for '-';
-    removed again if the command fails, so no half-written export is left."""
-    if path == "-":
-        yield sys.stdout
-        return
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as exc:
-        raise fail(f"cannot create {path}: {exc.strerror} (an export never overwrites)") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as target:
-            yield target
-    except BaseException:
-        os.unlink(path)
-        raise
-
-
-@sessions_app.command("import")
-def import_session(
-    file: Annotated[str, typer.Argument(help="A `sessions export` file ('-': stdin).")],
-    room: Annotated[str | None, typer.Option(help="Into this room, not the file's.")] = None,
-    identity: Annotated[str | None, typer.Option(help="As this participant.")] = None,
-    replace: Replace = False,
-) -> None:
-    """Write an exported conversation into this store in one step, sealed under its current
-    key when it seals; kept from now as a participant who just left (SESSION_RETENTION_S, or
-    its tier in SESSION_RETENTION_TIERS)."""
-    settings = store_settings(needs_redis=True)
-    assert settings is not None
-    try:
-        raw = sys.stdin.buffer.read() if file == "-" else pathlib.Path(file).read_bytes()
-    except OSError as exc:
-        raise fail(f"cannot read {file}: {exc.strerror}") from None
-    with audited(audit.SESSION_IMPORT, room=room, identity=identity) as event:
-        imported = _import_form(settings, raw, room, identity, event)
-        stored = imported.stored
-        counts = {"items": len(stored.items), "segments": len(stored.transcript)}
-        event.update(counts, room=stored.room, identity=stored.identity)
-        ttl = settings.retention_tiers().seconds_for(imported.engagement)
-        put = with_admin(settings, lambda a: a.put(stored, ttl=ttl, replace=replace), event)
-        event["replaced"] = int(put)
-    what = f"{counts['items']} items, {counts['segments']} transcript lines"
-    typer.echo(
-        f"imported {stored.identity!r} in room {stored.room!r}: {what}" + " (replaced)" * put
-    )
-
-
-def _import_form(
-    settings: Settings, raw: bytes, room: str | None, identity: str | None, event: dict[str, Any]
-) -> Imported:
-    """The file as this store keeps it; refused (one line, audited) when it cannot be."""
-    from ..resilience.store import KeyRing, StorageLimits, StoreError
-    from ..resilience.store.transfer import import_document
-
-    keys = settings.session_encryption_keys
-    limits = StorageLimits(
-        settings.session_max_entry_bytes,
-        settings.session_max_entries,
-        settings.session_max_history_bytes,
-    )
-    try:
-        keyring = KeyRing.parse(keys.get_secret_value()) if keys else None
-        return import_document(raw, keyring=keyring, limits=limits, room=room, identity=identity)
-    except StoreError as exc:
-        event.update(outcome=audit.REFUSED, error=type(exc).__name__)
-        raise fail(str(exc)) from None
-
-
 @sessions_app.command("stats")
 def show_stats(
     room: Room = None,
@@ -339,3 +223,8 @@ def show_stats(
                          stats.rows())  # fmt: skip
         if inventory.unreadable:
             raise fail(describe_unreadable(inventory.unreadable))
+
+
+# moving conversations (_transfer.py), listed after the commands above
+sessions_app.command("export")(export_session)
+sessions_app.command("import")(import_session)

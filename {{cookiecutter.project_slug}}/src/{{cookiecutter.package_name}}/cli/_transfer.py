@@ -46,9 +46,11 @@ def export_session(
     out: Annotated[str, typer.Option(help="The file to create ('-': stdout).")] = "-",
     decrypt: Decrypt = False,
 ) -> None:
-    """Write one conversation as a JSON document for `sessions import`, or with --all every
-    one (of --room) as JSON Lines, to move a whole store (read-only). Sealed records stay
-    sealed unless --decrypt; the Gemini handle is never exported."""
+    """Write conversations to a file for `sessions import` (read-only).
+
+    One participant's (--meeting: the room's transcript) as a JSON document, or with --all
+    every one (of --room) as a bundle, one document a line. Sealed records stay sealed unless
+    --decrypt; the Gemini handle is never exported."""
     from ..resilience.store.transfer import export_document
 
     if every:
@@ -146,10 +148,12 @@ def import_session(
     identity: Annotated[str | None, typer.Option(help="As this participant.")] = None,
     replace: Replace = False,
 ) -> None:
-    """Write an exported conversation into this store in one step, sealed under its current
-    key when it seals; kept from now as a participant who just left (SESSION_RETENTION_S, or
-    its tier in SESSION_RETENTION_TIERS). A bundle (`export --all`) is checked whole before
-    any write, then written a conversation at a time."""
+    """Write exported conversations into this store.
+
+    One document in one step, sealed under the store's current key when it seals, kept from
+    now as a participant who just left (SESSION_RETENTION_S, or its tier in
+    SESSION_RETENTION_TIERS). A bundle (`export --all`) is checked whole before any write,
+    then written a conversation at a time."""
     settings = store_settings(needs_redis=True)
     assert settings is not None
     try:

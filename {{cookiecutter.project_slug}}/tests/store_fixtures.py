@@ -64,6 +64,15 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture(name="redis")
+def empty_redis(redis_server: RedisServer) -> Iterator[RedisServer]:
+    """``redis``: the module's Redis server, emptied for each test (for commands that see
+    every key)."""
+    with redis_server.client() as client:
+        client.flushall()
+    yield redis_server
+
+
 def new_prefix() -> str:
     """A key prefix no other test uses."""
     return f"t{next(_prefixes)}"

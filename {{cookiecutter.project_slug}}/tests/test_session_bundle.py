@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from store_fixtures import KEY_A, KEY_B, redis_server  # noqa: F401  (a fixture)
+from store_fixtures import KEY_A, KEY_B, empty_redis, redis_server  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
@@ -27,13 +25,6 @@ from {{ cookiecutter.package_name }}.testing.redis_server import RedisServer
 # (room, identity): the conversations of the seeded store, a room's meeting transcript too
 PEOPLE = [("clinic", "ann"), ("clinic", "bob"), ("lab", "cy"), ("lab", MEETING_IDENTITY)]
 runner = CliRunner()
-
-
-@pytest.fixture
-def redis(redis_server: RedisServer) -> Iterator[RedisServer]:  # noqa: F811
-    with redis_server.client() as client:
-        client.flushall()
-    yield redis_server
 
 
 def env_of(target: RedisServer | Path, keys: str | None) -> dict[str, str]:

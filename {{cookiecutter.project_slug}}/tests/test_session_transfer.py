@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from store_fixtures import KEY_A, KEY_B, redis_server  # noqa: F401  (a fixture)
+from store_fixtures import KEY_A, KEY_B, empty_redis, redis_server  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.audit import AUDIT_LOGGER
@@ -35,14 +35,6 @@ AGENT_PY = Path(__file__).resolve().parents[1] / "agent.py"
 SECRET = "my blood test came back positive"
 ROOM, ANN = "clinic", "ann@example.com"
 runner = CliRunner()
-
-
-@pytest.fixture
-def redis(redis_server: RedisServer) -> Iterator[RedisServer]:  # noqa: F811
-    """The module's Redis server, emptied for each test."""
-    with redis_server.client() as client:
-        client.flushall()
-    yield redis_server
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ it changes in the process (environment, logging, the identity-hash key, caches) 
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import multiprocessing
 import os
@@ -21,6 +22,7 @@ PACKAGE = "{{ cookiecutter.package_name }}"
 # a developer's shell or .env.local must not leak into tests.
 SETTING_NAMES = tuple(name.upper() for name in Settings.model_fields)
 SETTING_PREFIXES = ("LIVEKIT_", "GOOGLE_", "OPENAI_", "GEMINI_", "PROMETHEUS_")
+EXIT_GRACE_S = 120
 
 
 @pytest.fixture(autouse=True)
@@ -83,6 +85,13 @@ def _clear_package_caches() -> None:
         for value in vars(module).values():
             if getattr(value, "__module__", None) == name and hasattr(value, "cache_clear"):
                 value.cache_clear()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Should anything still keep the process alive two minutes after the run (a thread
+    that never ends), every thread's traceback is printed and the process exits 1, rather
+    than a CI job waiting on it with no clue."""
+    faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import logging
@@ -19,6 +20,7 @@ from {{ cookiecutter.package_name }}.simulation import (
     Simulation,
     run_scenario,
 )
+from {{ cookiecutter.package_name }}.simulation.harness import within
 from {{ cookiecutter.package_name }}.simulation.scenarios import BASIC_TURNS
 from {{ cookiecutter.package_name }}.testing import RedisServer, ScriptedLLM
 
@@ -154,3 +156,20 @@ def test_the_help_lists_every_registered_scenario() -> None:
 
     # crash runs real worker processes instead of the in-process harness (scenario_crash.py)
     assert set(SCENARIO_NAMES) == {*SCENARIOS, "crash"}
+
+
+async def test_a_stuck_step_is_given_up_and_says_where_it_waits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A simulation whose scenario or teardown never ends fails in bounded time, and the log
+    names the await each task is stuck in (``run_scenario`` bounds its steps with it)."""
+    never = asyncio.Event()
+
+    async def waits_for_good() -> None:
+        await never.wait()
+
+    assert await within(asyncio.sleep(0, "done"), 1, "a quick step") == "done"
+    with pytest.raises(TimeoutError, match="the stuck step did not finish in 0 s"):
+        await within(waits_for_good(), 0.05, "the stuck step")
+    (record,) = [r for r in caplog.records if "did not finish" in r.getMessage()]
+    assert "waits_for_good:" in record.getMessage() and record.levelname == "ERROR"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,12 @@ from .invariants import check_conversation
 
 AGENT_IDENTITY = "agent"
 REPLY_TIMEOUT_S = 30.0
+# no scenario takes two minutes, no teardown step half of one: past that a run is stuck, and
+# where each of its tasks waits is logged before it is given up
+SCENARIO_LIMIT_S = 120.0
+TEARDOWN_LIMIT_S = 60.0
+
+logger = logging.getLogger(__name__)
 
 Printer = Callable[[str], None]
 
@@ -170,16 +177,12 @@ async def run_scenario(
             )
         )
         try:
-            await scenario_with_job(sim, scenario, job)
+            await within(scenario_with_job(sim, scenario, job), SCENARIO_LIMIT_S, "the scenario")
         except TimeoutError as exc:
             observations.violations.append(f"the agent stopped answering: {exc}")
         finally:
             observations.job_ended = list(simulated.shutdown_reasons)
-            if not job.done():
-                job.cancel()
-            if sim.conversation is not None:
-                await sim.conversation.aclose("simulation ended")
-            await room.disconnect()
+            await _end_run(sim, job, observations)
     sim.timings["total_s"] = sim.elapsed()
     _conclude(observations, room, llm, sim, checks)
     return observations
@@ -219,6 +222,38 @@ async def scenario_with_job(sim: Simulation, scenario: ScenarioFn, job: asyncio.
     await scenario(sim)
     if job.done() and not job.cancelled() and (error := job.exception()) is not None:
         raise error
+
+
+async def _end_run(sim: Simulation, job: asyncio.Task, observations: Observations) -> None:
+    """Stop the job, close its conversation and leave the room, each step bounded."""
+    if not job.done():
+        job.cancel()
+    try:
+        if sim.conversation is not None:
+            closing = sim.conversation.aclose("simulation ended")
+            await within(closing, TEARDOWN_LIMIT_S, "closing the conversation")
+        await within(sim.room.disconnect(), TEARDOWN_LIMIT_S, "leaving the room")
+    except TimeoutError as exc:
+        observations.violations.append(f"the run did not end: {exc}")
+
+
+async def within(step: Awaitable[Any], seconds: float, what: str) -> Any:
+    """``step``'s result; TimeoutError after ``seconds``, once where every task of the run
+    waits is logged (a stuck run names the await that never ends)."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        waits = [
+            f"{t.get_name()}: "
+            + " < ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(t.get_stack()))
+            for t in asyncio.all_tasks()
+            if t is not asyncio.current_task()
+        ]
+        logger.error("%s did not finish in %.0f s; the tasks wait in:\n%s", what, seconds,
+                     "\n".join(waits))  # fmt: skip
+        task.cancel()
+        raise TimeoutError(f"{what} did not finish in {seconds:.0f} s")
+    return task.result()
 
 
 def _transcript_printer(room: SimulatedRoom, printer: Printer) -> Callable[[TimelineEvent], None]:
